@@ -1,0 +1,778 @@
+//! The ledger state machine: `execute` decides and applies a command; `replay` applies what an earlier
+//! `execute` recorded, and reaches exactly the same state.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Account, Amount, Command, CommandId, CommandKind, Currency, Event, EventKind, Fingerprint, HoldId, OwnerId,
+    Posting, Rejection, Timestamp, TransactionId, WalletId,
+};
+
+/// The highest balance a wallet may hold, in minor units (10^18, well inside `i64`).
+pub const MAX_BALANCE_MINOR: i64 = 1_000_000_000_000_000_000;
+
+/// The most holds one `ExpireHolds` command releases; the caller repeats it while
+/// [`Ledger::next_hold_expiry`] is due.
+pub const MAX_EXPIRIES_PER_COMMAND: usize = 256;
+
+/// Settings that shape decisions; part of the state, so a snapshot restores them too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// How long a command id is remembered (and its retries deduplicated), in microseconds.
+    /// Default: 24 hours.
+    pub command_retention_micros: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { command_retention_micros: 24 * 60 * 60 * 1_000_000 }
+    }
+}
+
+/// A wallet as the write side knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wallet {
+    pub id: WalletId,
+    pub owner_id: OwnerId,
+    pub currency: Currency,
+    /// Minor units; below zero only within `overdraft_limit`.
+    pub balance: i64,
+    /// Sum of the wallet's active holds, in minor units.
+    pub held: u64,
+    pub overdraft_limit: Amount,
+    /// Version of the last event on the wallet's stream.
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Wallet {
+    /// What the wallet may still spend or reserve: balance minus holds plus the overdraft limit.
+    pub fn available(&self) -> i128 {
+        i128::from(self.balance) - i128::from(self.held) + i128::from(self.overdraft_limit.minor())
+    }
+
+    /// The lowest balance (and available balance before the overdraft) the wallet may reach.
+    pub fn floor(&self) -> i128 {
+        -i128::from(self.overdraft_limit.minor())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldStatus {
+    Active,
+    Captured { captured: Amount },
+    Voided,
+    Expired,
+}
+
+/// A reservation of part of a wallet's balance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: HoldId,
+    pub wallet_id: WalletId,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub expires_at: Option<Timestamp>,
+    pub status: HoldStatus,
+    pub placed_at: Timestamp,
+    pub transaction_id: TransactionId,
+}
+
+impl Hold {
+    /// Whether the hold's expiry has passed at `now`, whether or not `ExpireHolds` processed it yet.
+    pub fn is_lapsed(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+    }
+}
+
+/// What the ledger remembers of a command id: enough to answer a retry with the original outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub command_id: CommandId,
+    pub fingerprint: Fingerprint,
+    /// The ledger's time when the command was decided.
+    pub at: Timestamp,
+    /// The command's position in the journal. An accepted command's events carry it.
+    pub transaction_id: TransactionId,
+    pub result: Result<(), Rejection>,
+}
+
+impl CommandRecord {
+    /// The outcome a client sees: the transaction id, or why the command was refused.
+    pub fn outcome(&self) -> Result<TransactionId, Rejection> {
+        self.result.map(|()| self.transaction_id)
+    }
+}
+
+/// The answer to [`Ledger::execute`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new command was decided. The record, and the events pushed for it, must be made durable
+    /// together before the outcome is acknowledged.
+    Recorded(CommandRecord),
+    /// The id was seen before with the same content: the original outcome, and nothing changed.
+    Duplicate(CommandRecord),
+    /// The id was seen before with different content: refused as `idempotency_key_reused`, and
+    /// nothing changed. `original` is the first command's record.
+    KeyReused { original: CommandRecord },
+}
+
+impl Outcome {
+    /// What the client is told: the transaction id or the rejection.
+    pub fn result(&self) -> Result<TransactionId, Rejection> {
+        match self {
+            Outcome::Recorded(record) | Outcome::Duplicate(record) => record.outcome(),
+            Outcome::KeyReused { .. } => Err(Rejection::IdempotencyKeyReused),
+        }
+    }
+}
+
+/// A journal that cannot have come from this ledger: replay refuses it rather than guess.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("replay of transaction {transaction_id}: {reason}")]
+pub struct ReplayError {
+    pub transaction_id: TransactionId,
+    pub reason: String,
+}
+
+/// A broken invariant: always a bug (or corrupted input), never a client error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("ledger invariant broken: {0}")]
+pub struct InvariantViolation(pub String);
+
+/// The whole write-side state: wallets, holds, system accounts and remembered command ids.
+///
+/// Wallets live in a `Vec` in creation order with a hash index beside it, so lookups are O(1) and
+/// every iteration (invariants, snapshots) is in a deterministic order; the index itself is never
+/// iterated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    pub(crate) config: Config,
+    /// The latest `now` the ledger has recorded a command at; the ledger's time never goes back.
+    pub(crate) clock: Timestamp,
+    pub(crate) last_transaction_id: TransactionId,
+    pub(crate) wallets: Vec<Wallet>,
+    pub(crate) wallet_index: FxHashMap<WalletId, u32>,
+    pub(crate) holds: BTreeMap<HoldId, Hold>,
+    /// Active holds with an expiry, in the order they lapse.
+    pub(crate) hold_expiries: BTreeSet<(Timestamp, HoldId)>,
+    /// Balance of each currency's `@world` account, indexed by `Currency::index`.
+    pub(crate) world: [i128; Currency::COUNT],
+    pub(crate) commands: FxHashMap<CommandId, CommandRecord>,
+    /// Remembered command ids, oldest first: the order they are forgotten in.
+    pub(crate) command_order: VecDeque<CommandId>,
+}
+
+impl Ledger {
+    pub fn new(config: Config) -> Ledger {
+        Ledger {
+            config,
+            clock: Timestamp::ZERO,
+            last_transaction_id: TransactionId(0),
+            wallets: Vec::new(),
+            wallet_index: FxHashMap::default(),
+            holds: BTreeMap::new(),
+            hold_expiries: BTreeSet::new(),
+            world: [0; Currency::COUNT],
+            commands: FxHashMap::default(),
+            command_order: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
+    /// The latest time the ledger has recorded a command at.
+    pub fn clock(&self) -> Timestamp {
+        self.clock
+    }
+
+    pub fn last_transaction_id(&self) -> TransactionId {
+        self.last_transaction_id
+    }
+
+    pub fn wallet(&self, wallet_id: &WalletId) -> Option<&Wallet> {
+        self.wallet_index.get(wallet_id).map(|&index| &self.wallets[index as usize])
+    }
+
+    /// Every wallet, in creation order.
+    pub fn wallets(&self) -> &[Wallet] {
+        &self.wallets
+    }
+
+    pub fn hold(&self, hold_id: &HoldId) -> Option<&Hold> {
+        self.holds.get(hold_id)
+    }
+
+    /// Every hold ever placed, by id.
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values()
+    }
+
+    /// The balance of the currency's system account: minus everything the wallets hold.
+    pub fn world_balance(&self, currency: Currency) -> i128 {
+        self.world[currency.index()]
+    }
+
+    /// The record of `command_id` if the ledger still remembers it at `now`.
+    pub fn command(&self, command_id: &CommandId, now: Timestamp) -> Option<&CommandRecord> {
+        let now = now.max(self.clock);
+        self.commands.get(command_id).filter(|record| !self.is_forgotten(record, now))
+    }
+
+    /// How many command ids the ledger remembers.
+    pub fn remembered_commands(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// When the earliest active hold lapses; `ExpireHolds` at or after it releases it.
+    pub fn next_hold_expiry(&self) -> Option<Timestamp> {
+        self.hold_expiries.first().map(|(expires_at, _)| *expires_at)
+    }
+
+    /// Decides `command` at `now` and applies it. New events are pushed onto `events` (which is not
+    /// cleared, so a caller can collect a whole batch); see [`Outcome`] for what must be persisted.
+    ///
+    /// `now` may go backwards (clocks jump); the ledger then keeps its own later time.
+    pub fn execute(&mut self, now: Timestamp, command: &Command, events: &mut Vec<Event>) -> Outcome {
+        let now = now.max(self.clock);
+        let fingerprint = command.kind.fingerprint();
+        if let Some(original) = self.command(&command.id, now) {
+            return if original.fingerprint == fingerprint {
+                Outcome::Duplicate(*original)
+            } else {
+                Outcome::KeyReused { original: *original }
+            };
+        }
+
+        let transaction_id = self.last_transaction_id.next();
+        let record_start = events.len();
+        let result = self.decide(now, transaction_id, command, events);
+        debug_assert!(result.is_ok() || events.len() == record_start, "a rejection emits no events");
+        let record = CommandRecord { command_id: command.id, fingerprint, at: now, transaction_id, result };
+        self.record(&record);
+        for event in &events[record_start..] {
+            if let Err(error) = self.apply(event) {
+                panic!("the ledger emitted an event it cannot apply: {error}");
+            }
+        }
+        if cfg!(debug_assertions) {
+            if let Err(violation) = self.check_invariants() {
+                panic!("after {} {}: {violation}", command.kind.name(), command.id);
+            }
+        }
+        Outcome::Recorded(record)
+    }
+
+    /// Applies one recorded transaction: the command record and the events `execute` emitted with it,
+    /// in their order. Replaying a journal into a fresh ledger (or into a restored snapshot, from the
+    /// transaction after it) reproduces the original ledger exactly.
+    pub fn replay(&mut self, record: &CommandRecord, events: &[Event]) -> Result<(), ReplayError> {
+        let fail = |reason: String| ReplayError { transaction_id: record.transaction_id, reason };
+        if record.transaction_id != self.last_transaction_id.next() {
+            return Err(fail(format!("expected transaction {}", self.last_transaction_id.next())));
+        }
+        if record.result.is_err() && !events.is_empty() {
+            return Err(fail("a rejected command has events".to_owned()));
+        }
+        if let Some(event) = events.iter().find(|event| event.transaction_id != record.transaction_id) {
+            return Err(fail(format!("event of transaction {} in its journal entry", event.transaction_id)));
+        }
+        self.record(record);
+        for event in events {
+            self.apply(event)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one event to the wallet and hold state, checking that it is the wallet's next version
+    /// and that the balance and held amount it carries are what the ledger computes.
+    ///
+    /// This is the single place wallet state changes, for `execute` and `replay` alike.
+    pub fn apply(&mut self, event: &Event) -> Result<(), ReplayError> {
+        let fail = |reason: String| ReplayError {
+            transaction_id: event.transaction_id,
+            reason: format!("{} v{} {}: {reason}", event.wallet_id, event.version, event.kind.name()),
+        };
+        let index = match &event.kind {
+            EventKind::WalletCreated { owner_id, overdraft_limit } => {
+                if event.version != 1 {
+                    return Err(fail("a wallet stream starts at version 1".to_owned()));
+                }
+                if self.wallet_index.contains_key(&event.wallet_id) {
+                    return Err(fail("the wallet exists".to_owned()));
+                }
+                let index = u32::try_from(self.wallets.len()).expect("fewer than 2^32 wallets");
+                self.wallets.push(Wallet {
+                    id: event.wallet_id,
+                    owner_id: *owner_id,
+                    currency: event.currency,
+                    balance: 0,
+                    held: 0,
+                    overdraft_limit: *overdraft_limit,
+                    version: 0,
+                    created_at: event.at,
+                    updated_at: event.at,
+                });
+                self.wallet_index.insert(event.wallet_id, index);
+                index as usize
+            }
+            _ => match self.wallet_index.get(&event.wallet_id) {
+                Some(&index) => index as usize,
+                None => return Err(fail("no such wallet".to_owned())),
+            },
+        };
+
+        let wallet = &self.wallets[index];
+        if event.version != wallet.version + 1 {
+            return Err(fail(format!("expected version {}", wallet.version + 1)));
+        }
+        if event.currency != wallet.currency {
+            return Err(fail("currency differs from the wallet's".to_owned()));
+        }
+
+        // The money: the posting moves the balance of this wallet and, if it is a party, of @world.
+        let mut balance = i128::from(wallet.balance);
+        if let Some(posting) = &event.posting {
+            if posting.currency != wallet.currency {
+                return Err(fail("posting currency differs from the wallet's".to_owned()));
+            }
+            let amount = i128::from(posting.amount.minor());
+            let this = Account::Wallet(event.wallet_id);
+            if posting.source == this {
+                balance -= amount;
+            } else if posting.destination == this {
+                balance += amount;
+            } else {
+                return Err(fail("the posting does not involve the wallet".to_owned()));
+            }
+            if posting.source == posting.destination {
+                return Err(fail("a posting must move money between two accounts".to_owned()));
+            }
+            let world = &mut self.world[posting.currency.index()];
+            if posting.source == Account::World(posting.currency) {
+                *world -= amount;
+            } else if posting.destination == Account::World(posting.currency) {
+                *world += amount;
+            }
+        }
+
+        // The reservations: holds change `held` and their own status.
+        let mut held = i128::from(wallet.held);
+        match &event.kind {
+            EventKind::HoldPlaced { hold_id, amount, expires_at } => {
+                if self.holds.contains_key(hold_id) {
+                    return Err(fail(format!("hold {hold_id} exists")));
+                }
+                held += i128::from(amount.minor());
+                self.holds.insert(
+                    *hold_id,
+                    Hold {
+                        id: *hold_id,
+                        wallet_id: event.wallet_id,
+                        currency: event.currency,
+                        amount: *amount,
+                        expires_at: *expires_at,
+                        status: HoldStatus::Active,
+                        placed_at: event.at,
+                        transaction_id: event.transaction_id,
+                    },
+                );
+                if let Some(expires_at) = expires_at {
+                    self.hold_expiries.insert((*expires_at, *hold_id));
+                }
+            }
+            EventKind::HoldCaptured { hold_id, captured, released, .. } => {
+                let status = HoldStatus::Captured { captured: *captured };
+                held -= self.finish_hold(event, hold_id, status, captured.minor() + released.minor()).map_err(fail)?;
+            }
+            EventKind::HoldVoided { hold_id, released } => {
+                held -= self.finish_hold(event, hold_id, HoldStatus::Voided, released.minor()).map_err(fail)?;
+            }
+            EventKind::HoldExpired { hold_id, released } => {
+                held -= self.finish_hold(event, hold_id, HoldStatus::Expired, released.minor()).map_err(fail)?;
+            }
+            EventKind::WalletCreated { .. }
+            | EventKind::Credited
+            | EventKind::Debited
+            | EventKind::TransferSent { .. }
+            | EventKind::TransferReceived { .. }
+            | EventKind::CaptureReceived { .. } => {}
+        }
+
+        if balance != i128::from(event.balance_after) || held != i128::from(event.held_after) {
+            return Err(fail(format!(
+                "carries balance {} held {}, the ledger computes balance {balance} held {held}",
+                event.balance_after, event.held_after
+            )));
+        }
+        let wallet = &mut self.wallets[index];
+        wallet.balance = event.balance_after;
+        wallet.held = event.held_after;
+        wallet.version = event.version;
+        wallet.updated_at = event.at;
+        Ok(())
+    }
+
+    /// Marks an active hold of the event's wallet finished and returns the amount it reserved.
+    fn finish_hold(
+        &mut self,
+        event: &Event,
+        hold_id: &HoldId,
+        status: HoldStatus,
+        accounted: u64,
+    ) -> Result<i128, String> {
+        let Some(hold) = self.holds.get_mut(hold_id) else {
+            return Err(format!("no hold {hold_id}"));
+        };
+        if hold.wallet_id != event.wallet_id || hold.status != HoldStatus::Active {
+            return Err(format!("hold {hold_id} is not an active hold of this wallet"));
+        }
+        if accounted != hold.amount.minor() {
+            return Err(format!("hold {hold_id} reserved {} but the event accounts for {accounted}", hold.amount.minor()));
+        }
+        hold.status = status;
+        if let Some(expires_at) = hold.expires_at {
+            self.hold_expiries.remove(&(expires_at, *hold_id));
+        }
+        Ok(i128::from(hold.amount.minor()))
+    }
+
+    /// Remembers a newly decided command, forgetting the ones whose retention ended by its time.
+    fn record(&mut self, record: &CommandRecord) {
+        self.clock = self.clock.max(record.at);
+        while let Some(oldest) = self.command_order.front() {
+            let forgotten = self.commands.get(oldest).is_none_or(|kept| self.is_forgotten(kept, self.clock));
+            if !forgotten {
+                break;
+            }
+            self.commands.remove(oldest);
+            self.command_order.pop_front();
+        }
+        let previous = self.commands.insert(record.command_id, *record);
+        assert!(previous.is_none(), "a remembered command id is recorded again");
+        self.command_order.push_back(record.command_id);
+        self.last_transaction_id = record.transaction_id;
+    }
+
+    fn is_forgotten(&self, record: &CommandRecord, now: Timestamp) -> bool {
+        record.at.saturating_add_micros(self.config.command_retention_micros) <= now
+    }
+
+    /// Decides a new command without changing anything: pushes its events and returns `Ok`, or
+    /// returns the rejection with nothing pushed. Checks follow the precedence documented on
+    /// [`Rejection`].
+    fn decide(
+        &self,
+        now: Timestamp,
+        transaction_id: TransactionId,
+        command: &Command,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Rejection> {
+        let event = |wallet: &Wallet, kind: EventKind, posting: Option<Posting>, balance_after: i128, held_after: i128| {
+            Event {
+                wallet_id: wallet.id,
+                version: wallet.version + 1,
+                transaction_id,
+                command_id: command.id,
+                at: now,
+                currency: wallet.currency,
+                kind,
+                posting,
+                description: None,
+                balance_after: i64::try_from(balance_after).expect("balances stay within MAX_BALANCE_MINOR"),
+                held_after: u64::try_from(held_after).expect("held amounts are never negative"),
+            }
+        };
+        let balance_of = |wallet: &Wallet| i128::from(wallet.balance);
+        let held_of = |wallet: &Wallet| i128::from(wallet.held);
+        let fits = |balance: i128| balance <= i128::from(MAX_BALANCE_MINOR);
+
+        match &command.kind {
+            CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit } => {
+                if self.wallet_index.contains_key(wallet_id) {
+                    return Err(Rejection::WalletExists);
+                }
+                let posting = (!initial_balance.is_zero()).then_some(Posting {
+                    source: Account::World(*currency),
+                    destination: Account::Wallet(*wallet_id),
+                    currency: *currency,
+                    amount: *initial_balance,
+                });
+                let initial = i64::try_from(initial_balance.minor()).expect("Amount::MAX fits i64");
+                events.push(Event {
+                    wallet_id: *wallet_id,
+                    version: 1,
+                    transaction_id,
+                    command_id: command.id,
+                    at: now,
+                    currency: *currency,
+                    kind: EventKind::WalletCreated { owner_id: *owner_id, overdraft_limit: *overdraft_limit },
+                    posting,
+                    description: None,
+                    balance_after: initial,
+                    held_after: 0,
+                });
+            }
+            CommandKind::Credit { wallet_id, currency, amount, description } => {
+                positive(*amount)?;
+                let wallet = self.wallet(wallet_id).ok_or(Rejection::WalletNotFound)?;
+                same_currency(*currency, wallet.currency)?;
+                let balance = balance_of(wallet) + i128::from(amount.minor());
+                if !fits(balance) {
+                    return Err(Rejection::BalanceLimitExceeded);
+                }
+                let posting = Posting {
+                    source: Account::World(*currency),
+                    destination: Account::Wallet(*wallet_id),
+                    currency: *currency,
+                    amount: *amount,
+                };
+                let mut credited = event(wallet, EventKind::Credited, Some(posting), balance, held_of(wallet));
+                credited.description = description.clone();
+                events.push(credited);
+            }
+            CommandKind::Debit { wallet_id, currency, amount, description } => {
+                positive(*amount)?;
+                let wallet = self.wallet(wallet_id).ok_or(Rejection::WalletNotFound)?;
+                same_currency(*currency, wallet.currency)?;
+                covers(wallet, *amount)?;
+                let posting = Posting {
+                    source: Account::Wallet(*wallet_id),
+                    destination: Account::World(*currency),
+                    currency: *currency,
+                    amount: *amount,
+                };
+                let balance = balance_of(wallet) - i128::from(amount.minor());
+                let mut debited = event(wallet, EventKind::Debited, Some(posting), balance, held_of(wallet));
+                debited.description = description.clone();
+                events.push(debited);
+            }
+            CommandKind::Transfer { source, destination, currency, amount, description } => {
+                positive(*amount)?;
+                if source == destination {
+                    return Err(Rejection::SameWalletTransfer);
+                }
+                let from = self.wallet(source).ok_or(Rejection::WalletNotFound)?;
+                let to = self.wallet(destination).ok_or(Rejection::DestinationWalletNotFound)?;
+                same_currency(*currency, from.currency)?;
+                same_currency(*currency, to.currency)?;
+                covers(from, *amount)?;
+                let to_balance = balance_of(to) + i128::from(amount.minor());
+                if !fits(to_balance) {
+                    return Err(Rejection::BalanceLimitExceeded);
+                }
+                let posting = Posting {
+                    source: Account::Wallet(*source),
+                    destination: Account::Wallet(*destination),
+                    currency: *currency,
+                    amount: *amount,
+                };
+                let from_balance = balance_of(from) - i128::from(amount.minor());
+                let kind = EventKind::TransferSent { destination: *destination };
+                let mut sent = event(from, kind, Some(posting), from_balance, held_of(from));
+                sent.description = description.clone();
+                let kind = EventKind::TransferReceived { source: *source };
+                let mut received = event(to, kind, Some(posting), to_balance, held_of(to));
+                received.description = description.clone();
+                events.push(sent);
+                events.push(received);
+            }
+            CommandKind::PlaceHold { hold_id, wallet_id, currency, amount, expires_at, description } => {
+                positive(*amount)?;
+                if self.holds.contains_key(hold_id) {
+                    return Err(Rejection::HoldExists);
+                }
+                let wallet = self.wallet(wallet_id).ok_or(Rejection::WalletNotFound)?;
+                same_currency(*currency, wallet.currency)?;
+                if expires_at.is_some_and(|expires_at| expires_at <= now) {
+                    return Err(Rejection::InvalidExpiry);
+                }
+                covers(wallet, *amount)?;
+                let kind = EventKind::HoldPlaced { hold_id: *hold_id, amount: *amount, expires_at: *expires_at };
+                let held = held_of(wallet) + i128::from(amount.minor());
+                let mut placed = event(wallet, kind, None, balance_of(wallet), held);
+                placed.description = description.clone();
+                events.push(placed);
+            }
+            CommandKind::CaptureHold { hold_id, amount, destination, description } => {
+                if let Some(amount) = amount {
+                    positive(*amount)?;
+                }
+                let hold = self.holds.get(hold_id).ok_or(Rejection::HoldNotFound)?;
+                let to = match destination {
+                    Some(destination) => Some(self.wallet(destination).ok_or(Rejection::DestinationWalletNotFound)?),
+                    None => None,
+                };
+                if let Some(to) = to {
+                    if to.id == hold.wallet_id {
+                        return Err(Rejection::SameWalletTransfer);
+                    }
+                    same_currency(hold.currency, to.currency)?;
+                }
+                check_active(hold, now)?;
+                let captured = amount.unwrap_or(hold.amount);
+                if captured > hold.amount {
+                    return Err(Rejection::CaptureExceedsHold);
+                }
+                let to_balance = to.map(|to| balance_of(to) + i128::from(captured.minor()));
+                if to_balance.is_some_and(|balance| !fits(balance)) {
+                    return Err(Rejection::BalanceLimitExceeded);
+                }
+                let from = self.wallet(&hold.wallet_id).expect("a hold's wallet exists");
+                let posting = Posting {
+                    source: Account::Wallet(from.id),
+                    destination: to.map_or(Account::World(hold.currency), |to| Account::Wallet(to.id)),
+                    currency: hold.currency,
+                    amount: captured,
+                };
+                let released = Amount::from_minor(hold.amount.minor() - captured.minor()).expect("below the hold");
+                let kind = EventKind::HoldCaptured { hold_id: *hold_id, captured, released, destination: *destination };
+                let from_balance = balance_of(from) - i128::from(captured.minor());
+                let from_held = held_of(from) - i128::from(hold.amount.minor());
+                let mut captured_event = event(from, kind, Some(posting), from_balance, from_held);
+                captured_event.description = description.clone();
+                events.push(captured_event);
+                if let (Some(to), Some(to_balance)) = (to, to_balance) {
+                    let kind = EventKind::CaptureReceived { hold_id: *hold_id, source: from.id };
+                    let mut received = event(to, kind, Some(posting), to_balance, held_of(to));
+                    received.description = description.clone();
+                    events.push(received);
+                }
+            }
+            CommandKind::VoidHold { hold_id } => {
+                let hold = self.holds.get(hold_id).ok_or(Rejection::HoldNotFound)?;
+                check_active(hold, now)?;
+                let wallet = self.wallet(&hold.wallet_id).expect("a hold's wallet exists");
+                let kind = EventKind::HoldVoided { hold_id: *hold_id, released: hold.amount };
+                let held = held_of(wallet) - i128::from(hold.amount.minor());
+                events.push(event(wallet, kind, None, balance_of(wallet), held));
+            }
+            CommandKind::ExpireHolds => {
+                // Several holds of one wallet may lapse together: their events take consecutive
+                // versions, so track each touched wallet's version and held amount as we go.
+                let mut touched: BTreeMap<WalletId, (u64, i128)> = BTreeMap::new();
+                let due = self.hold_expiries.iter().take_while(|(expires_at, _)| *expires_at <= now);
+                for (_, hold_id) in due.take(MAX_EXPIRIES_PER_COMMAND) {
+                    let hold = &self.holds[hold_id];
+                    let wallet = self.wallet(&hold.wallet_id).expect("a hold's wallet exists");
+                    let (version, held) = touched.entry(wallet.id).or_insert((wallet.version, held_of(wallet)));
+                    *version += 1;
+                    *held -= i128::from(hold.amount.minor());
+                    let mut expired = event(
+                        wallet,
+                        EventKind::HoldExpired { hold_id: *hold_id, released: hold.amount },
+                        None,
+                        balance_of(wallet),
+                        *held,
+                    );
+                    expired.version = *version;
+                    events.push(expired);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every invariant of the state; `execute` asserts it after each command in debug builds.
+    ///
+    /// - conservation: per currency, the wallets and the `@world` account sum to zero;
+    /// - floors: no balance, and no balance minus holds, is below minus the overdraft limit, and no
+    ///   balance exceeds [`MAX_BALANCE_MINOR`];
+    /// - holds: a wallet's `held` is the sum of its active holds, whose currency is the wallet's, and
+    ///   the expiry index lists exactly the active holds that have an expiry;
+    /// - streams: every wallet has at least its creation event (contiguity of versions is enforced
+    ///   event by event in [`Ledger::apply`]);
+    /// - memory of commands: the map and the forgetting order hold the same ids, oldest first.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let violation = |text: String| Err(InvariantViolation(text));
+        let mut totals = self.world;
+        let mut active_held: BTreeMap<WalletId, u64> = BTreeMap::new();
+        let mut expiries = BTreeSet::new();
+        for hold in self.holds.values() {
+            let Some(wallet) = self.wallet(&hold.wallet_id) else {
+                return violation(format!("hold {} names a missing wallet", hold.id));
+            };
+            if hold.currency != wallet.currency || hold.amount.is_zero() {
+                return violation(format!("hold {} has another currency or no amount", hold.id));
+            }
+            if hold.status == HoldStatus::Active {
+                *active_held.entry(hold.wallet_id).or_default() += hold.amount.minor();
+                if let Some(expires_at) = hold.expires_at {
+                    expiries.insert((expires_at, hold.id));
+                }
+            }
+        }
+        if expiries != self.hold_expiries {
+            return violation("the expiry index differs from the active holds".to_owned());
+        }
+        for (index, wallet) in self.wallets.iter().enumerate() {
+            if self.wallet_index.get(&wallet.id) != Some(&u32::try_from(index).expect("fewer than 2^32 wallets")) {
+                return violation(format!("wallet {} is not indexed at {index}", wallet.id));
+            }
+            totals[wallet.currency.index()] += i128::from(wallet.balance);
+            let balance = i128::from(wallet.balance);
+            if balance < wallet.floor() || wallet.available() < 0 || wallet.balance > MAX_BALANCE_MINOR {
+                return violation(format!(
+                    "wallet {} balance {} held {} overdraft {} is out of bounds",
+                    wallet.id,
+                    wallet.balance,
+                    wallet.held,
+                    wallet.overdraft_limit.minor()
+                ));
+            }
+            if active_held.get(&wallet.id).copied().unwrap_or(0) != wallet.held {
+                return violation(format!("wallet {} held {} differs from its active holds", wallet.id, wallet.held));
+            }
+            if wallet.version == 0 {
+                return violation(format!("wallet {} has no events", wallet.id));
+            }
+        }
+        if self.wallet_index.len() != self.wallets.len() {
+            return violation("the wallet index has entries for missing wallets".to_owned());
+        }
+        if let Some(currency) = Currency::ALL.iter().find(|currency| totals[currency.index()] != 0) {
+            return violation(format!("{currency} sums to {} instead of zero", totals[currency.index()]));
+        }
+        if self.commands.len() != self.command_order.len() {
+            return violation("remembered commands and their order differ in size".to_owned());
+        }
+        let mut previous_at = Timestamp::ZERO;
+        for command_id in &self.command_order {
+            let Some(record) = self.commands.get(command_id) else {
+                return violation(format!("command {command_id} is ordered but not remembered"));
+            };
+            if record.at < previous_at || record.at > self.clock || record.transaction_id > self.last_transaction_id {
+                return violation(format!("command {command_id} is out of order"));
+            }
+            previous_at = record.at;
+        }
+        Ok(())
+    }
+}
+
+fn positive(amount: Amount) -> Result<(), Rejection> {
+    if amount.is_zero() { Err(Rejection::InvalidAmount) } else { Ok(()) }
+}
+
+fn same_currency(requested: Currency, actual: Currency) -> Result<(), Rejection> {
+    if requested == actual { Ok(()) } else { Err(Rejection::CurrencyMismatch) }
+}
+
+fn covers(wallet: &Wallet, amount: Amount) -> Result<(), Rejection> {
+    if wallet.available() >= i128::from(amount.minor()) { Ok(()) } else { Err(Rejection::InsufficientFunds) }
+}
+
+fn check_active(hold: &Hold, now: Timestamp) -> Result<(), Rejection> {
+    match hold.status {
+        HoldStatus::Captured { .. } | HoldStatus::Voided => Err(Rejection::HoldNotActive),
+        HoldStatus::Expired => Err(Rejection::HoldExpired),
+        HoldStatus::Active if hold.is_lapsed(now) => Err(Rejection::HoldExpired),
+        HoldStatus::Active => Ok(()),
+    }
+}

@@ -1,0 +1,528 @@
+//! Every command and every rejection code, one scenario each, through the public engine API.
+//!
+//! Each scenario runs through `auditor::Harness`, so besides the assertions written here every step
+//! is also checked against the independent auditor, the invariants and well-formed events; each test
+//! ends by replaying its journal and round-tripping a snapshot.
+
+use wallex_engine::auditor::Harness;
+use wallex_engine::{
+    Account, Amount, Command, CommandId, CommandKind, Config, Currency, Description, Event, EventKind, HoldId,
+    HoldStatus, Ledger, MAX_BALANCE_MINOR, Outcome, OwnerId, Rejection, Timestamp, TransactionId, WalletId,
+};
+
+fn wallet(id: &str) -> WalletId {
+    WalletId::parse(id).unwrap()
+}
+
+fn hold(id: &str) -> HoldId {
+    HoldId::parse(id).unwrap()
+}
+
+fn money(minor: u64) -> Amount {
+    Amount::from_minor(minor).unwrap()
+}
+
+fn at(micros: u64) -> Timestamp {
+    Timestamp::from_unix_micros(micros)
+}
+
+/// A ledger under test with a command-id counter and a clock that ticks once per command.
+struct Script {
+    harness: Harness,
+    next_id: u128,
+    now: u64,
+}
+
+impl Script {
+    fn new() -> Script {
+        Script::with_config(Config::default())
+    }
+
+    fn with_config(config: Config) -> Script {
+        Script { harness: Harness::new(config), next_id: 1, now: 1_000_000 }
+    }
+
+    fn ledger(&self) -> &Ledger {
+        &self.harness.ledger
+    }
+
+    /// Runs `kind` under a fresh command id; returns the outcome and the events it emitted.
+    fn run(&mut self, kind: CommandKind) -> (Result<TransactionId, Rejection>, Vec<Event>) {
+        let id = CommandId(self.next_id);
+        self.next_id += 1;
+        self.run_as(id, kind)
+    }
+
+    fn run_as(&mut self, id: CommandId, kind: CommandKind) -> (Result<TransactionId, Rejection>, Vec<Event>) {
+        self.now += 1;
+        let before = self.harness.journal.len();
+        let outcome = self.harness.step(at(self.now), &Command { id, kind }).unwrap_or_else(|error| panic!("{error}"));
+        let events = match outcome {
+            Outcome::Recorded(_) if self.harness.journal.len() > before => self.harness.journal.last().unwrap().1.clone(),
+            _ => Vec::new(),
+        };
+        (outcome.result(), events)
+    }
+
+    fn ok(&mut self, kind: CommandKind) -> Vec<Event> {
+        let (result, events) = self.run(kind.clone());
+        assert!(result.is_ok(), "{kind:?} was refused: {result:?}");
+        events
+    }
+
+    fn refused(&mut self, kind: CommandKind) -> Rejection {
+        let (result, events) = self.run(kind.clone());
+        assert!(events.is_empty(), "a refused command emits nothing");
+        result.expect_err(&format!("{kind:?} was accepted"))
+    }
+
+    fn create(&mut self, id: &str, currency: Currency, initial: u64, overdraft: u64) {
+        self.ok(create(id, currency, initial, overdraft));
+    }
+
+    fn balance(&self, id: &str) -> (i64, u64) {
+        let wallet = self.ledger().wallet(&wallet(id)).unwrap();
+        (wallet.balance, wallet.held)
+    }
+
+    fn finish(&self) {
+        self.harness.check_replay().unwrap();
+        self.harness.check_snapshot().unwrap();
+    }
+}
+
+fn create(id: &str, currency: Currency, initial: u64, overdraft: u64) -> CommandKind {
+    CommandKind::CreateWallet {
+        wallet_id: wallet(id),
+        owner_id: OwnerId::parse("owner-1").unwrap(),
+        currency,
+        initial_balance: money(initial),
+        overdraft_limit: money(overdraft),
+    }
+}
+
+fn credit(id: &str, amount: u64) -> CommandKind {
+    CommandKind::Credit { wallet_id: wallet(id), currency: Currency::USD, amount: money(amount), description: None }
+}
+
+fn debit(id: &str, amount: u64) -> CommandKind {
+    CommandKind::Debit { wallet_id: wallet(id), currency: Currency::USD, amount: money(amount), description: None }
+}
+
+fn transfer(from: &str, to: &str, amount: u64) -> CommandKind {
+    CommandKind::Transfer {
+        source: wallet(from),
+        destination: wallet(to),
+        currency: Currency::USD,
+        amount: money(amount),
+        description: None,
+    }
+}
+
+fn place(hold_id: &str, wallet_id: &str, amount: u64, expires_at: Option<u64>) -> CommandKind {
+    CommandKind::PlaceHold {
+        hold_id: hold(hold_id),
+        wallet_id: wallet(wallet_id),
+        currency: Currency::USD,
+        amount: money(amount),
+        expires_at: expires_at.map(at),
+        description: None,
+    }
+}
+
+fn capture(hold_id: &str, amount: Option<u64>, destination: Option<&str>) -> CommandKind {
+    CommandKind::CaptureHold {
+        hold_id: hold(hold_id),
+        amount: amount.map(money),
+        destination: destination.map(wallet),
+        description: None,
+    }
+}
+
+fn void(hold_id: &str) -> CommandKind {
+    CommandKind::VoidHold { hold_id: hold(hold_id) }
+}
+
+#[test]
+fn create_wallet_funds_it_from_the_world_account_in_one_event() {
+    let mut script = Script::new();
+    let events = script.ok(create("alice", Currency::USD, 10_000, 0));
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(event.version, 1);
+    assert_eq!(event.balance_after, 10_000);
+    assert!(matches!(event.kind, EventKind::WalletCreated { .. }));
+    let posting = event.posting.unwrap();
+    assert_eq!(posting.source, Account::World(Currency::USD));
+    assert_eq!(posting.destination, Account::Wallet(wallet("alice")));
+    assert_eq!(script.ledger().world_balance(Currency::USD), -10_000);
+
+    let events = script.ok(create("bob", Currency::JPY, 0, 0));
+    assert!(events[0].posting.is_none(), "an empty wallet moves no money");
+    assert_eq!(script.refused(create("alice", Currency::EUR, 0, 0)), Rejection::WalletExists);
+    script.finish();
+}
+
+#[test]
+fn credit_and_debit_move_money_through_the_world_account() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 0, 0);
+    let events = script.ok(credit("alice", 5_000));
+    assert_eq!((events[0].version, events[0].balance_after), (2, 5_000));
+    assert!(matches!(events[0].kind, EventKind::Credited));
+    let events = script.ok(debit("alice", 1_250));
+    assert_eq!((events[0].version, events[0].balance_after), (3, 3_750));
+    assert_eq!(events[0].posting.unwrap().destination, Account::World(Currency::USD));
+    assert_eq!(script.ledger().world_balance(Currency::USD), -3_750);
+    assert_eq!(script.balance("alice"), (3_750, 0));
+    script.finish();
+}
+
+#[test]
+fn descriptions_travel_into_the_events() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 0, 0);
+    let description = Description::parse("Deposit from bank").unwrap();
+    let events = script.ok(CommandKind::Credit {
+        wallet_id: wallet("alice"),
+        currency: Currency::USD,
+        amount: money(10),
+        description: Some(description.clone()),
+    });
+    assert_eq!(events[0].description, Some(description));
+    script.finish();
+}
+
+#[test]
+fn debit_is_refused_beyond_the_available_balance_and_the_overdraft() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    assert_eq!(script.refused(debit("alice", 1_001)), Rejection::InsufficientFunds);
+    script.ok(debit("alice", 1_000));
+    assert_eq!(script.balance("alice"), (0, 0));
+
+    script.create("carol", Currency::USD, 100, 500);
+    script.ok(debit("carol", 600));
+    assert_eq!(script.balance("carol"), (-500, 0), "down to exactly minus the overdraft limit");
+    assert_eq!(script.refused(debit("carol", 1)), Rejection::InsufficientFunds);
+    script.finish();
+}
+
+#[test]
+fn transfer_is_one_atomic_decision_over_two_streams() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.create("bob", Currency::USD, 0, 0);
+    let events = script.ok(transfer("alice", "bob", 400));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].transaction_id, events[1].transaction_id);
+    assert_eq!(events[0].posting, events[1].posting, "both streams carry the one posting");
+    assert_eq!((events[0].wallet_id, events[0].version, events[0].balance_after), (wallet("alice"), 2, 600));
+    assert_eq!((events[1].wallet_id, events[1].version, events[1].balance_after), (wallet("bob"), 2, 400));
+    assert!(matches!(events[0].kind, EventKind::TransferSent { destination } if destination == wallet("bob")));
+    assert!(matches!(events[1].kind, EventKind::TransferReceived { source } if source == wallet("alice")));
+    assert_eq!(script.ledger().world_balance(Currency::USD), -1_000, "a transfer creates no money");
+
+    assert_eq!(script.refused(transfer("alice", "bob", 601)), Rejection::InsufficientFunds);
+    assert_eq!(script.balance("alice"), (600, 0), "a refused transfer touches neither side");
+    assert_eq!(script.balance("bob"), (400, 0));
+    script.finish();
+}
+
+#[test]
+fn transfer_rejections_follow_the_documented_precedence() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 100, 0);
+    script.create("euro", Currency::EUR, 100, 0);
+    assert_eq!(script.refused(transfer("alice", "alice", 0)), Rejection::InvalidAmount, "amount before same wallet");
+    assert_eq!(script.refused(transfer("alice", "alice", 10)), Rejection::SameWalletTransfer);
+    assert_eq!(script.refused(transfer("ghost", "nobody", 10)), Rejection::WalletNotFound, "source first");
+    assert_eq!(script.refused(transfer("alice", "nobody", 10)), Rejection::DestinationWalletNotFound);
+    assert_eq!(script.refused(transfer("alice", "euro", 1_000)), Rejection::CurrencyMismatch, "currency before funds");
+    assert_eq!(script.refused(transfer("euro", "alice", 10)), Rejection::CurrencyMismatch);
+    script.finish();
+}
+
+#[test]
+fn credit_and_debit_rejections() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 100, 0);
+    script.create("yen", Currency::JPY, 100, 0);
+    assert_eq!(script.refused(credit("alice", 0)), Rejection::InvalidAmount);
+    assert_eq!(script.refused(debit("alice", 0)), Rejection::InvalidAmount);
+    assert_eq!(script.refused(credit("ghost", 0)), Rejection::InvalidAmount, "the command alone comes first");
+    assert_eq!(script.refused(credit("ghost", 10)), Rejection::WalletNotFound);
+    assert_eq!(script.refused(debit("ghost", 10)), Rejection::WalletNotFound);
+    assert_eq!(script.refused(credit("yen", 10)), Rejection::CurrencyMismatch);
+    assert_eq!(script.refused(debit("yen", 1_000)), Rejection::CurrencyMismatch, "currency before funds");
+    script.finish();
+}
+
+#[test]
+fn balances_never_pass_the_balance_limit() {
+    let mut script = Script::new();
+    script.create("whale", Currency::USD, 0, 0);
+    script.create("minnow", Currency::USD, Amount::MAX_MINOR, 0);
+    let max = Amount::MAX_MINOR;
+    let credits = u64::try_from(MAX_BALANCE_MINOR).unwrap() / max;
+    for _ in 0..credits {
+        script.ok(credit("whale", max));
+    }
+    assert_eq!(script.balance("whale").0, MAX_BALANCE_MINOR);
+    assert_eq!(script.refused(credit("whale", 1)), Rejection::BalanceLimitExceeded);
+    assert_eq!(script.refused(transfer("minnow", "whale", 1)), Rejection::BalanceLimitExceeded);
+    script.ok(place("h", "minnow", 5, None));
+    assert_eq!(script.refused(capture("h", None, Some("whale"))), Rejection::BalanceLimitExceeded);
+    script.finish();
+}
+
+#[test]
+fn holds_reserve_money_until_captured_in_part_and_release_the_rest() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.create("shop", Currency::USD, 0, 0);
+    let events = script.ok(place("h1", "alice", 700, None));
+    assert_eq!((events[0].balance_after, events[0].held_after), (1_000, 700));
+    assert!(events[0].posting.is_none(), "a hold moves no money");
+    assert_eq!(script.refused(debit("alice", 301)), Rejection::InsufficientFunds, "held money is not available");
+    assert_eq!(script.refused(place("h2", "alice", 301, None)), Rejection::InsufficientFunds);
+    script.ok(debit("alice", 300));
+
+    let events = script.ok(capture("h1", Some(500), Some("shop")));
+    assert_eq!(events.len(), 2);
+    assert!(matches!(
+        events[0].kind,
+        EventKind::HoldCaptured { captured, released, .. } if captured == money(500) && released == money(200)
+    ));
+    assert!(matches!(events[1].kind, EventKind::CaptureReceived { .. }));
+    assert_eq!(script.balance("alice"), (200, 0), "captured 500, released 200");
+    assert_eq!(script.balance("shop"), (500, 0));
+    let status = script.ledger().hold(&hold("h1")).unwrap().status;
+    assert_eq!(status, HoldStatus::Captured { captured: money(500) });
+    assert_eq!(script.refused(capture("h1", None, Some("shop"))), Rejection::HoldNotActive);
+    assert_eq!(script.refused(void("h1")), Rejection::HoldNotActive);
+    script.finish();
+}
+
+#[test]
+fn a_full_capture_without_destination_leaves_the_system() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.ok(place("h1", "alice", 250, None));
+    let events = script.ok(capture("h1", None, None));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].posting.unwrap().destination, Account::World(Currency::USD));
+    assert_eq!(script.balance("alice"), (750, 0));
+    assert_eq!(script.ledger().world_balance(Currency::USD), -750);
+    script.finish();
+}
+
+#[test]
+fn voiding_releases_the_whole_hold() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.ok(place("h1", "alice", 1_000, None));
+    let events = script.ok(void("h1"));
+    assert!(matches!(events[0].kind, EventKind::HoldVoided { released, .. } if released == money(1_000)));
+    assert_eq!(script.balance("alice"), (1_000, 0));
+    assert_eq!(script.ledger().hold(&hold("h1")).unwrap().status, HoldStatus::Voided);
+    script.finish();
+}
+
+#[test]
+fn hold_rejections_follow_the_documented_precedence() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.create("bob", Currency::USD, 0, 0);
+    script.create("euro", Currency::EUR, 0, 0);
+    assert_eq!(script.refused(place("h", "alice", 0, None)), Rejection::InvalidAmount);
+    assert_eq!(script.refused(place("h", "ghost", 10, None)), Rejection::WalletNotFound);
+    assert_eq!(script.refused(place("h", "euro", 10, None)), Rejection::CurrencyMismatch);
+    let past = script.now;
+    assert_eq!(script.refused(place("h", "alice", 10, Some(past))), Rejection::InvalidExpiry);
+    assert_eq!(script.refused(place("h", "alice", 1_001, None)), Rejection::InsufficientFunds);
+    script.ok(place("h", "alice", 100, None));
+    assert_eq!(script.refused(place("h", "ghost", 10, None)), Rejection::HoldExists, "hold id before wallet");
+
+    assert_eq!(script.refused(capture("nope", None, None)), Rejection::HoldNotFound);
+    assert_eq!(script.refused(void("nope")), Rejection::HoldNotFound);
+    assert_eq!(script.refused(capture("h", Some(0), None)), Rejection::InvalidAmount);
+    assert_eq!(script.refused(capture("h", None, Some("ghost"))), Rejection::DestinationWalletNotFound);
+    assert_eq!(script.refused(capture("h", None, Some("alice"))), Rejection::SameWalletTransfer);
+    assert_eq!(script.refused(capture("h", None, Some("euro"))), Rejection::CurrencyMismatch);
+    assert_eq!(script.refused(capture("h", Some(101), Some("bob"))), Rejection::CaptureExceedsHold);
+    script.ok(capture("h", Some(100), Some("bob")));
+    script.finish();
+}
+
+#[test]
+fn holds_lapse_at_their_expiry_and_expire_holds_releases_them_in_order() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    let soon = script.now + 100;
+    script.ok(place("late", "alice", 200, Some(soon + 50)));
+    script.ok(place("early", "alice", 300, Some(soon)));
+    script.ok(place("forever", "alice", 100, None));
+    assert_eq!(script.ledger().next_hold_expiry(), Some(at(soon)));
+
+    let events = script.ok(CommandKind::ExpireHolds);
+    assert!(events.is_empty(), "nothing has lapsed yet");
+    script.now = soon - 1; // The next command runs at exactly `soon`.
+    assert_eq!(script.refused(capture("early", None, None)), Rejection::HoldExpired, "lapsed before processing");
+    assert_eq!(script.refused(void("early")), Rejection::HoldExpired);
+    assert_eq!(script.balance("alice"), (1_000, 600), "a lapsed hold still reserves until released");
+
+    script.now = soon + 100;
+    let events = script.ok(CommandKind::ExpireHolds);
+    let expired: Vec<_> = events
+        .iter()
+        .map(|event| match &event.kind {
+            EventKind::HoldExpired { hold_id, .. } => (hold_id.to_string(), event.version),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(expired, [("early".to_owned(), 5), ("late".to_owned(), 6)], "oldest expiry first, contiguous versions");
+    assert_eq!(script.balance("alice"), (1_000, 100));
+    assert_eq!(script.refused(capture("late", None, None)), Rejection::HoldExpired);
+    assert_eq!(script.ledger().next_hold_expiry(), None);
+    script.finish();
+}
+
+#[test]
+fn time_never_goes_backwards_inside_the_ledger() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    let expiry = script.now + 10;
+    script.ok(place("h", "alice", 100, Some(expiry)));
+    script.now = expiry + 5;
+    script.ok(credit("alice", 1));
+    // The caller's clock jumps back before the expiry: the ledger keeps its later time.
+    script.now = expiry - 5;
+    assert_eq!(script.refused(void("h")), Rejection::HoldExpired);
+    assert_eq!(script.ledger().clock(), at(expiry + 6));
+    script.finish();
+}
+
+#[test]
+fn a_retried_command_returns_its_original_outcome_and_changes_nothing() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    let id = CommandId(777);
+    let (first, events) = script.run_as(id, debit("alice", 100));
+    assert_eq!(events.len(), 1);
+    let (again, events) = script.run_as(id, debit("alice", 100));
+    assert_eq!(again, first, "success is pinned");
+    assert!(events.is_empty());
+    assert_eq!(script.balance("alice"), (900, 0), "debited once");
+
+    let refused_id = CommandId(778);
+    let (first, _) = script.run_as(refused_id, debit("alice", 5_000));
+    assert_eq!(first, Err(Rejection::InsufficientFunds));
+    script.ok(credit("alice", 10_000));
+    let (again, events) = script.run_as(refused_id, debit("alice", 5_000));
+    assert_eq!(again, Err(Rejection::InsufficientFunds), "a rejection is pinned too, even once funds arrive");
+    assert!(events.is_empty());
+    script.finish();
+}
+
+#[test]
+fn a_reused_command_id_with_other_content_is_refused_without_effect() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    let id = CommandId(42);
+    script.run_as(id, debit("alice", 100)).0.unwrap();
+    let (reused, events) = script.run_as(id, debit("alice", 101));
+    assert_eq!(reused, Err(Rejection::IdempotencyKeyReused));
+    assert!(events.is_empty());
+    let (reused, _) = script.run_as(id, credit("alice", 100));
+    assert_eq!(reused, Err(Rejection::IdempotencyKeyReused), "another command type is other content");
+    assert_eq!(script.balance("alice"), (900, 0));
+    let (again, _) = script.run_as(id, debit("alice", 100));
+    assert!(again.is_ok(), "the original is still answered");
+    script.finish();
+}
+
+#[test]
+fn command_ids_are_forgotten_after_the_retention_window() {
+    let mut script = Script::with_config(Config { command_retention_micros: 1_000 });
+    script.create("alice", Currency::USD, 1_000, 0);
+    let id = CommandId(9);
+    script.run_as(id, debit("alice", 100)).0.unwrap();
+    script.now += 500;
+    assert!(script.run_as(id, debit("alice", 100)).1.is_empty(), "still remembered");
+    script.now += 1_000;
+    let (result, events) = script.run_as(id, debit("alice", 100));
+    assert!(result.is_ok());
+    assert_eq!(events.len(), 1, "forgotten: the same id is a new command");
+    assert_eq!(script.balance("alice"), (800, 0));
+    assert!(script.ledger().remembered_commands() <= 2);
+    script.finish();
+}
+
+#[test]
+fn transaction_ids_number_every_recorded_command() {
+    let mut script = Script::new();
+    let (first, _) = script.run(create("alice", Currency::USD, 0, 0));
+    let (refused, _) = script.run(debit("alice", 1));
+    let (third, _) = script.run(credit("alice", 1));
+    assert_eq!(first, Ok(TransactionId(1)));
+    assert_eq!(refused, Err(Rejection::InsufficientFunds));
+    assert_eq!(third, Ok(TransactionId(3)), "the rejection took transaction 2");
+    assert_eq!(script.ledger().last_transaction_id(), TransactionId(3));
+    script.finish();
+}
+
+#[test]
+fn replay_refuses_a_journal_the_ledger_could_not_have_written() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.ok(debit("alice", 100));
+    let journal = script.harness.journal.clone();
+
+    let mut ledger = Ledger::new(Config::default());
+    assert!(ledger.replay(&journal[1].0, &journal[1].1).is_err(), "a gap in transactions");
+
+    let mut tampered = journal.clone();
+    tampered[1].1[0].balance_after = 950;
+    let mut ledger = Ledger::new(Config::default());
+    ledger.replay(&tampered[0].0, &tampered[0].1).unwrap();
+    let error = ledger.replay(&tampered[1].0, &tampered[1].1).unwrap_err();
+    assert!(error.reason.contains("computes balance 900"), "{error}");
+
+    let mut skipped = journal;
+    skipped[1].1[0].version = 3;
+    let mut ledger = Ledger::new(Config::default());
+    ledger.replay(&skipped[0].0, &skipped[0].1).unwrap();
+    assert!(ledger.replay(&skipped[1].0, &skipped[1].1).unwrap_err().reason.contains("expected version 2"));
+}
+
+#[test]
+fn a_corrupted_snapshot_is_refused() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    let mut bytes = script.ledger().encode_snapshot();
+    assert!(Ledger::restore(&bytes).is_ok());
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    assert!(matches!(Ledger::restore(&bytes), Err(wallex_engine::SnapshotError::Checksum)));
+    let shortened = &bytes[..bytes.len() - 1];
+    assert!(matches!(Ledger::restore(shortened), Err(wallex_engine::SnapshotError::Checksum)));
+    assert!(matches!(Ledger::restore(&bytes[..4]), Err(wallex_engine::SnapshotError::Truncated)));
+}
+
+#[test]
+fn amounts_in_kwd_and_jpy_keep_their_scale_end_to_end() {
+    let mut script = Script::new();
+    let kwd = Amount::parse("1.005", Currency::KWD).unwrap();
+    script.ok(CommandKind::CreateWallet {
+        wallet_id: wallet("k"),
+        owner_id: OwnerId::parse("o").unwrap(),
+        currency: Currency::KWD,
+        initial_balance: kwd,
+        overdraft_limit: Amount::ZERO,
+    });
+    let wallet = script.ledger().wallet(&wallet("k")).unwrap();
+    assert_eq!(wallet.balance, 1_005);
+    assert_eq!(Currency::KWD.format_minor(i128::from(wallet.balance)), "1.005");
+    script.finish();
+}
