@@ -188,7 +188,8 @@ impl Auditor {
                 }
                 wallet.held += amount;
                 wallet.version += 1;
-                let hold = ModelHold { wallet: wallet_id.to_string(), amount, expires_at, state: ModelHoldState::Active };
+                let hold =
+                    ModelHold { wallet: wallet_id.to_string(), amount, expires_at, state: ModelHoldState::Active };
                 self.holds.insert(hold_id.to_string(), hold);
                 Ok(())
             }
@@ -212,10 +213,10 @@ impl Auditor {
                 if captured > hold.amount {
                     return Err(Rejection::CaptureExceedsHold);
                 }
-                if let Some(destination) = destination {
-                    if self.wallets[destination.as_str()].balance + captured > i128::from(MAX_BALANCE_MINOR) {
-                        return Err(Rejection::BalanceLimitExceeded);
-                    }
+                if let Some(destination) = destination
+                    && self.wallets[destination.as_str()].balance + captured > i128::from(MAX_BALANCE_MINOR)
+                {
+                    return Err(Rejection::BalanceLimitExceeded);
                 }
                 // One event on the hold's wallet: the reservation ends and the captured part leaves.
                 self.holds.get_mut(hold_id.as_str()).expect("found above").state =
@@ -304,13 +305,8 @@ impl Auditor {
             let Some(model) = self.wallets.get(wallet.id.as_str()) else {
                 return Err(format!("wallet {} is unknown to the auditor", wallet.id));
             };
-            let actual = (
-                wallet.currency,
-                i128::from(wallet.balance),
-                i128::from(wallet.held),
-                wallet.floor(),
-                wallet.version,
-            );
+            let actual =
+                (wallet.currency, i128::from(wallet.balance), i128::from(wallet.held), wallet.floor(), wallet.version);
             let expected = (model.currency, model.balance, model.held, model.floor, model.version);
             if actual != expected {
                 return Err(format!(
@@ -427,15 +423,15 @@ fn check_events(record: &CommandRecord, events: &[Event]) -> Result<(), String> 
         if event.transaction_id != record.transaction_id || event.command_id != record.command_id {
             return Err(format!("event {event:?} belongs to another transaction"));
         }
-        if let Some(previous) = last_version.insert(event.wallet_id, event.version) {
-            if event.version != previous + 1 {
-                return Err(format!("versions of {} jump from {previous} to {}", event.wallet_id, event.version));
-            }
+        if let Some(previous) = last_version.insert(event.wallet_id, event.version)
+            && event.version != previous + 1
+        {
+            return Err(format!("versions of {} jump from {previous} to {}", event.wallet_id, event.version));
         }
-        if let Some(posting) = event.posting {
-            if posting.amount.is_zero() || posting.source == posting.destination {
-                return Err(format!("posting {posting:?} moves nothing"));
-            }
+        if let Some(posting) = event.posting
+            && (posting.amount.is_zero() || posting.source == posting.destination)
+        {
+            return Err(format!("posting {posting:?} moves nothing"));
         }
     }
     Ok(())

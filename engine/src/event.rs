@@ -69,18 +69,43 @@ impl Event {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     /// Always version 1. The posting, if any, is the initial balance from `@world`.
-    WalletCreated { owner_id: OwnerId, overdraft_limit: Amount },
+    WalletCreated {
+        owner_id: OwnerId,
+        overdraft_limit: Amount,
+    },
     Credited,
     Debited,
-    TransferSent { destination: WalletId },
-    TransferReceived { source: WalletId },
-    HoldPlaced { hold_id: HoldId, amount: Amount, expires_at: Option<Timestamp> },
+    TransferSent {
+        destination: WalletId,
+    },
+    TransferReceived {
+        source: WalletId,
+    },
+    HoldPlaced {
+        hold_id: HoldId,
+        amount: Amount,
+        expires_at: Option<Timestamp>,
+    },
     /// The hold's wallet paid `captured` (to `destination`, or out of the system) and got `released` back.
-    HoldCaptured { hold_id: HoldId, captured: Amount, released: Amount, destination: Option<WalletId> },
+    HoldCaptured {
+        hold_id: HoldId,
+        captured: Amount,
+        released: Amount,
+        destination: Option<WalletId>,
+    },
     /// The destination's side of a capture.
-    CaptureReceived { hold_id: HoldId, source: WalletId },
-    HoldVoided { hold_id: HoldId, released: Amount },
-    HoldExpired { hold_id: HoldId, released: Amount },
+    CaptureReceived {
+        hold_id: HoldId,
+        source: WalletId,
+    },
+    HoldVoided {
+        hold_id: HoldId,
+        released: Amount,
+    },
+    HoldExpired {
+        hold_id: HoldId,
+        released: Amount,
+    },
 }
 
 impl EventKind {

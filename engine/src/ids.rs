@@ -198,10 +198,7 @@ mod tests {
         assert_eq!(WalletId::parse("wallet-123").unwrap().as_str(), "wallet-123");
         assert!(WalletId::parse("A.b_c:d-0").is_ok());
         assert!(WalletId::parse(&"x".repeat(64)).is_ok());
-        assert_eq!(
-            WalletId::parse(&"x".repeat(65)),
-            Err(ParseError::IdLength { what: "wallet id", max: 64 })
-        );
+        assert_eq!(WalletId::parse(&"x".repeat(65)), Err(ParseError::IdLength { what: "wallet id", max: 64 }));
         assert_eq!(WalletId::parse(""), Err(ParseError::IdLength { what: "wallet id", max: 64 }));
         for bad in ["a b", "@world:USD", "é", "a/b", "a\n"] {
             assert_eq!(WalletId::parse(bad), Err(ParseError::IdCharset { what: "wallet id" }), "{bad:?}");

@@ -261,10 +261,10 @@ impl Ledger {
                 panic!("the ledger emitted an event it cannot apply: {error}");
             }
         }
-        if cfg!(debug_assertions) {
-            if let Err(violation) = self.check_invariants() {
-                panic!("after {} {}: {violation}", command.kind.name(), command.id);
-            }
+        if cfg!(debug_assertions)
+            && let Err(violation) = self.check_invariants()
+        {
+            panic!("after {} {}: {violation}", command.kind.name(), command.id);
         }
         Outcome::Recorded(record)
     }
@@ -434,7 +434,10 @@ impl Ledger {
             return Err(format!("hold {hold_id} is not an active hold of this wallet"));
         }
         if accounted != hold.amount.minor() {
-            return Err(format!("hold {hold_id} reserved {} but the event accounts for {accounted}", hold.amount.minor()));
+            return Err(format!(
+                "hold {hold_id} reserved {} but the event accounts for {accounted}",
+                hold.amount.minor()
+            ));
         }
         hold.status = status;
         if let Some(expires_at) = hold.expires_at {
@@ -474,8 +477,8 @@ impl Ledger {
         command: &Command,
         events: &mut Vec<Event>,
     ) -> Result<(), Rejection> {
-        let event = |wallet: &Wallet, kind: EventKind, posting: Option<Posting>, balance_after: i128, held_after: i128| {
-            Event {
+        let event =
+            |wallet: &Wallet, kind: EventKind, posting: Option<Posting>, balance_after: i128, held_after: i128| Event {
                 wallet_id: wallet.id,
                 version: wallet.version + 1,
                 transaction_id,
@@ -487,8 +490,7 @@ impl Ledger {
                 description: None,
                 balance_after: i64::try_from(balance_after).expect("balances stay within MAX_BALANCE_MINOR"),
                 held_after: u64::try_from(held_after).expect("held amounts are never negative"),
-            }
-        };
+            };
         let balance_of = |wallet: &Wallet| i128::from(wallet.balance);
         let held_of = |wallet: &Wallet| i128::from(wallet.held);
         let fits = |balance: i128| balance <= i128::from(MAX_BALANCE_MINOR);

@@ -26,6 +26,7 @@ mod ledger;
 mod money;
 mod rejection;
 mod snapshot;
+pub mod testkit;
 
 pub use command::{Command, CommandKind, Description, Fingerprint};
 pub use event::{Account, Event, EventKind, Posting};

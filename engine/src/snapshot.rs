@@ -108,13 +108,13 @@ impl Ledger {
         }
         // The format version comes first: read it alone so a future layout fails as "format", not
         // as a confusing decode error.
-        let (format_version, _): (u32, usize) =
-            bincode::serde::decode_from_slice(body, config()).map_err(|error| SnapshotError::Decode(error.to_string()))?;
+        let (format_version, _): (u32, usize) = bincode::serde::decode_from_slice(body, config())
+            .map_err(|error| SnapshotError::Decode(error.to_string()))?;
         if format_version != SNAPSHOT_FORMAT_VERSION {
             return Err(SnapshotError::Format { found: format_version });
         }
-        let (snapshot, read): (SnapshotBody, usize) =
-            bincode::serde::decode_from_slice(body, config()).map_err(|error| SnapshotError::Decode(error.to_string()))?;
+        let (snapshot, read): (SnapshotBody, usize) = bincode::serde::decode_from_slice(body, config())
+            .map_err(|error| SnapshotError::Decode(error.to_string()))?;
         if read != body.len() {
             return Err(SnapshotError::Decode(format!("{} trailing bytes", body.len() - read)));
         }
@@ -132,10 +132,10 @@ impl Ledger {
         }
         ledger.wallets = snapshot.wallets;
         for hold in snapshot.holds {
-            if hold.status == crate::ledger::HoldStatus::Active {
-                if let Some(expires_at) = hold.expires_at {
-                    ledger.hold_expiries.insert((expires_at, hold.id));
-                }
+            if hold.status == crate::ledger::HoldStatus::Active
+                && let Some(expires_at) = hold.expires_at
+            {
+                ledger.hold_expiries.insert((expires_at, hold.id));
             }
             if let Some(previous) = ledger.holds.insert(hold.id, hold) {
                 return Err(SnapshotError::Invalid(format!("hold {} appears twice", previous.id)));

@@ -58,7 +58,9 @@ impl Script {
         let before = self.harness.journal.len();
         let outcome = self.harness.step(at(self.now), &Command { id, kind }).unwrap_or_else(|error| panic!("{error}"));
         let events = match outcome {
-            Outcome::Recorded(_) if self.harness.journal.len() > before => self.harness.journal.last().unwrap().1.clone(),
+            Outcome::Recorded(_) if self.harness.journal.len() > before => {
+                self.harness.journal.last().unwrap().1.clone()
+            }
             _ => Vec::new(),
         };
         (outcome.result(), events)
