@@ -123,38 +123,38 @@ impl CommandKind {
         match self {
             CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit } => {
                 out.tag(1);
-                out.text(wallet_id.as_str());
-                out.text(owner_id.as_str());
+                out.text(wallet_id.as_bytes());
+                out.text(owner_id.as_bytes());
                 out.currency(*currency);
                 out.amount(*initial_balance);
                 out.amount(*overdraft_limit);
             }
             CommandKind::Credit { wallet_id, currency, amount, description } => {
                 out.tag(2);
-                out.text(wallet_id.as_str());
+                out.text(wallet_id.as_bytes());
                 out.currency(*currency);
                 out.amount(*amount);
                 out.description(description.as_ref());
             }
             CommandKind::Debit { wallet_id, currency, amount, description } => {
                 out.tag(3);
-                out.text(wallet_id.as_str());
+                out.text(wallet_id.as_bytes());
                 out.currency(*currency);
                 out.amount(*amount);
                 out.description(description.as_ref());
             }
             CommandKind::Transfer { source, destination, currency, amount, description } => {
                 out.tag(4);
-                out.text(source.as_str());
-                out.text(destination.as_str());
+                out.text(source.as_bytes());
+                out.text(destination.as_bytes());
                 out.currency(*currency);
                 out.amount(*amount);
                 out.description(description.as_ref());
             }
             CommandKind::PlaceHold { hold_id, wallet_id, currency, amount, expires_at, description } => {
                 out.tag(5);
-                out.text(hold_id.as_str());
-                out.text(wallet_id.as_str());
+                out.text(hold_id.as_bytes());
+                out.text(wallet_id.as_bytes());
                 out.currency(*currency);
                 out.amount(*amount);
                 out.option(expires_at.map(Timestamp::unix_micros));
@@ -162,12 +162,12 @@ impl CommandKind {
             }
             CommandKind::CaptureHold { hold_id, amount, destination, description } => {
                 out.tag(6);
-                out.text(hold_id.as_str());
+                out.text(hold_id.as_bytes());
                 out.option(amount.map(Amount::minor));
                 match destination {
                     Some(wallet_id) => {
                         out.tag(1);
-                        out.text(wallet_id.as_str());
+                        out.text(wallet_id.as_bytes());
                     }
                     None => out.tag(0),
                 }
@@ -175,7 +175,7 @@ impl CommandKind {
             }
             CommandKind::VoidHold { hold_id } => {
                 out.tag(7);
-                out.text(hold_id.as_str());
+                out.text(hold_id.as_bytes());
             }
             CommandKind::ExpireHolds => out.tag(8),
         }
@@ -195,29 +195,26 @@ impl fmt::Debug for Fingerprint {
 
 /// The canonical byte layout of a command, written into a stack buffer: the largest command (three
 /// 64-byte ids and a 512-byte description) takes well under its capacity.
+#[derive(Default)]
 struct Canonical {
-    len: usize,
-    buffer: [u8; Canonical::CAPACITY],
+    buffer: arrayvec::ArrayVec<u8, { Canonical::CAPACITY }>,
 }
 
 impl Canonical {
     const CAPACITY: usize = 1024;
 
     fn push(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        assert!(end <= Canonical::CAPACITY, "canonical command encoding overflows its buffer");
-        self.buffer[self.len..end].copy_from_slice(bytes);
-        self.len = end;
+        self.buffer.try_extend_from_slice(bytes).expect("canonical command encoding overflows its buffer");
     }
 
     fn tag(&mut self, tag: u8) {
         self.push(&[tag]);
     }
 
-    fn text(&mut self, text: &str) {
+    fn text(&mut self, text: &[u8]) {
         let len = u16::try_from(text.len()).expect("texts in commands are short");
         self.push(&len.to_le_bytes());
-        self.push(text.as_bytes());
+        self.push(text);
     }
 
     fn currency(&mut self, currency: Currency) {
@@ -242,20 +239,14 @@ impl Canonical {
         match description {
             Some(description) => {
                 self.tag(1);
-                self.text(description.as_str());
+                self.text(description.as_str().as_bytes());
             }
             None => self.tag(0),
         }
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.buffer[..self.len]
-    }
-}
-
-impl Default for Canonical {
-    fn default() -> Canonical {
-        Canonical { len: 0, buffer: [0; Canonical::CAPACITY] }
+        &self.buffer
     }
 }
 

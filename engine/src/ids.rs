@@ -15,7 +15,10 @@ use crate::ParseError;
 /// The longest textual id, in bytes.
 pub const ID_MAX_BYTES: usize = 64;
 
-/// 1..=64 bytes of `[A-Za-z0-9._:-]`, inline.
+/// How many 16-byte words an inline key compares.
+const WORDS: usize = ID_MAX_BYTES / 16;
+
+/// 1..=64 bytes of `[A-Za-z0-9._:-]`, inline, zero-padded.
 #[derive(Clone, Copy)]
 struct InlineKey {
     len: u8,
@@ -37,15 +40,29 @@ impl InlineKey {
         Ok(InlineKey { len, bytes })
     }
 
+    /// The `index`-th 16 bytes of the (zero-padded) buffer, as one integer to compare.
+    fn word(&self, index: usize) -> u128 {
+        u128::from_le_bytes(self.bytes[index * 16..index * 16 + 16].try_into().expect("16 bytes"))
+    }
+
+    /// The used bytes. Comparisons and hashing work on bytes, never on `as_str`, which has to
+    /// re-check UTF-8.
+    fn used(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
     fn as_str(&self) -> &str {
         // Only ASCII is ever stored (checked in `parse`), so this cannot fail.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("ids are ASCII")
+        std::str::from_utf8(self.used()).expect("ids are ASCII")
     }
 }
 
+// Bytes past `len` are always zero (see `parse`), so comparing whole 16-byte words is equivalent to
+// comparing the used bytes, and compiles to a few vector instructions instead of a `memcmp` call:
+// id comparison is on the engine's hottest path.
 impl PartialEq for InlineKey {
     fn eq(&self, other: &InlineKey) -> bool {
-        self.as_str() == other.as_str()
+        self.len == other.len && (0..WORDS).all(|index| self.word(index) == other.word(index))
     }
 }
 
@@ -59,13 +76,18 @@ impl PartialOrd for InlineKey {
 
 impl Ord for InlineKey {
     fn cmp(&self, other: &InlineKey) -> Ordering {
-        self.as_str().cmp(other.as_str())
+        // Byte order is text order for ASCII.
+        self.used().cmp(other.used())
     }
 }
 
 impl Hash for InlineKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        // Only the words that hold used bytes: equal keys have equal lengths, hence equal words.
+        state.write_u8(self.len);
+        for index in 0..usize::from(self.len).div_ceil(8) {
+            state.write_u64(u64::from_le_bytes(self.bytes[index * 8..index * 8 + 8].try_into().expect("8 bytes")));
+        }
     }
 }
 
@@ -83,6 +105,11 @@ macro_rules! textual_id {
 
             pub fn as_str(&self) -> &str {
                 self.0.as_str()
+            }
+
+            /// The id's ASCII bytes, without the cost of re-checking them as UTF-8.
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.used()
             }
         }
 

@@ -1,11 +1,11 @@
 //! The ledger state machine: `execute` decides and applies a command; `replay` applies what an earlier
 //! `execute` recorded, and reaches exactly the same state.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::tables::{CommandMemory, WalletTable};
 use crate::{
     Account, Amount, Command, CommandId, CommandKind, Currency, Event, EventKind, Fingerprint, HoldId, OwnerId,
     Posting, Rejection, Timestamp, TransactionId, WalletId,
@@ -146,25 +146,23 @@ pub struct InvariantViolation(pub String);
 
 /// The whole write-side state: wallets, holds, system accounts and remembered command ids.
 ///
-/// Wallets live in a `Vec` in creation order with a hash index beside it, so lookups are O(1) and
-/// every iteration (invariants, snapshots) is in a deterministic order; the index itself is never
-/// iterated.
+/// Wallets and remembered commands live in dense arrays in a deterministic order (creation order,
+/// oldest first) with compact hash indexes beside them (see `tables.rs`): lookups are O(1) and every
+/// iteration (invariants, snapshots, equality) follows the arrays, never an index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ledger {
     pub(crate) config: Config,
     /// The latest `now` the ledger has recorded a command at; the ledger's time never goes back.
     pub(crate) clock: Timestamp,
     pub(crate) last_transaction_id: TransactionId,
-    pub(crate) wallets: Vec<Wallet>,
-    pub(crate) wallet_index: FxHashMap<WalletId, u32>,
+    pub(crate) wallets: WalletTable,
     pub(crate) holds: BTreeMap<HoldId, Hold>,
     /// Active holds with an expiry, in the order they lapse.
     pub(crate) hold_expiries: BTreeSet<(Timestamp, HoldId)>,
     /// Balance of each currency's `@world` account, indexed by `Currency::index`.
     pub(crate) world: [i128; Currency::COUNT],
-    pub(crate) commands: FxHashMap<CommandId, CommandRecord>,
     /// Remembered command ids, oldest first: the order they are forgotten in.
-    pub(crate) command_order: VecDeque<CommandId>,
+    pub(crate) commands: CommandMemory,
 }
 
 impl Ledger {
@@ -173,13 +171,11 @@ impl Ledger {
             config,
             clock: Timestamp::ZERO,
             last_transaction_id: TransactionId(0),
-            wallets: Vec::new(),
-            wallet_index: FxHashMap::default(),
+            wallets: WalletTable::default(),
             holds: BTreeMap::new(),
             hold_expiries: BTreeSet::new(),
             world: [0; Currency::COUNT],
-            commands: FxHashMap::default(),
-            command_order: VecDeque::new(),
+            commands: CommandMemory::default(),
         }
     }
 
@@ -197,12 +193,16 @@ impl Ledger {
     }
 
     pub fn wallet(&self, wallet_id: &WalletId) -> Option<&Wallet> {
-        self.wallet_index.get(wallet_id).map(|&index| &self.wallets[index as usize])
+        self.wallets.get(wallet_id)
+    }
+
+    fn find(&self, wallet_id: &WalletId) -> Option<(usize, &Wallet)> {
+        self.wallets.position(wallet_id).map(|position| (position, self.wallets.at(position)))
     }
 
     /// Every wallet, in creation order.
     pub fn wallets(&self) -> &[Wallet] {
-        &self.wallets
+        self.wallets.as_slice()
     }
 
     pub fn hold(&self, hold_id: &HoldId) -> Option<&Hold> {
@@ -235,6 +235,34 @@ impl Ledger {
         self.hold_expiries.first().map(|(expires_at, _)| *expires_at)
     }
 
+    /// Warms the caches for a batch about to be executed, and returns how many of the wallets and
+    /// command ids it names exist (a value the optimizer cannot discard).
+    ///
+    /// With many wallets and remembered ids, executing a command is dominated by waiting on memory
+    /// for its wallet records and index entries. The lookups of different commands are independent,
+    /// so doing them all first lets the processor overlap those waits (as TigerBeetle's prefetch
+    /// phase does); `execute` then finds everything in cache. Purely an optimization: it changes no
+    /// state and skipping it changes no outcome.
+    pub fn prefetch(&self, commands: &[Command]) -> usize {
+        let mut found = 0;
+        for command in commands {
+            found += usize::from(self.commands.get(&command.id).is_some());
+            let (first, second) = match &command.kind {
+                CommandKind::CreateWallet { wallet_id, .. }
+                | CommandKind::Credit { wallet_id, .. }
+                | CommandKind::Debit { wallet_id, .. }
+                | CommandKind::PlaceHold { wallet_id, .. } => (Some(wallet_id), None),
+                CommandKind::Transfer { source, destination, .. } => (Some(source), Some(destination)),
+                CommandKind::CaptureHold { destination, .. } => (destination.as_ref(), None),
+                CommandKind::VoidHold { .. } | CommandKind::ExpireHolds => (None, None),
+            };
+            for wallet_id in [first, second].into_iter().flatten() {
+                found += usize::from(self.wallets.get(wallet_id).is_some_and(|wallet| wallet.version > 0));
+            }
+        }
+        found
+    }
+
     /// Decides `command` at `now` and applies it. New events are pushed onto `events` (which is not
     /// cleared, so a caller can collect a whole batch); see [`Outcome`] for what must be persisted.
     ///
@@ -252,12 +280,13 @@ impl Ledger {
 
         let transaction_id = self.last_transaction_id.next();
         let record_start = events.len();
-        let result = self.decide(now, transaction_id, command, events);
+        let mut touched = Touched::new();
+        let result = self.decide(now, transaction_id, command, events, &mut touched);
         debug_assert!(result.is_ok() || events.len() == record_start, "a rejection emits no events");
         let record = CommandRecord { command_id: command.id, fingerprint, at: now, transaction_id, result };
         self.record(&record);
-        for event in &events[record_start..] {
-            if let Err(error) = self.apply(event) {
+        for (index, event) in events[record_start..].iter().enumerate() {
+            if let Err(error) = self.apply_at(event, touched.get(index).copied()) {
                 panic!("the ledger emitted an event it cannot apply: {error}");
             }
         }
@@ -295,6 +324,12 @@ impl Ledger {
     ///
     /// This is the single place wallet state changes, for `execute` and `replay` alike.
     pub fn apply(&mut self, event: &Event) -> Result<(), ReplayError> {
+        self.apply_at(event, None)
+    }
+
+    /// [`Ledger::apply`], with the wallet's position when the caller already knows it (`execute`
+    /// does: it just looked the wallet up to decide), saving a second lookup.
+    fn apply_at(&mut self, event: &Event, position: Option<usize>) -> Result<(), ReplayError> {
         let fail = |reason: String| ReplayError {
             transaction_id: event.transaction_id,
             reason: format!("{} v{} {}: {reason}", event.wallet_id, event.version, event.kind.name()),
@@ -304,11 +339,7 @@ impl Ledger {
                 if event.version != 1 {
                     return Err(fail("a wallet stream starts at version 1".to_owned()));
                 }
-                if self.wallet_index.contains_key(&event.wallet_id) {
-                    return Err(fail("the wallet exists".to_owned()));
-                }
-                let index = u32::try_from(self.wallets.len()).expect("fewer than 2^32 wallets");
-                self.wallets.push(Wallet {
+                let created = self.wallets.push(Wallet {
                     id: event.wallet_id,
                     owner_id: *owner_id,
                     currency: event.currency,
@@ -319,16 +350,15 @@ impl Ledger {
                     created_at: event.at,
                     updated_at: event.at,
                 });
-                self.wallet_index.insert(event.wallet_id, index);
-                index as usize
+                created.map_err(|()| fail("the wallet exists".to_owned()))?
             }
-            _ => match self.wallet_index.get(&event.wallet_id) {
-                Some(&index) => index as usize,
-                None => return Err(fail("no such wallet".to_owned())),
+            _ => match position.filter(|&position| self.wallets.at(position).id == event.wallet_id) {
+                Some(position) => position,
+                None => self.wallets.position(&event.wallet_id).ok_or_else(|| fail("no such wallet".to_owned()))?,
             },
         };
 
-        let wallet = &self.wallets[index];
+        let wallet = self.wallets.at(index);
         if event.version != wallet.version + 1 {
             return Err(fail(format!("expected version {}", wallet.version + 1)));
         }
@@ -411,7 +441,7 @@ impl Ledger {
                 event.balance_after, event.held_after
             )));
         }
-        let wallet = &mut self.wallets[index];
+        let wallet = self.wallets.at_mut(index);
         wallet.balance = event.balance_after;
         wallet.held = event.held_after;
         wallet.version = event.version;
@@ -449,17 +479,11 @@ impl Ledger {
     /// Remembers a newly decided command, forgetting the ones whose retention ended by its time.
     fn record(&mut self, record: &CommandRecord) {
         self.clock = self.clock.max(record.at);
-        while let Some(oldest) = self.command_order.front() {
-            let forgotten = self.commands.get(oldest).is_none_or(|kept| self.is_forgotten(kept, self.clock));
-            if !forgotten {
-                break;
-            }
-            self.commands.remove(oldest);
-            self.command_order.pop_front();
+        while self.commands.oldest().is_some_and(|oldest| self.is_forgotten(oldest, self.clock)) {
+            self.commands.forget_oldest();
         }
-        let previous = self.commands.insert(record.command_id, *record);
-        assert!(previous.is_none(), "a remembered command id is recorded again");
-        self.command_order.push_back(record.command_id);
+        assert!(self.commands.get(&record.command_id).is_none(), "a remembered command id is recorded again");
+        self.commands.remember(*record);
         self.last_transaction_id = record.transaction_id;
     }
 
@@ -467,7 +491,8 @@ impl Ledger {
         record.at.saturating_add_micros(self.config.command_retention_micros) <= now
     }
 
-    /// Decides a new command without changing anything: pushes its events and returns `Ok`, or
+    /// Decides a new command without changing anything: pushes its events (and, for commands that
+    /// touch at most two wallets, their positions in `touched`, in event order) and returns `Ok`, or
     /// returns the rejection with nothing pushed. Checks follow the precedence documented on
     /// [`Rejection`].
     fn decide(
@@ -476,6 +501,7 @@ impl Ledger {
         transaction_id: TransactionId,
         command: &Command,
         events: &mut Vec<Event>,
+        touched: &mut Touched,
     ) -> Result<(), Rejection> {
         let event =
             |wallet: &Wallet, kind: EventKind, posting: Option<Posting>, balance_after: i128, held_after: i128| Event {
@@ -497,7 +523,7 @@ impl Ledger {
 
         match &command.kind {
             CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit } => {
-                if self.wallet_index.contains_key(wallet_id) {
+                if self.wallets.contains(wallet_id) {
                     return Err(Rejection::WalletExists);
                 }
                 let posting = (!initial_balance.is_zero()).then_some(Posting {
@@ -523,7 +549,7 @@ impl Ledger {
             }
             CommandKind::Credit { wallet_id, currency, amount, description } => {
                 positive(*amount)?;
-                let wallet = self.wallet(wallet_id).ok_or(Rejection::WalletNotFound)?;
+                let (position, wallet) = self.find(wallet_id).ok_or(Rejection::WalletNotFound)?;
                 same_currency(*currency, wallet.currency)?;
                 let balance = balance_of(wallet) + i128::from(amount.minor());
                 if !fits(balance) {
@@ -538,10 +564,11 @@ impl Ledger {
                 let mut credited = event(wallet, EventKind::Credited, Some(posting), balance, held_of(wallet));
                 credited.description = description.clone();
                 events.push(credited);
+                touched.push(position);
             }
             CommandKind::Debit { wallet_id, currency, amount, description } => {
                 positive(*amount)?;
-                let wallet = self.wallet(wallet_id).ok_or(Rejection::WalletNotFound)?;
+                let (position, wallet) = self.find(wallet_id).ok_or(Rejection::WalletNotFound)?;
                 same_currency(*currency, wallet.currency)?;
                 covers(wallet, *amount)?;
                 let posting = Posting {
@@ -554,14 +581,15 @@ impl Ledger {
                 let mut debited = event(wallet, EventKind::Debited, Some(posting), balance, held_of(wallet));
                 debited.description = description.clone();
                 events.push(debited);
+                touched.push(position);
             }
             CommandKind::Transfer { source, destination, currency, amount, description } => {
                 positive(*amount)?;
                 if source == destination {
                     return Err(Rejection::SameWalletTransfer);
                 }
-                let from = self.wallet(source).ok_or(Rejection::WalletNotFound)?;
-                let to = self.wallet(destination).ok_or(Rejection::DestinationWalletNotFound)?;
+                let (from_position, from) = self.find(source).ok_or(Rejection::WalletNotFound)?;
+                let (to_position, to) = self.find(destination).ok_or(Rejection::DestinationWalletNotFound)?;
                 same_currency(*currency, from.currency)?;
                 same_currency(*currency, to.currency)?;
                 covers(from, *amount)?;
@@ -584,13 +612,15 @@ impl Ledger {
                 received.description = description.clone();
                 events.push(sent);
                 events.push(received);
+                touched.push(from_position);
+                touched.push(to_position);
             }
             CommandKind::PlaceHold { hold_id, wallet_id, currency, amount, expires_at, description } => {
                 positive(*amount)?;
                 if self.holds.contains_key(hold_id) {
                     return Err(Rejection::HoldExists);
                 }
-                let wallet = self.wallet(wallet_id).ok_or(Rejection::WalletNotFound)?;
+                let (position, wallet) = self.find(wallet_id).ok_or(Rejection::WalletNotFound)?;
                 same_currency(*currency, wallet.currency)?;
                 if expires_at.is_some_and(|expires_at| expires_at <= now) {
                     return Err(Rejection::InvalidExpiry);
@@ -601,6 +631,7 @@ impl Ledger {
                 let mut placed = event(wallet, kind, None, balance_of(wallet), held);
                 placed.description = description.clone();
                 events.push(placed);
+                touched.push(position);
             }
             CommandKind::CaptureHold { hold_id, amount, destination, description } => {
                 if let Some(amount) = amount {
@@ -690,7 +721,7 @@ impl Ledger {
     ///   the expiry index lists exactly the active holds that have an expiry;
     /// - streams: every wallet has at least its creation event (contiguity of versions is enforced
     ///   event by event in [`Ledger::apply`]);
-    /// - memory of commands: the map and the forgetting order hold the same ids, oldest first.
+    /// - memory of commands: every record is indexed, oldest first, none from the future.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let violation = |text: String| Err(InvariantViolation(text));
         let mut totals = self.world;
@@ -713,10 +744,8 @@ impl Ledger {
         if expiries != self.hold_expiries {
             return violation("the expiry index differs from the active holds".to_owned());
         }
-        for (index, wallet) in self.wallets.iter().enumerate() {
-            if self.wallet_index.get(&wallet.id) != Some(&u32::try_from(index).expect("fewer than 2^32 wallets")) {
-                return violation(format!("wallet {} is not indexed at {index}", wallet.id));
-            }
+        self.wallets.check_index().map_err(InvariantViolation)?;
+        for wallet in self.wallets.as_slice() {
             totals[wallet.currency.index()] += i128::from(wallet.balance);
             let balance = i128::from(wallet.balance);
             if balance < wallet.floor() || wallet.available() < 0 || wallet.balance > MAX_BALANCE_MINOR {
@@ -735,22 +764,14 @@ impl Ledger {
                 return violation(format!("wallet {} has no events", wallet.id));
             }
         }
-        if self.wallet_index.len() != self.wallets.len() {
-            return violation("the wallet index has entries for missing wallets".to_owned());
-        }
         if let Some(currency) = Currency::ALL.iter().find(|currency| totals[currency.index()] != 0) {
             return violation(format!("{currency} sums to {} instead of zero", totals[currency.index()]));
         }
-        if self.commands.len() != self.command_order.len() {
-            return violation("remembered commands and their order differ in size".to_owned());
-        }
+        self.commands.check_index().map_err(InvariantViolation)?;
         let mut previous_at = Timestamp::ZERO;
-        for command_id in &self.command_order {
-            let Some(record) = self.commands.get(command_id) else {
-                return violation(format!("command {command_id} is ordered but not remembered"));
-            };
+        for record in self.commands.iter() {
             if record.at < previous_at || record.at > self.clock || record.transaction_id > self.last_transaction_id {
-                return violation(format!("command {command_id} is out of order"));
+                return violation(format!("command {} is out of order", record.command_id));
             }
             previous_at = record.at;
         }
@@ -778,3 +799,6 @@ fn check_active(hold: &Hold, now: Timestamp) -> Result<(), Rejection> {
         HoldStatus::Active => Ok(()),
     }
 }
+
+/// Positions of the wallets a command's events touch, in event order, when there are at most two.
+type Touched = arrayvec::ArrayVec<usize, 2>;

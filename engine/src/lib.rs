@@ -26,6 +26,7 @@ mod ledger;
 mod money;
 mod rejection;
 mod snapshot;
+mod tables;
 pub mod testkit;
 
 pub use command::{Command, CommandKind, Description, Fingerprint};

@@ -5,10 +5,10 @@
 //! side by side. Restoring re-checks every invariant: a snapshot that decodes but describes an
 //! impossible ledger is refused, never loaded.
 
-use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::ledger::{CommandRecord, Config, Hold, Ledger, Wallet};
+use crate::tables::{CommandMemory, WalletTable};
 use crate::{Currency, Timestamp, TransactionId};
 
 /// The snapshot layout this build writes and reads.
@@ -63,11 +63,7 @@ fn holds_in_id_order<S: Serializer>(ledger: &&Ledger, serializer: S) -> Result<S
 }
 
 fn commands_oldest_first<S: Serializer>(ledger: &&Ledger, serializer: S) -> Result<S::Ok, S::Error> {
-    let mut seq = serializer.serialize_seq(Some(ledger.command_order.len()))?;
-    for command_id in &ledger.command_order {
-        seq.serialize_element(&ledger.commands[command_id])?;
-    }
-    seq.end()
+    serializer.collect_seq(ledger.commands.iter())
 }
 
 fn config() -> bincode::config::Configuration {
@@ -82,7 +78,7 @@ impl Ledger {
             config: self.config,
             clock: self.clock,
             last_transaction_id: self.last_transaction_id,
-            wallets: &self.wallets,
+            wallets: self.wallets.as_slice(),
             holds: self,
             world: Currency::ALL
                 .iter()
@@ -123,14 +119,8 @@ impl Ledger {
         let mut ledger = Ledger::new(snapshot.config);
         ledger.clock = snapshot.clock;
         ledger.last_transaction_id = snapshot.last_transaction_id;
-        ledger.wallet_index.reserve(snapshot.wallets.len());
-        for (index, wallet) in snapshot.wallets.iter().enumerate() {
-            let index = u32::try_from(index).map_err(|_| SnapshotError::Invalid("too many wallets".to_owned()))?;
-            if ledger.wallet_index.insert(wallet.id, index).is_some() {
-                return Err(SnapshotError::Invalid(format!("wallet {} appears twice", wallet.id)));
-            }
-        }
-        ledger.wallets = snapshot.wallets;
+        ledger.wallets = WalletTable::from_wallets(snapshot.wallets)
+            .map_err(|wallet_id| SnapshotError::Invalid(format!("wallet {wallet_id} appears twice")))?;
         for hold in snapshot.holds {
             if hold.status == crate::ledger::HoldStatus::Active
                 && let Some(expires_at) = hold.expires_at
@@ -144,13 +134,8 @@ impl Ledger {
         for (currency, balance) in snapshot.world {
             ledger.world[currency.index()] = balance;
         }
-        ledger.commands.reserve(snapshot.commands.len());
-        for record in snapshot.commands {
-            if ledger.commands.insert(record.command_id, record).is_some() {
-                return Err(SnapshotError::Invalid(format!("command {} appears twice", record.command_id)));
-            }
-            ledger.command_order.push_back(record.command_id);
-        }
+        ledger.commands = CommandMemory::from_records(snapshot.commands)
+            .map_err(|command_id| SnapshotError::Invalid(format!("command {command_id} appears twice")))?;
         ledger.check_invariants().map_err(|violation| SnapshotError::Invalid(violation.to_string()))?;
         Ok(ledger)
     }

@@ -1,0 +1,212 @@
+//! The ledger's two large tables, each a dense array with a compact hash index beside it.
+//!
+//! The index stores only a position (4 or 8 bytes per entry), so a lookup touches a small, cache
+//! friendly table and then the one record it needs; the records themselves stay in a deterministic
+//! order (creation order for wallets, oldest first for commands) and are what equality, snapshots and
+//! invariant checks iterate. The index is never iterated.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+
+use crate::ledger::{CommandRecord, Wallet};
+use crate::{CommandId, WalletId};
+
+/// A fixed, seedless hash: lookups only, never iteration order, depend on it.
+fn hash_of<T: Hash>(value: &T) -> u64 {
+    FxBuildHasher.hash_one(value)
+}
+
+/// Wallets in creation order, indexed by id.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WalletTable {
+    wallets: Vec<Wallet>,
+    index: HashTable<u32>,
+}
+
+impl PartialEq for WalletTable {
+    fn eq(&self, other: &WalletTable) -> bool {
+        // The index is a function of the wallets (checked by `check_index`).
+        self.wallets == other.wallets
+    }
+}
+
+impl Eq for WalletTable {}
+
+impl WalletTable {
+    /// Builds the table from wallets in creation order; fails on a repeated id.
+    pub(crate) fn from_wallets(wallets: Vec<Wallet>) -> Result<WalletTable, WalletId> {
+        let mut table = WalletTable { wallets: Vec::new(), index: HashTable::with_capacity(wallets.len()) };
+        table.wallets.reserve_exact(wallets.len());
+        for wallet in wallets {
+            let id = wallet.id;
+            table.push(wallet).map_err(|()| id)?;
+        }
+        Ok(table)
+    }
+
+    pub(crate) fn position(&self, wallet_id: &WalletId) -> Option<usize> {
+        let wallets = &self.wallets;
+        self.index
+            .find(hash_of(wallet_id), |&position| wallets[position as usize].id == *wallet_id)
+            .map(|&p| p as usize)
+    }
+
+    pub(crate) fn get(&self, wallet_id: &WalletId) -> Option<&Wallet> {
+        self.position(wallet_id).map(|position| &self.wallets[position])
+    }
+
+    pub(crate) fn contains(&self, wallet_id: &WalletId) -> bool {
+        self.position(wallet_id).is_some()
+    }
+
+    pub(crate) fn at(&self, position: usize) -> &Wallet {
+        &self.wallets[position]
+    }
+
+    pub(crate) fn at_mut(&mut self, position: usize) -> &mut Wallet {
+        &mut self.wallets[position]
+    }
+
+    /// Appends a new wallet and returns its position; `Err` if the id exists.
+    pub(crate) fn push(&mut self, wallet: Wallet) -> Result<usize, ()> {
+        if self.contains(&wallet.id) {
+            return Err(());
+        }
+        let position = self.wallets.len();
+        let stored = u32::try_from(position).expect("fewer than 2^32 wallets");
+        let hash = hash_of(&wallet.id);
+        self.wallets.push(wallet);
+        let wallets = &self.wallets;
+        self.index.insert_unique(hash, stored, |&p| hash_of(&wallets[p as usize].id));
+        Ok(position)
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Wallet] {
+        &self.wallets
+    }
+
+    /// Every wallet is found at its own position, and the index holds nothing else.
+    pub(crate) fn check_index(&self) -> Result<(), String> {
+        if self.index.len() != self.wallets.len() {
+            return Err(format!(
+                "the wallet index has {} entries for {} wallets",
+                self.index.len(),
+                self.wallets.len()
+            ));
+        }
+        for (position, wallet) in self.wallets.iter().enumerate() {
+            if self.position(&wallet.id) != Some(position) {
+                return Err(format!("wallet {} is not indexed at {position}", wallet.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the record with `sequence` sits in the queue, given how many were forgotten before it.
+fn slot(sequence: u64, forgotten: u64) -> usize {
+    usize::try_from(sequence - forgotten).expect("remembered records fit in memory")
+}
+
+/// Remembered command records, oldest first, indexed by command id.
+///
+/// Records are forgotten from the front only, so the index stores each record's sequence number
+/// (how many records were ever remembered before it) and a record's place in the queue is its
+/// sequence number minus the number forgotten.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CommandMemory {
+    records: VecDeque<CommandRecord>,
+    forgotten: u64,
+    index: HashTable<u64>,
+}
+
+impl PartialEq for CommandMemory {
+    fn eq(&self, other: &CommandMemory) -> bool {
+        // What is remembered, not how many were forgotten before: a snapshot restarts the count.
+        self.records == other.records
+    }
+}
+
+impl Eq for CommandMemory {}
+
+impl CommandMemory {
+    pub(crate) fn from_records(records: Vec<CommandRecord>) -> Result<CommandMemory, CommandId> {
+        let mut memory = CommandMemory {
+            records: VecDeque::with_capacity(records.len()),
+            forgotten: 0,
+            index: HashTable::with_capacity(records.len()),
+        };
+        for record in records {
+            if memory.get(&record.command_id).is_some() {
+                return Err(record.command_id);
+            }
+            memory.remember(record);
+        }
+        Ok(memory)
+    }
+
+    pub(crate) fn get(&self, command_id: &CommandId) -> Option<&CommandRecord> {
+        let records = &self.records;
+        let forgotten = self.forgotten;
+        self.index
+            .find(hash_of(command_id), |&sequence| records[slot(sequence, forgotten)].command_id == *command_id)
+            .map(|&sequence| &self.records[slot(sequence, forgotten)])
+    }
+
+    pub(crate) fn oldest(&self) -> Option<&CommandRecord> {
+        self.records.front()
+    }
+
+    pub(crate) fn forget_oldest(&mut self) {
+        let Some(oldest) = self.records.front() else { return };
+        let sequence = self.forgotten;
+        match self.index.find_entry(hash_of(&oldest.command_id), |&candidate| candidate == sequence) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => unreachable!("every remembered record is indexed"),
+        }
+        self.records.pop_front();
+        self.forgotten += 1;
+    }
+
+    /// Remembers a record whose id is not remembered yet.
+    pub(crate) fn remember(&mut self, record: CommandRecord) {
+        debug_assert!(self.get(&record.command_id).is_none(), "a remembered command id is recorded again");
+        let sequence = self.forgotten + self.records.len() as u64;
+        let hash = hash_of(&record.command_id);
+        self.records.push_back(record);
+        let records = &self.records;
+        let forgotten = self.forgotten;
+        self.index.insert_unique(hash, sequence, |&s| hash_of(&records[slot(s, forgotten)].command_id));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Oldest first.
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &CommandRecord> {
+        self.records.iter()
+    }
+
+    /// Every record is found under its own id, and the index holds nothing else.
+    pub(crate) fn check_index(&self) -> Result<(), String> {
+        if self.index.len() != self.records.len() {
+            return Err(format!(
+                "the command index has {} entries for {} records",
+                self.index.len(),
+                self.records.len()
+            ));
+        }
+        for record in &self.records {
+            if self.get(&record.command_id) != Some(record) {
+                return Err(format!("command {} is not indexed", record.command_id));
+            }
+        }
+        Ok(())
+    }
+}
