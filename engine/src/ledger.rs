@@ -235,34 +235,6 @@ impl Ledger {
         self.hold_expiries.first().map(|(expires_at, _)| *expires_at)
     }
 
-    /// Warms the caches for a batch about to be executed, and returns how many of the wallets and
-    /// command ids it names exist (a value the optimizer cannot discard).
-    ///
-    /// With many wallets and remembered ids, executing a command is dominated by waiting on memory
-    /// for its wallet records and index entries. The lookups of different commands are independent,
-    /// so doing them all first lets the processor overlap those waits (as TigerBeetle's prefetch
-    /// phase does); `execute` then finds everything in cache. Purely an optimization: it changes no
-    /// state and skipping it changes no outcome.
-    pub fn prefetch(&self, commands: &[Command]) -> usize {
-        let mut found = 0;
-        for command in commands {
-            found += usize::from(self.commands.get(&command.id).is_some());
-            let (first, second) = match &command.kind {
-                CommandKind::CreateWallet { wallet_id, .. }
-                | CommandKind::Credit { wallet_id, .. }
-                | CommandKind::Debit { wallet_id, .. }
-                | CommandKind::PlaceHold { wallet_id, .. } => (Some(wallet_id), None),
-                CommandKind::Transfer { source, destination, .. } => (Some(source), Some(destination)),
-                CommandKind::CaptureHold { destination, .. } => (destination.as_ref(), None),
-                CommandKind::VoidHold { .. } | CommandKind::ExpireHolds => (None, None),
-            };
-            for wallet_id in [first, second].into_iter().flatten() {
-                found += usize::from(self.wallets.get(wallet_id).is_some_and(|wallet| wallet.version > 0));
-            }
-        }
-        found
-    }
-
     /// Decides `command` at `now` and applies it. New events are pushed onto `events` (which is not
     /// cleared, so a caller can collect a whole batch); see [`Outcome`] for what must be persisted.
     ///
