@@ -102,8 +102,11 @@ fn snapshot(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("snapshot_encode_1m_wallets", |b| {
         let ledger = ledger();
-        let bytes = ledger.encode_snapshot();
-        eprintln!("snapshot of 1,000,000 wallets: {} bytes ({} KiB)", bytes.len(), bytes.len() / 1024);
+        static SIZE: std::sync::Once = std::sync::Once::new();
+        SIZE.call_once(|| {
+            let bytes = ledger.encode_snapshot().len();
+            eprintln!("snapshot of 1,000,000 wallets: {bytes} bytes ({} KiB)", bytes / 1024);
+        });
         b.iter(|| black_box(ledger.encode_snapshot()))
     });
     group.bench_function("snapshot_decode_1m_wallets", |b| {

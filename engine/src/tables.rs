@@ -72,16 +72,22 @@ impl WalletTable {
 
     /// Appends a new wallet and returns its position; `Err` if the id exists.
     pub(crate) fn push(&mut self, wallet: Wallet) -> Result<usize, ()> {
-        if self.contains(&wallet.id) {
-            return Err(());
-        }
         let position = self.wallets.len();
         let stored = u32::try_from(position).expect("fewer than 2^32 wallets");
-        let hash = hash_of(&wallet.id);
-        self.wallets.push(wallet);
         let wallets = &self.wallets;
-        self.index.insert_unique(hash, stored, |&p| hash_of(&wallets[p as usize].id));
-        Ok(position)
+        // One probe both to detect a duplicate and to find the free slot.
+        match self.index.entry(
+            hash_of(&wallet.id),
+            |&p| wallets[p as usize].id == wallet.id,
+            |&p| hash_of(&wallets[p as usize].id),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => Err(()),
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(stored);
+                self.wallets.push(wallet);
+                Ok(position)
+            }
+        }
     }
 
     pub(crate) fn as_slice(&self) -> &[Wallet] {
