@@ -1,0 +1,433 @@
+//! In-memory adapters: a store with the same transactional semantics and constraints as the
+//! durable ones, and an in-process bus with keyed partitions and consumer groups.
+//!
+//! They hold nothing across a process restart, so they serve tests, benches and the
+//! conformance suite; the embedded default persists the store in a file. Both carry fault switches
+//! (`MemoryStore::fail_commits`, `InProcessBus::fail_publishes`) so tests can drive the pipeline's
+//! failure paths deterministically.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, WalletId};
+
+use crate::ports::{
+    Applied, Bus, BusError, BusMessage, CommitBatch, Consumer, Delivery, EventStore, JournalEntry, LedgerEntry,
+    OutboxMessage, OutboxPosition, Projection, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+};
+
+/// How an injected commit failure behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitFault {
+    /// Nothing is written and the commit reports `Unavailable`.
+    Lost,
+    /// Everything is written, but the commit reports `Unavailable` (the reply was lost).
+    Ambiguous,
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    records: BTreeMap<TransactionId, CommandRecord>,
+    record_by_command: BTreeMap<CommandId, TransactionId>,
+    events: BTreeMap<TransactionId, Vec<Event>>,
+    streams: BTreeMap<(WalletId, u64), TransactionId>,
+    outbox: BTreeMap<OutboxPosition, OutboxMessage>,
+    snapshot: Option<StoredSnapshot>,
+    checkpoints: BTreeMap<(Projection, WalletId), u64>,
+    wallets: BTreeMap<WalletId, WalletView>,
+    ledger: BTreeMap<(WalletId, u64), LedgerEntry>,
+    faults: Vec<CommitFault>,
+    commits: u64,
+}
+
+/// A store in memory, with PostgreSQL's constraints: command ids and `(wallet, version)` unique,
+/// each batch all or nothing.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<StoreState>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreState> {
+        self.state.lock().expect("the memory store's lock is never poisoned")
+    }
+
+    /// The next `faults.len()` commits fail as described, in order.
+    pub fn fail_commits(&self, faults: &[CommitFault]) {
+        self.lock().faults.extend_from_slice(faults);
+    }
+
+    /// Successful and ambiguous commits so far.
+    pub fn commits(&self) -> u64 {
+        self.lock().commits
+    }
+
+    /// Every committed event, in commit order.
+    pub fn all_events(&self) -> Vec<Event> {
+        self.lock().events.values().flatten().cloned().collect()
+    }
+
+    /// How many outbox messages are not yet marked published.
+    pub fn unpublished(&self) -> usize {
+        self.lock().outbox.len()
+    }
+}
+
+fn refuse(reason: String) -> Result<(), StoreError> {
+    Err(StoreError::Refused(reason))
+}
+
+impl EventStore for MemoryStore {
+    async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let fault = if state.faults.is_empty() { None } else { Some(state.faults.remove(0)) };
+        if fault == Some(CommitFault::Lost) {
+            return Err(StoreError::Unavailable("injected: connection lost before commit".to_owned()));
+        }
+        // Check every constraint before writing anything: all or nothing.
+        for record in &batch.records {
+            if state.record_by_command.contains_key(&record.command_id)
+                || state.records.contains_key(&record.transaction_id)
+            {
+                return refuse(format!(
+                    "duplicate command {} or transaction {}",
+                    record.command_id, record.transaction_id
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for event in &batch.events {
+            let key = (event.wallet_id, event.version);
+            if state.streams.contains_key(&key) || !seen.insert(key) {
+                return refuse(format!("duplicate version {} of stream {}", event.version, event.wallet_id));
+            }
+        }
+        for record in &batch.records {
+            state.records.insert(record.transaction_id, *record);
+            state.record_by_command.insert(record.command_id, record.transaction_id);
+        }
+        for event in &batch.events {
+            state.streams.insert((event.wallet_id, event.version), event.transaction_id);
+            state.events.entry(event.transaction_id).or_default().push(event.clone());
+        }
+        for message in &batch.outbox {
+            state.outbox.insert(message.position, message.clone());
+        }
+        state.commits += 1;
+        match fault {
+            Some(CommitFault::Ambiguous) => Err(StoreError::Unavailable("injected: reply to COMMIT lost".to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        Ok(self.lock().snapshot.clone())
+    }
+
+    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.snapshot.as_ref().is_none_or(|kept| kept.transaction_id < snapshot.transaction_id) {
+            state.snapshot = Some(snapshot.clone());
+        }
+        Ok(())
+    }
+
+    async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        let state = self.lock();
+        let after = TransactionId(after.0.saturating_add(1));
+        Ok(state
+            .records
+            .range(after..)
+            .take(limit)
+            .map(|(id, record)| JournalEntry {
+                record: *record,
+                events: state.events.get(id).cloned().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn command_records(&self, ids: &[CommandId]) -> Result<Vec<CommandRecord>, StoreError> {
+        let state = self.lock();
+        Ok(ids.iter().filter_map(|id| state.record_by_command.get(id)).map(|tx| state.records[tx]).collect())
+    }
+
+    async fn outbox_after(
+        &self,
+        after: Option<OutboxPosition>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let state = self.lock();
+        let messages = match after {
+            Some(after) => state
+                .outbox
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .take(limit)
+                .map(|(_, message)| message.clone())
+                .collect(),
+            None => state.outbox.values().take(limit).cloned().collect(),
+        };
+        Ok(messages)
+    }
+
+    async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let kept = state
+            .outbox
+            .split_off(&OutboxPosition { transaction_id: through.transaction_id, index: through.index + 1 });
+        state.outbox = kept;
+        Ok(())
+    }
+
+    async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .streams
+            .range((*wallet_id, from)..=(*wallet_id, to))
+            .filter_map(|((_, version), tx)| {
+                state.events.get(tx)?.iter().find(|event| event.wallet_id == *wallet_id && event.version == *version)
+            })
+            .cloned()
+            .collect())
+    }
+}
+
+impl ProjectionStore for MemoryStore {
+    async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
+        let mut state = self.lock();
+        let mut verdicts = Vec::with_capacity(events.len());
+        for event in events {
+            let projected = state.checkpoints.get(&(projection, event.wallet_id)).copied().unwrap_or(0);
+            let verdict = if event.version <= projected {
+                Applied::Duplicate
+            } else if event.version > projected + 1 {
+                Applied::Gap { projected_version: projected }
+            } else {
+                match projection {
+                    Projection::ReadModel => {
+                        let view = WalletView::after(state.wallets.get(&event.wallet_id), event)
+                            .ok_or_else(|| StoreError::Refused(format!("no wallet {} to update", event.wallet_id)))?;
+                        state.wallets.insert(event.wallet_id, view);
+                    }
+                    Projection::Ledger => {
+                        if let Some(entry) = LedgerEntry::of(event) {
+                            state.ledger.insert((event.wallet_id, event.version), entry);
+                        }
+                    }
+                }
+                state.checkpoints.insert((projection, event.wallet_id), event.version);
+                Applied::Projected
+            };
+            verdicts.push(verdict);
+        }
+        Ok(verdicts)
+    }
+
+    async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
+        Ok(self.lock().checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0))
+    }
+
+    async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        Ok(self.lock().wallets.get(wallet_id).cloned())
+    }
+
+    async fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        let state = self.lock();
+        let range = match after {
+            Some(after) => state.wallets.range((std::ops::Bound::Excluded(*after), std::ops::Bound::Unbounded)),
+            None => state.wallets.range(..),
+        };
+        Ok(range
+            .map(|(_, view)| view)
+            .filter(|view| owner_id.is_none_or(|owner| view.owner_id == *owner))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let state = self.lock();
+        let before = before.unwrap_or(u64::MAX);
+        Ok(state
+            .ledger
+            .range((*wallet_id, 0)..(*wallet_id, before))
+            .rev()
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+/// Partitions of the events topic, as in production.
+pub const PARTITIONS: u32 = 10;
+
+#[derive(Debug, Default)]
+struct BusState {
+    partitions: Vec<Vec<(String, Vec<u8>)>>,
+    dead_letters: Vec<BusMessage>,
+    committed: BTreeMap<(String, u32), u64>,
+    failing_publishes: u32,
+    duplicate_deliveries: bool,
+}
+
+/// An in-process bus: the events topic as `PARTITIONS` keyed logs, consumer groups with committed
+/// offsets, and a dead-letter list. Messages live as long as the process.
+#[derive(Clone, Debug)]
+pub struct InProcessBus {
+    state: Arc<Mutex<BusState>>,
+    arrived: Arc<Notify>,
+}
+
+impl Default for InProcessBus {
+    fn default() -> InProcessBus {
+        let state = BusState { partitions: vec![Vec::new(); PARTITIONS as usize], ..BusState::default() };
+        InProcessBus { state: Arc::new(Mutex::new(state)), arrived: Arc::new(Notify::new()) }
+    }
+}
+
+impl InProcessBus {
+    pub fn new() -> InProcessBus {
+        InProcessBus::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BusState> {
+        self.state.lock().expect("the bus lock is never poisoned")
+    }
+
+    /// The partition of a key: a fixed hash, so one wallet's events always share a partition.
+    pub fn partition_of(key: &str) -> u32 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        u32::try_from(hasher.finish() % u64::from(PARTITIONS)).expect("below PARTITIONS")
+    }
+
+    /// The next `count` publishes are refused (not appended).
+    pub fn fail_publishes(&self, count: u32) {
+        self.lock().failing_publishes += count;
+    }
+
+    /// Appends every published message twice from now on (a producer retrying after a lost ack).
+    pub fn duplicate_deliveries(&self, on: bool) {
+        self.lock().duplicate_deliveries = on;
+    }
+
+    /// Appends raw bytes to the events topic, bypassing the pipeline (to test poison messages).
+    pub fn inject(&self, key: &str, payload: Vec<u8>) {
+        self.lock().partitions[InProcessBus::partition_of(key) as usize].push((key.to_owned(), payload));
+        self.arrived.notify_waiters();
+    }
+
+    pub fn dead_letters(&self) -> Vec<BusMessage> {
+        self.lock().dead_letters.clone()
+    }
+
+    /// Every message on the events topic, per partition, in offset order.
+    pub fn log(&self) -> Vec<Vec<(String, Vec<u8>)>> {
+        self.lock().partitions.clone()
+    }
+}
+
+impl Bus for InProcessBus {
+    type Consumer = InProcessConsumer;
+
+    async fn publish(&self, messages: &[BusMessage]) -> Vec<Result<(), BusError>> {
+        let mut state = self.lock();
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            if state.failing_publishes > 0 {
+                state.failing_publishes -= 1;
+                results.push(Err(BusError("injected: broker unavailable".to_owned())));
+                continue;
+            }
+            let copies = if state.duplicate_deliveries { 2 } else { 1 };
+            let partition = InProcessBus::partition_of(&message.key) as usize;
+            for _ in 0..copies {
+                state.partitions[partition].push((message.key.clone(), message.payload.clone()));
+            }
+            results.push(Ok(()));
+        }
+        drop(state);
+        self.arrived.notify_waiters();
+        results
+    }
+
+    async fn publish_dead_letter(&self, message: BusMessage) -> Result<(), BusError> {
+        self.lock().dead_letters.push(message);
+        Ok(())
+    }
+
+    async fn consumer(&self, group: &str) -> Result<InProcessConsumer, BusError> {
+        let state = self.lock();
+        let positions = (0..PARTITIONS)
+            .map(|partition| state.committed.get(&(group.to_owned(), partition)).copied().unwrap_or(0))
+            .collect();
+        Ok(InProcessConsumer { bus: self.clone(), group: group.to_owned(), positions })
+    }
+}
+
+/// The single member of a consumer group on the in-process bus.
+#[derive(Debug)]
+pub struct InProcessConsumer {
+    bus: InProcessBus,
+    group: String,
+    /// Next offset to deliver, per partition.
+    positions: Vec<u64>,
+}
+
+impl InProcessConsumer {
+    fn take(&mut self, max: usize) -> Vec<Delivery> {
+        let state = self.bus.lock();
+        let mut deliveries = Vec::new();
+        for (partition, log) in state.partitions.iter().enumerate() {
+            let position = &mut self.positions[partition];
+            while deliveries.len() < max {
+                let Some((key, payload)) = log.get(usize::try_from(*position).expect("offsets fit")) else { break };
+                deliveries.push(Delivery {
+                    partition: u32::try_from(partition).expect("few partitions"),
+                    offset: *position,
+                    key: key.clone(),
+                    payload: payload.clone(),
+                });
+                *position += 1;
+            }
+        }
+        deliveries
+    }
+}
+
+impl Consumer for InProcessConsumer {
+    async fn poll(&mut self, max: usize, timeout_ms: u64) -> Result<Vec<Delivery>, BusError> {
+        let arrived = self.bus.arrived.clone();
+        let notified = arrived.notified();
+        let deliveries = self.take(max);
+        if !deliveries.is_empty() {
+            return Ok(deliveries);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), notified).await;
+        Ok(self.take(max))
+    }
+
+    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), BusError> {
+        let mut state = self.bus.lock();
+        for (partition, next) in offsets {
+            state.committed.insert((self.group.clone(), *partition), *next);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Projectors: bus deliveries into the read model and the ledger entries.
+//!
+//! Each projection is its own consumer group. A delivered event is applied only if it is its
+//! wallet's next version, in the same store transaction as the projection's per-wallet checkpoint
+//! (the store checks the version under the row it updates): a redelivered or duplicated event is
+//! skipped, and an event that arrives before an earlier version is held back until the gap fills.
+//! Offsets are committed to the bus only after the projection transaction, and never past a held
+//! event, so a crash at any point redelivers instead of losing. A message that cannot be decoded
+//! goes to the dead-letter topic with the reason in its headers and is counted; it is never
+//! silently dropped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wallex_engine::{Event, WalletId};
+
+use super::codec::decode_event;
+use crate::ports::{Applied, Bus, BusMessage, Consumer, Delivery, Projection, ProjectionStore};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProjectorConfig {
+    /// Most deliveries taken per poll.
+    pub batch: usize,
+    /// How long one poll waits for messages, in milliseconds.
+    pub poll_timeout_ms: u64,
+    /// Pause after a failed store or bus call, in milliseconds.
+    pub retry_backoff_ms: u64,
+    /// Most events held back waiting for a gap to fill; beyond it the projector stops consuming
+    /// (it does not drop) until the gap fills.
+    pub max_held: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> ProjectorConfig {
+        ProjectorConfig { batch: 4_096, poll_timeout_ms: 100, retry_backoff_ms: 100, max_held: 100_000 }
+    }
+}
+
+/// What a projector has done, for health and metrics.
+#[derive(Debug, Default)]
+pub struct ProjectorStats {
+    pub projected: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub held: AtomicU64,
+}
+
+/// An event waiting for an earlier version, with where it came from.
+#[derive(Debug)]
+struct HeldEvent {
+    event: Event,
+    partition: u32,
+    offset: u64,
+}
+
+pub async fn run_projector<S: ProjectionStore, B: Bus>(
+    projection: Projection,
+    store: S,
+    bus: B,
+    config: ProjectorConfig,
+    stats: Arc<ProjectorStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let backoff = Duration::from_millis(config.retry_backoff_ms);
+    let mut consumer = loop {
+        match bus.consumer(projection.group()).await {
+            Ok(consumer) => break consumer,
+            Err(error) => {
+                tracing::warn!(group = projection.group(), %error, "cannot join the consumer group; retrying");
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    };
+    let mut held: BTreeMap<(WalletId, u64), HeldEvent> = BTreeMap::new();
+    while !*shutdown.borrow() {
+        if held.len() >= config.max_held {
+            tracing::error!(group = projection.group(), held = held.len(), "events held for a gap that does not fill");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let deliveries = match consumer.poll(config.batch, config.poll_timeout_ms).await {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                tracing::warn!(group = projection.group(), %error, "poll failed");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        if deliveries.is_empty() {
+            continue;
+        }
+        // Decode; the undecodable go to the dead-letter topic (retried until it acknowledges).
+        let mut incoming = Vec::with_capacity(deliveries.len());
+        let mut next_offsets: BTreeMap<u32, u64> = BTreeMap::new();
+        for delivery in deliveries {
+            next_offsets.insert(delivery.partition, delivery.offset + 1);
+            match decode_event(&delivery.payload) {
+                Ok(event) => incoming.push(HeldEvent { event, partition: delivery.partition, offset: delivery.offset }),
+                Err(error) => dead_letter(&bus, projection, &delivery, &error.to_string(), &stats, backoff).await,
+            }
+        }
+        // Apply the new events together with any held ones, until nothing more applies.
+        for item in incoming {
+            held.insert((item.event.wallet_id, item.event.version), item);
+        }
+        loop {
+            let batch: Vec<Event> = held.values().map(|item| item.event.clone()).collect();
+            let verdicts = loop {
+                match store.project(projection, &batch).await {
+                    Ok(verdicts) => break verdicts,
+                    Err(error) => {
+                        tracing::warn!(group = projection.group(), %error, "projection failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            };
+            let mut progressed = false;
+            for (event, verdict) in batch.iter().zip(verdicts) {
+                match verdict {
+                    Applied::Projected => {
+                        stats.projected.fetch_add(1, Ordering::Relaxed);
+                        held.remove(&(event.wallet_id, event.version));
+                        progressed = true;
+                    }
+                    Applied::Duplicate => {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        held.remove(&(event.wallet_id, event.version));
+                    }
+                    Applied::Gap { .. } => {}
+                }
+            }
+            // Events of one wallet are in version order in the batch, so one pass applies every
+            // contiguous run; another pass is needed only if a gap filled mid-way.
+            if !progressed || held.is_empty() {
+                break;
+            }
+        }
+        stats.held.store(held.len() as u64, Ordering::Relaxed);
+        // Never commit past a held event: a restart must redeliver it.
+        for item in held.values() {
+            next_offsets.entry(item.partition).and_modify(|next| *next = (*next).min(item.offset));
+        }
+        let offsets: Vec<(u32, u64)> = next_offsets.into_iter().collect();
+        if let Err(error) = consumer.commit(&offsets).await {
+            tracing::warn!(group = projection.group(), %error, "offset commit failed; deliveries will repeat");
+        }
+    }
+}
+
+async fn dead_letter<B: Bus>(
+    bus: &B,
+    projection: Projection,
+    delivery: &Delivery,
+    reason: &str,
+    stats: &ProjectorStats,
+    backoff: Duration,
+) {
+    tracing::warn!(
+        group = projection.group(),
+        partition = delivery.partition,
+        offset = delivery.offset,
+        reason,
+        "poison message to the dead-letter topic"
+    );
+    let message = BusMessage {
+        key: delivery.key.clone(),
+        payload: delivery.payload.clone(),
+        headers: vec![
+            ("dlq-reason".to_owned(), reason.to_owned()),
+            ("dlq-group".to_owned(), projection.group().to_owned()),
+            ("dlq-partition".to_owned(), delivery.partition.to_string()),
+            ("dlq-offset".to_owned(), delivery.offset.to_string()),
+        ],
+    };
+    while let Err(error) = bus.publish_dead_letter(message.clone()).await {
+        tracing::warn!(%error, "dead-letter publish failed; retrying");
+        tokio::time::sleep(backoff).await;
+    }
+    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+}

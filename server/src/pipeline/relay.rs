@@ -1,0 +1,101 @@
+//! The outbox relay: committed events to the bus, in commit order, at least once.
+//!
+//! Woken by every commit (and by a fallback tick, in case a wake-up is missed or the bus was down),
+//! it reads unpublished outbox messages in commit order, publishes them keyed by wallet id, and marks
+//! published only the prefix the broker acknowledged. A message after an unacknowledged one is
+//! published again next time even if the broker took it: consumers skip the duplicate by version.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::ports::{Bus, BusMessage, Clock, EventStore, OutboxPosition};
+
+#[derive(Clone, Copy, Debug)]
+pub struct RelayConfig {
+    /// Most messages read and published per round.
+    pub batch: usize,
+    /// Fallback wake-up when no commit notifies, in milliseconds.
+    pub idle_tick_ms: u64,
+    /// Pause after a failed publish or store call, in milliseconds.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> RelayConfig {
+        RelayConfig { batch: 4_096, idle_tick_ms: 250, retry_backoff_ms: 100 }
+    }
+}
+
+/// What the relay has done, for health and metrics.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub published: AtomicU64,
+    pub publish_failures: AtomicU64,
+    /// Commit-to-acknowledgement latency of the last acknowledged message, in microseconds.
+    pub last_ack_latency_us: AtomicU64,
+}
+
+pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
+    store: S,
+    bus: B,
+    clock: C,
+    config: RelayConfig,
+    committed: Arc<Notify>,
+    stats: Arc<RelayStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut cursor: Option<OutboxPosition> = None;
+    let backoff = Duration::from_millis(config.retry_backoff_ms);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let messages = match store.outbox_after(cursor, config.batch).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "relay cannot read the outbox");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            tokio::select! {
+                () = committed.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(config.idle_tick_ms)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let outgoing: Vec<BusMessage> = messages
+            .iter()
+            .map(|message| BusMessage {
+                key: message.key.to_string(),
+                payload: message.payload.clone(),
+                headers: vec![("transaction-id".to_owned(), message.position.transaction_id.to_string())],
+            })
+            .collect();
+        let acknowledged = bus.publish(&outgoing).await;
+        let prefix = acknowledged.iter().take_while(|ack| ack.is_ok()).count();
+        if let Some(last) = messages[..prefix].last() {
+            let now = clock.now().unix_micros();
+            stats.published.fetch_add(prefix as u64, Ordering::Relaxed);
+            stats.last_ack_latency_us.store(now.saturating_sub(last.committed_at.unix_micros()), Ordering::Relaxed);
+            // Published is published: move on even if marking fails (it is retried with the next
+            // prefix, and a restart republishes, which consumers tolerate).
+            cursor = Some(last.position);
+            if let Err(error) = store.mark_published(last.position).await {
+                tracing::warn!(%error, "relay could not mark messages published");
+            }
+        }
+        if prefix < messages.len() {
+            stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(Err(error)) = acknowledged.get(prefix) {
+                tracing::warn!(%error, unacknowledged = messages.len() - prefix, "broker did not acknowledge; retrying");
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The ports: what the pipeline needs from the world, and nothing more.
+//!
+//! The pipeline is generic over these traits and names no concrete adapter. Production implements
+//! them with PostgreSQL and Kafka, the embedded default with SQLite and an in-process bus, tests and
+//! benches with `memory`, and the simulator with simulated nodes under fault injection. Every method
+//! may fail; the pipeline never assumes a failed write did not happen (see `StoreError`).
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
+
+/// A write or read the store could not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store refused the write (a constraint, a conflict): nothing was written.
+    #[error("store refused the write: {0}")]
+    Refused(String),
+    /// The store could not be reached, or failed mid-way: a write may or may not have been made
+    /// durable (the connection dropped during COMMIT, say). Only reading back can tell.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where an event sits in the outbox: commit order. The single writer assigns transaction ids in
+/// the order it commits, so `(transaction, index)` never lets a later commit slip in before a cursor
+/// the way a `bigserial` assigned before commit can.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OutboxPosition {
+    pub transaction_id: TransactionId,
+    /// The event's index within its transaction.
+    pub index: u32,
+}
+
+/// One message waiting in the outbox: an encoded event keyed by its wallet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub position: OutboxPosition,
+    pub key: WalletId,
+    pub payload: Vec<u8>,
+    /// When the event was committed (the ledger's time), for the outbox-age metric.
+    pub committed_at: Timestamp,
+}
+
+/// Everything one group commit makes durable, atomically: every new command's record (the
+/// idempotency record), every event, and one outbox message per event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitBatch {
+    /// In transaction order.
+    pub records: Vec<CommandRecord>,
+    /// In transaction order, and within a transaction in emission order.
+    pub events: Vec<Event>,
+    /// One per event, same order.
+    pub outbox: Vec<OutboxMessage>,
+}
+
+impl CommitBatch {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.events.clear();
+        self.outbox.clear();
+    }
+}
+
+/// A recorded command with its events: one journal entry, as recovery replays it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub record: CommandRecord,
+    pub events: Vec<Event>,
+}
+
+/// A ledger snapshot as stored: the state after `transaction_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub transaction_id: TransactionId,
+    pub bytes: Vec<u8>,
+}
+
+/// The write side: the event store, the idempotency records, the outbox and snapshots.
+pub trait EventStore: Clone + Send + Sync + 'static {
+    /// Makes the whole batch durable in one transaction, or nothing of it.
+    fn commit(&self, batch: &CommitBatch) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The latest snapshot, if any.
+    fn latest_snapshot(&self) -> impl Future<Output = Result<Option<StoredSnapshot>, StoreError>> + Send;
+
+    fn save_snapshot(&self, snapshot: &StoredSnapshot) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` journal entries with transaction ids after `after`, in order.
+    fn journal(
+        &self,
+        after: TransactionId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
+
+    /// The stored records of those of `ids` that were committed.
+    fn command_records(&self, ids: &[CommandId])
+    -> impl Future<Output = Result<Vec<CommandRecord>, StoreError>> + Send;
+
+    /// Up to `limit` unpublished outbox messages after `after` (from the start when `None`), in
+    /// commit order.
+    fn outbox_after(
+        &self,
+        after: Option<OutboxPosition>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxMessage>, StoreError>> + Send;
+
+    /// Marks every outbox message up to and including `through` as published.
+    fn mark_published(&self, through: OutboxPosition) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A wallet's events with versions in `from..=to`, in version order.
+    fn wallet_events(
+        &self,
+        wallet_id: &WalletId,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+}
+
+/// The two projections the pipeline maintains from the bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Projection {
+    /// Current wallets and holds: the read model behind `GET /wallets`.
+    ReadModel,
+    /// One row per posting per wallet: the ledger behind `GET /ledger/wallet/{id}`.
+    Ledger,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 2] = [Projection::ReadModel, Projection::Ledger];
+
+    /// The consumer group (and checkpoint name) of the projection.
+    pub const fn group(self) -> &'static str {
+        match self {
+            Projection::ReadModel => "read-model-projector",
+            Projection::Ledger => "ledger-projector",
+        }
+    }
+}
+
+/// What a projection did with one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It was the wallet's next version: projected.
+    Projected,
+    /// The projection already has this version: skipped.
+    Duplicate,
+    /// An earlier version is missing: nothing written; hold the event until the gap fills.
+    Gap { projected_version: u64 },
+}
+
+/// A wallet as the read model shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletView {
+    pub wallet_id: WalletId,
+    pub owner_id: wallex_engine::OwnerId,
+    pub currency: wallex_engine::Currency,
+    pub balance: i64,
+    pub held: u64,
+    pub overdraft_limit: u64,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One ledger entry: a wallet's side of one posting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub wallet_id: WalletId,
+    pub transaction_id: TransactionId,
+    pub version: u64,
+    /// `event.kind.name()`, e.g. `transfer_sent`.
+    pub entry_type: String,
+    pub direction: Direction,
+    pub amount: u64,
+    pub balance_after: i64,
+    pub currency: wallex_engine::Currency,
+    /// The other account of the posting: a wallet id or `@world:CUR`.
+    pub counterparty: String,
+    pub description: Option<String>,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Credit,
+    Debit,
+}
+
+/// The read side: projections and the queries over them.
+pub trait ProjectionStore: Clone + Send + Sync + 'static {
+    /// Applies `events` to `projection` in one transaction, each only if it is its wallet's next
+    /// version, and returns the verdict per event, in order.
+    fn project(
+        &self,
+        projection: Projection,
+        events: &[Event],
+    ) -> impl Future<Output = Result<Vec<Applied>, StoreError>> + Send;
+
+    /// The version of `wallet_id` that `projection` has applied (0 if none).
+    fn projected_version(
+        &self,
+        projection: Projection,
+        wallet_id: &WalletId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    fn wallet(&self, wallet_id: &WalletId) -> impl Future<Output = Result<Option<WalletView>, StoreError>> + Send;
+
+    /// Wallets ordered by id after `after`, optionally of one owner.
+    fn wallets(
+        &self,
+        owner_id: Option<&wallex_engine::OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<WalletView>, StoreError>> + Send;
+
+    /// A wallet's ledger entries, newest first, with versions below `before` (all when `None`).
+    fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
+}
+
+/// A keyed message for the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusMessage {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A message as a consumer receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: u32,
+    pub offset: u64,
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bus: {0}")]
+pub struct BusError(pub String);
+
+/// The message bus: keyed publishing with acknowledgements, and consumer groups.
+pub trait Bus: Clone + Send + Sync + 'static {
+    type Consumer: Consumer;
+
+    /// Publishes `messages` to the events topic, keyed; per message, whether the broker
+    /// acknowledged it. Messages with the same key are acknowledged in order.
+    fn publish(&self, messages: &[BusMessage]) -> impl Future<Output = Vec<Result<(), BusError>>> + Send;
+
+    /// Publishes a message the consumers could not process to the dead-letter topic.
+    fn publish_dead_letter(&self, message: BusMessage) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Joins consumer group `group` on the events topic.
+    fn consumer(&self, group: &str) -> impl Future<Output = Result<Self::Consumer, BusError>> + Send;
+}
+
+/// One member of a consumer group. Deliveries resume after the group's committed offsets.
+pub trait Consumer: Send + 'static {
+    /// Waits up to `timeout_ms` for at least one message; returns at most `max`.
+    fn poll(&mut self, max: usize, timeout_ms: u64) -> impl Future<Output = Result<Vec<Delivery>, BusError>> + Send;
+
+    /// Commits, per partition, the offset of the next message to consume.
+    fn commit(&mut self, offsets: &[(u32, u64)]) -> impl Future<Output = Result<(), BusError>> + Send;
+}
+
+/// The time, for the pipeline: wall-clock in production, simulated in the simulator.
+pub trait Clock: Clone + Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+impl WalletView {
+    /// The read model's wallet after `event`: a new view for `WalletCreated`, else `previous`
+    /// updated. `None` if the event cannot apply (no previous view for a non-creation event).
+    pub fn after(previous: Option<&WalletView>, event: &Event) -> Option<WalletView> {
+        let mut view = match (&event.kind, previous) {
+            (wallex_engine::EventKind::WalletCreated { owner_id, overdraft_limit }, _) => WalletView {
+                wallet_id: event.wallet_id,
+                owner_id: *owner_id,
+                currency: event.currency,
+                balance: 0,
+                held: 0,
+                overdraft_limit: overdraft_limit.minor(),
+                version: 0,
+                created_at: event.at,
+                updated_at: event.at,
+            },
+            (_, Some(previous)) => previous.clone(),
+            (_, None) => return None,
+        };
+        view.balance = event.balance_after;
+        view.held = event.held_after;
+        view.version = event.version;
+        view.updated_at = event.at;
+        Some(view)
+    }
+}
+
+impl LedgerEntry {
+    /// The wallet's side of the event's posting, if it moved money.
+    pub fn of(event: &Event) -> Option<LedgerEntry> {
+        let posting = event.posting?;
+        let this = wallex_engine::Account::Wallet(event.wallet_id);
+        let (direction, counterparty) = if posting.destination == this {
+            (Direction::Credit, posting.source)
+        } else {
+            (Direction::Debit, posting.destination)
+        };
+        Some(LedgerEntry {
+            wallet_id: event.wallet_id,
+            transaction_id: event.transaction_id,
+            version: event.version,
+            entry_type: event.kind.name().to_owned(),
+            direction,
+            amount: posting.amount.minor(),
+            balance_after: event.balance_after,
+            currency: event.currency,
+            counterparty: counterparty.to_string(),
+            description: event.description.as_ref().map(|description| description.as_str().to_owned()),
+            at: event.at,
+        })
+    }
+}
