@@ -161,8 +161,31 @@ textual_id!(
 /// The server derives it from the HTTP `Idempotency-Key` (or mints a fresh one when a request has
 /// none). Two commands with the same id are the same request: the second one returns the first one's
 /// outcome and has no effect.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// In human-readable formats (JSON) it is 32 lowercase hex digits, since JSON numbers lose
+/// precision beyond 2^53; in binary formats (snapshots) it is the plain integer.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CommandId(pub u128);
+
+impl Serialize for CommandId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() { serializer.collect_str(self) } else { serializer.serialize_u128(self.0) }
+    }
+}
+
+impl<'de> Deserialize<'de> for CommandId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<CommandId, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            if text.len() != 32 {
+                return Err(serde::de::Error::custom("a command id is 32 hex digits"));
+            }
+            u128::from_str_radix(&text, 16).map(CommandId).map_err(serde::de::Error::custom)
+        } else {
+            u128::deserialize(deserializer).map(CommandId)
+        }
+    }
+}
 
 impl fmt::Debug for CommandId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

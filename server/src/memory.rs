@@ -349,14 +349,18 @@ impl Bus for InProcessBus {
     async fn publish(&self, messages: &[BusMessage]) -> Vec<Result<(), BusError>> {
         let mut state = self.lock();
         let mut results = Vec::with_capacity(messages.len());
+        // Like Kafka's idempotent producer: once a message to a partition fails, the later ones to
+        // that partition in the same flight fail too, so a key's messages never land out of order.
+        let mut failed_partitions = [false; PARTITIONS as usize];
         for message in messages {
-            if state.failing_publishes > 0 {
-                state.failing_publishes -= 1;
+            let partition = InProcessBus::partition_of(&message.key) as usize;
+            if failed_partitions[partition] || state.failing_publishes > 0 {
+                state.failing_publishes = state.failing_publishes.saturating_sub(1);
+                failed_partitions[partition] = true;
                 results.push(Err(BusError("injected: broker unavailable".to_owned())));
                 continue;
             }
             let copies = if state.duplicate_deliveries { 2 } else { 1 };
-            let partition = InProcessBus::partition_of(&message.key) as usize;
             for _ in 0..copies {
                 state.partitions[partition].push((message.key.clone(), message.payload.clone()));
             }

@@ -57,7 +57,7 @@ mod tests {
             wallet_id: alice,
             version: 3,
             transaction_id: TransactionId(4),
-            command_id: CommandId(0xab),
+            command_id: CommandId(u128::MAX - 1),
             at: Timestamp::from_unix_micros(1_700_000_000_000_000),
             currency: Currency::USD,
             kind: EventKind::TransferSent { destination: bob },
@@ -81,7 +81,7 @@ mod tests {
         // Consumers outside this repository parse this: a change here is a schema change.
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
-            r#"{"schemaVersion":1,"event":{"wallet_id":"alice","version":3,"transaction_id":4,"command_id":171,"at":1700000000000000,"currency":"USD","kind":{"TransferSent":{"destination":"bob"}},"posting":{"source":{"Wallet":"alice"},"destination":{"Wallet":"bob"},"currency":"USD","amount":2550},"description":null,"balance_after":12450,"held_after":0}}"#
+            r#"{"schemaVersion":1,"event":{"wallet_id":"alice","version":3,"transaction_id":4,"command_id":"fffffffffffffffffffffffffffffffe","at":1700000000000000,"currency":"USD","kind":{"TransferSent":{"destination":"bob"}},"posting":{"source":{"Wallet":"alice"},"destination":{"Wallet":"bob"},"currency":"USD","amount":2550},"description":null,"balance_after":12450,"held_after":0}}"#
         );
     }
 
