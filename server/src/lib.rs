@@ -8,6 +8,8 @@
 
 pub mod conformance;
 pub mod demo;
+#[cfg(not(madsim))]
+pub mod http;
 pub mod memory;
 pub mod pipeline;
 pub mod ports;

@@ -185,6 +185,11 @@ impl EventStore for MemoryStore {
         Ok(())
     }
 
+    async fn outbox_backlog(&self) -> Result<(u64, Option<wallex_engine::Timestamp>), StoreError> {
+        let state = self.lock();
+        Ok((state.outbox.len() as u64, state.outbox.values().next().map(|message| message.committed_at)))
+    }
+
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let state = self.lock();
         Ok(state

@@ -112,6 +112,9 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// Marks every outbox message up to and including `through` as published.
     fn mark_published(&self, through: OutboxPosition) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// How many outbox messages are unpublished, and when the oldest of them was committed.
+    fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send;
+
     /// A wallet's events with versions in `from..=to`, in version order.
     fn wallet_events(
         &self,

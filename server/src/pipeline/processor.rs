@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use wallex_engine::{
-    Command, CommandId, CommandKind, CommandRecord, Event, Ledger, Outcome, Timestamp, TransactionId, Wallet,
+    Command, CommandId, CommandKind, CommandRecord, Event, Hold, Ledger, Outcome, Timestamp, TransactionId, Wallet,
 };
 
 use super::codec::encode_event;
@@ -86,6 +86,10 @@ enum Request {
         wallet_id: wallex_engine::WalletId,
         reply: oneshot::Sender<Option<Wallet>>,
     },
+    Hold {
+        hold_id: wallex_engine::HoldId,
+        reply: oneshot::Sender<Option<Hold>>,
+    },
 }
 
 /// The handle the service layer uses to submit commands. Cheap to clone.
@@ -99,6 +103,7 @@ impl std::fmt::Debug for Request {
         match self {
             Request::Command { command, .. } => write!(f, "Command({})", command.id),
             Request::Wallet { wallet_id, .. } => write!(f, "Wallet({wallet_id})"),
+            Request::Hold { hold_id, .. } => write!(f, "Hold({hold_id})"),
         }
     }
 }
@@ -111,6 +116,13 @@ impl CommandSender {
             return Reply::Unavailable("the command processor has stopped".to_owned());
         }
         answer.await.unwrap_or_else(|_| Reply::Unavailable("the command processor has stopped".to_owned()))
+    }
+
+    /// The hold as the write side knows it, after every command acknowledged so far.
+    pub async fn hold(&self, hold_id: wallex_engine::HoldId) -> Option<Option<Hold>> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Hold { hold_id, reply }).await.ok()?;
+        answer.await.ok()
     }
 
     /// The wallet as the write side knows it, after every command acknowledged so far.
@@ -241,7 +253,8 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
         if self.config.max_batch_wait_us > 0 && !batch.is_empty() {
             let deadline = tokio::time::Instant::now() + Duration::from_micros(self.config.max_batch_wait_us);
             while batch.len() < self.config.max_batch {
-                match tokio::time::timeout_at(deadline, self.requests.recv()).await {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(remaining, self.requests.recv()).await {
                     Ok(Some(request)) => batch.push(request),
                     Ok(None) | Err(_) => break,
                 }
@@ -257,6 +270,9 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
                 Request::Wallet { wallet_id, reply } => {
                     // The ledger holds exactly the committed state between batches.
                     let _ = reply.send(self.ledger.wallet(&wallet_id).cloned());
+                }
+                Request::Hold { hold_id, reply } => {
+                    let _ = reply.send(self.ledger.hold(&hold_id).cloned());
                 }
                 Request::Command { command, reply } => pending.push((command, reply)),
             }

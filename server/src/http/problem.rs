@@ -1,0 +1,116 @@
+//! RFC 9457 problem details: every error the API returns, with a stable `code`.
+//!
+//! `Problem::rejection` is the one place a ledger rejection becomes an HTTP status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use wallex_engine::{ParseError, Rejection};
+
+/// A problem response: `application/problem+json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    /// The transaction a rejected command was recorded as, if it was.
+    pub transaction_id: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem { status, code, detail: detail.into(), transaction_id: None }
+    }
+
+    /// The HTTP form of a ledger rejection: the single mapping from rejection to status.
+    pub fn rejection(rejection: Rejection) -> Problem {
+        let status = match rejection {
+            Rejection::WalletNotFound | Rejection::HoldNotFound => StatusCode::NOT_FOUND,
+            Rejection::WalletExists | Rejection::HoldExists | Rejection::HoldNotActive | Rejection::HoldExpired => {
+                StatusCode::CONFLICT
+            }
+            Rejection::IdempotencyKeyReused
+            | Rejection::InvalidAmount
+            | Rejection::SameWalletTransfer
+            | Rejection::DestinationWalletNotFound
+            | Rejection::CurrencyMismatch
+            | Rejection::InvalidExpiry
+            | Rejection::CaptureExceedsHold
+            | Rejection::InsufficientFunds
+            | Rejection::BalanceLimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Problem::new(status, rejection.code(), describe(rejection))
+    }
+
+    /// A field that does not parse: 400 with a code naming what was wrong.
+    pub fn field(field: &str, error: &ParseError) -> Problem {
+        let code = match error {
+            ParseError::IdLength { .. } | ParseError::IdCharset { .. } => "invalid_id",
+            ParseError::UnknownCurrency => "unknown_currency",
+            ParseError::AmountSyntax
+            | ParseError::AmountPrecision { .. }
+            | ParseError::AmountNegative
+            | ParseError::AmountNotPositive
+            | ParseError::AmountTooLarge => "invalid_amount",
+            ParseError::DescriptionTooLong { .. } | ParseError::DescriptionControl => "invalid_description",
+        };
+        Problem::new(StatusCode::BAD_REQUEST, code, format!("{field}: {error}"))
+    }
+
+    pub fn title(&self) -> &'static str {
+        self.status.canonical_reason().unwrap_or("Error")
+    }
+}
+
+fn describe(rejection: Rejection) -> &'static str {
+    match rejection {
+        Rejection::IdempotencyKeyReused => "this Idempotency-Key was already used for a different request",
+        Rejection::InvalidAmount => "the amount must be greater than zero",
+        Rejection::SameWalletTransfer => "source and destination are the same wallet",
+        Rejection::WalletExists => "a wallet with this id already exists",
+        Rejection::HoldExists => "a hold with this id already exists",
+        Rejection::WalletNotFound => "no wallet with this id",
+        Rejection::HoldNotFound => "no hold with this id",
+        Rejection::DestinationWalletNotFound => "the destination wallet does not exist",
+        Rejection::CurrencyMismatch => "the currencies do not match",
+        Rejection::HoldNotActive => "the hold was already captured or voided",
+        Rejection::HoldExpired => "the hold has expired",
+        Rejection::InvalidExpiry => "the expiry must be in the future",
+        Rejection::CaptureExceedsHold => "the capture exceeds the held amount",
+        Rejection::InsufficientFunds => "the available balance is too low",
+        Rejection::BalanceLimitExceeded => "the balance would exceed its limit",
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = ProblemBody {
+            kind: format!("/problems/{}", self.code),
+            title: self.title(),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+            transaction_id: self.transaction_id.map(|id| id.to_string()),
+        };
+        let bytes = serde_json::to_vec(&body).expect("problems serialize");
+        let mut response = (self.status, bytes).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
