@@ -103,6 +103,11 @@ impl Rejection {
         }
     }
 
+    /// The rejection with this `code`, for reading stored records back.
+    pub fn from_code(code: &str) -> Option<Rejection> {
+        Rejection::ALL.iter().copied().find(|rejection| rejection.code() == code)
+    }
+
     /// Whether the same request, sent again under a *new* command id, may later succeed because it
     /// depends on ledger state that other commands can change (funds arrive, a wallet is created).
     ///
@@ -173,6 +178,7 @@ mod tests {
                 bincode::serde::decode_from_slice(&encoded, bincode::config::standard()).unwrap();
             assert_eq!(decoded, *rejection);
             assert_eq!(rejection.to_string(), *code);
+            assert_eq!(Rejection::from_code(code), Some(*rejection));
         }
         codes.sort_unstable();
         codes.dedup();

@@ -110,9 +110,10 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     let outbox = store.outbox_after(None, 100).await.unwrap();
     assert_eq!(outbox, first.outbox, "outbox in commit order");
     assert_eq!(store.outbox_after(Some(outbox[1].position), 1).await.unwrap(), vec![outbox[2].clone()], "outbox pages");
-    assert_eq!(store.outbox_backlog().await.unwrap(), (3, Some(outbox[0].committed_at)), "outbox backlog");
+    let backlog = outbox.len() as u64;
+    assert_eq!(store.outbox_backlog().await.unwrap(), (backlog, Some(outbox[0].committed_at)), "outbox backlog");
     store.mark_published(outbox[1].position).await.unwrap();
-    assert_eq!(store.outbox_backlog().await.unwrap(), (1, Some(outbox[2].committed_at)), "backlog after publish");
+    assert_eq!(store.outbox_backlog().await.unwrap(), (backlog - 2, Some(outbox[2].committed_at)), "backlog after");
     assert_eq!(store.outbox_after(None, 100).await.unwrap(), outbox[2..].to_vec(), "published messages are gone");
     let second = batch(&mut ledger, 20, vec![transfer("b", "a", 50)]);
     store.commit(&second).await.unwrap();

@@ -9,6 +9,8 @@
 pub mod conformance;
 pub mod demo;
 #[cfg(not(madsim))]
+pub mod embedded;
+#[cfg(not(madsim))]
 pub mod http;
 pub mod memory;
 pub mod pipeline;

@@ -1,6 +1,16 @@
-//! The `wallex` binary.
+//! The `wallex` binary: `serve` runs the service, `demo` tours the engine.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use wallex_server::SystemClock;
+use wallex_server::embedded::SqliteStore;
+use wallex_server::http::{AppState, router};
+use wallex_server::memory::InProcessBus;
+use wallex_server::pipeline::{Pipeline, PipelineConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "wallex", version, about = "Wallex: an exact, event-sourced wallet ledger")]
@@ -11,13 +21,88 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    /// Serves the REST API. Without DATABASE_URL it runs on the embedded store: one durable SQLite
+    /// file in --data-dir and an in-process bus.
+    Serve {
+        /// Address to listen on; the port defaults to $PORT, else 3000.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where the embedded store keeps its file.
+        #[arg(long, default_value = "wallex-data")]
+        data_dir: PathBuf,
+        /// Most commands in one group commit.
+        #[arg(long, default_value_t = PipelineConfig::default().processor.max_batch)]
+        max_batch: usize,
+    },
     /// Runs a short tour of the ledger engine in memory and prints what it decided.
     Demo,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Commands::Demo => print!("{}", wallex_server::demo::run()?),
+        Commands::Demo => {
+            print!("{}", wallex_server::demo::run()?);
+            Ok(())
+        }
+        Commands::Serve { listen, data_dir, max_batch } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(listen, data_dir, max_batch))
+        }
     }
+}
+
+async fn serve(listen: Option<SocketAddr>, data_dir: PathBuf, max_batch: usize) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .init();
+    if std::env::var_os("DATABASE_URL").is_some() || std::env::var_os("KAFKA_BROKERS").is_some() {
+        anyhow::bail!("the PostgreSQL and Kafka adapters are not built yet; unset DATABASE_URL and KAFKA_BROKERS");
+    }
+    let listen = match listen {
+        Some(listen) => listen,
+        None => {
+            let port = std::env::var("PORT").ok().map(|port| port.parse()).transpose().context("PORT")?.unwrap_or(3000);
+            SocketAddr::from(([0, 0, 0, 0], port))
+        }
+    };
+    let store = SqliteStore::open(&data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
+    let requeued = store.requeue_unprojected().await?;
+    let bus = InProcessBus::new();
+    let mut config = PipelineConfig::default();
+    config.processor.max_batch = max_batch.max(1);
+    let pipeline = Pipeline::start(store.clone(), bus, SystemClock, config).await?;
+    let state = Arc::new(AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), "in-process"));
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, data_dir = %data_dir.display(), requeued, "wallex serving on the embedded store");
+    axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal()).await?;
+    tracing::info!("draining");
+    pipeline.shutdown().await;
+    store.close().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }

@@ -4,3 +4,12 @@
 async fn the_memory_store_conforms() {
     wallex_server::conformance::run(wallex_server::memory::MemoryStore::new()).await;
 }
+
+#[tokio::test]
+async fn the_embedded_sqlite_store_conforms() {
+    let directory = std::env::temp_dir().join(format!("wallex-conformance-{}", uuid::Uuid::new_v4()));
+    let store = wallex_server::embedded::SqliteStore::open(&directory).await.unwrap();
+    wallex_server::conformance::run(store.clone()).await;
+    store.close().await;
+    std::fs::remove_dir_all(&directory).unwrap();
+}

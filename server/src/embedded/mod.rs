@@ -1,0 +1,508 @@
+//! The embedded default store: everything in one durable SQLite file (WAL, `synchronous=FULL`), so
+//! `wallex serve` works with zero setup and keeps every promise on one machine.
+//!
+//! One group commit is one SQLite transaction: the command records, the events and the outbox
+//! rows, inserted with multi-row statements. The schema lives in `migrations/sqlite/`.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use wallex_engine::{
+    CommandId, CommandRecord, Currency, Event, Fingerprint, OwnerId, Rejection, Timestamp, TransactionId, WalletId,
+};
+
+use crate::pipeline::codec::{decode_event, encode_event};
+use crate::ports::{
+    Applied, CommitBatch, Direction, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
+    ProjectionStore, StoreError, StoredSnapshot, WalletView,
+};
+
+/// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters per statement).
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// The file inside `--data-dir`.
+pub const DATABASE_FILE: &str = "wallex.sqlite";
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn unavailable(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(database) if database.is_unique_violation() => StoreError::Refused(error.to_string()),
+        _ => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("stored data does not decode: {what}"))
+}
+
+/// u64 values (ids, versions, times, amounts) are stored as SQLite's i64; all of them fit.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).expect("stored integers fit in i64")
+}
+
+fn uint(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(corrupt)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` and applies the migrations.
+    pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(unavailable)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(unavailable)?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("migration failed: {error}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// A write transaction that takes SQLite's write lock at BEGIN, so concurrent writers (the
+    /// processor and the projectors) wait in the busy handler instead of failing with SQLITE_BUSY
+    /// when a deferred read transaction tries to upgrade.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Puts back into the outbox every event some projection has not applied yet.
+    ///
+    /// The embedded bus lives in memory: events the relay published before a restart but the
+    /// projectors had not applied are gone from it. Re-queuing them at start closes that hole;
+    /// projectors skip whatever they already have. Returns how many were re-queued.
+    pub async fn requeue_unprojected(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO outbox (transaction_id, idx, wallet_id, payload, committed_at)              SELECT e.transaction_id, e.idx, e.wallet_id, e.payload, c.at FROM events e              JOIN commands c ON c.transaction_id = e.transaction_id              WHERE e.version > MIN(                COALESCE((SELECT version FROM projection_checkpoints p                          WHERE p.projection = 'read-model-projector' AND p.wallet_id = e.wallet_id), 0),                COALESCE((SELECT version FROM projection_checkpoints p                          WHERE p.projection = 'ledger-projector' AND p.wallet_id = e.wallet_id), 0))",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CommandRecord, StoreError> {
+    let id: Vec<u8> = row.try_get("command_id").map_err(unavailable)?;
+    let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(unavailable)?;
+    let rejection: Option<String> = row.try_get("rejection").map_err(unavailable)?;
+    let result = match rejection {
+        None => Ok(()),
+        Some(code) => Err(Rejection::from_code(&code).ok_or_else(|| corrupt(format!("rejection {code}")))?),
+    };
+    Ok(CommandRecord {
+        command_id: CommandId(u128::from_be_bytes(id.try_into().map_err(|_| corrupt("command id"))?)),
+        fingerprint: Fingerprint(u128::from_be_bytes(fingerprint.try_into().map_err(|_| corrupt("fingerprint"))?)),
+        at: Timestamp::from_unix_micros(uint(row.try_get("at").map_err(unavailable)?)?),
+        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(unavailable)?)?),
+        result,
+    })
+}
+
+fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
+    let payload: Vec<u8> = row.try_get("payload").map_err(unavailable)?;
+    decode_event(&payload).map_err(corrupt)
+}
+
+impl EventStore for SqliteStore {
+    async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let mut transaction = self.write().await?;
+        for chunk in batch.records.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) ");
+            insert.push_values(chunk, |mut row, record| {
+                row.push_bind(int(record.transaction_id.0))
+                    .push_bind(record.command_id.0.to_be_bytes().to_vec())
+                    .push_bind(record.fingerprint.0.to_be_bytes().to_vec())
+                    .push_bind(int(record.at.unix_micros()))
+                    .push_bind(record.result.err().map(Rejection::code));
+            });
+            insert.build().execute(&mut *transaction).await.map_err(unavailable)?;
+        }
+        let mut indexed = Vec::with_capacity(batch.events.len());
+        let mut index = 0u32;
+        let mut previous = None;
+        for event in &batch.events {
+            index = if previous == Some(event.transaction_id) { index + 1 } else { 0 };
+            previous = Some(event.transaction_id);
+            indexed.push((index, event));
+        }
+        for chunk in indexed.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO events (transaction_id, idx, wallet_id, version, payload) ");
+            insert.push_values(chunk, |mut row, (index, event)| {
+                row.push_bind(int(event.transaction_id.0))
+                    .push_bind(i64::from(*index))
+                    .push_bind(event.wallet_id.to_string())
+                    .push_bind(int(event.version))
+                    .push_bind(encode_event(event));
+            });
+            insert.build().execute(&mut *transaction).await.map_err(unavailable)?;
+        }
+        for chunk in batch.outbox.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO outbox (transaction_id, idx, wallet_id, payload, committed_at) ");
+            insert.push_values(chunk, |mut row, message| {
+                row.push_bind(int(message.position.transaction_id.0))
+                    .push_bind(i64::from(message.position.index))
+                    .push_bind(message.key.to_string())
+                    .push_bind(message.payload.clone())
+                    .push_bind(int(message.committed_at.unix_micros()));
+            });
+            insert.build().execute(&mut *transaction).await.map_err(unavailable)?;
+        }
+        transaction.commit().await.map_err(unavailable)
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        let row = sqlx::query("SELECT transaction_id, bytes FROM snapshots ORDER BY transaction_id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|row| {
+            Ok(StoredSnapshot {
+                transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(unavailable)?)?),
+                bytes: row.try_get("bytes").map_err(unavailable)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        let mut transaction = self.write().await?;
+        sqlx::query("INSERT OR REPLACE INTO snapshots (transaction_id, bytes) VALUES (?, ?)")
+            .bind(int(snapshot.transaction_id.0))
+            .bind(&snapshot.bytes)
+            .execute(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+        // Older snapshots are never read again.
+        sqlx::query("DELETE FROM snapshots WHERE transaction_id < ?")
+            .bind(int(snapshot.transaction_id.0))
+            .execute(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+        transaction.commit().await.map_err(unavailable)
+    }
+
+    async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        let records = sqlx::query(
+            "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands \
+             WHERE transaction_id > ? ORDER BY transaction_id LIMIT ?",
+        )
+        .bind(int(after.0))
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut entries: Vec<JournalEntry> = records
+            .iter()
+            .map(|row| Ok(JournalEntry { record: record_from_row(row)?, events: Vec::new() }))
+            .collect::<Result<_, StoreError>>()?;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(entries) };
+        let events = sqlx::query(
+            "SELECT transaction_id, payload FROM events WHERE transaction_id BETWEEN ? AND ? \
+             ORDER BY transaction_id, idx",
+        )
+        .bind(int(first.record.transaction_id.0))
+        .bind(int(last.record.transaction_id.0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut cursor = 0;
+        for row in &events {
+            let event = event_from_row(row)?;
+            while entries[cursor].record.transaction_id < event.transaction_id {
+                cursor += 1;
+            }
+            entries[cursor].events.push(event);
+        }
+        Ok(entries)
+    }
+
+    async fn command_records(&self, ids: &[CommandId]) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut records = Vec::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands WHERE command_id IN (",
+            );
+            let mut separated = query.separated(", ");
+            for id in chunk {
+                separated.push_bind(id.0.to_be_bytes().to_vec());
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.pool).await.map_err(unavailable)? {
+                records.push(record_from_row(&row)?);
+            }
+        }
+        Ok(records)
+    }
+
+    async fn outbox_after(
+        &self,
+        after: Option<OutboxPosition>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let (transaction, index) = after.map_or((-1, -1), |p| (int(p.transaction_id.0), i64::from(p.index)));
+        let rows = sqlx::query(
+            "SELECT transaction_id, idx, wallet_id, payload, committed_at FROM outbox \
+             WHERE (transaction_id, idx) > (?, ?) ORDER BY transaction_id, idx LIMIT ?",
+        )
+        .bind(transaction)
+        .bind(index)
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("wallet_id").map_err(unavailable)?;
+                Ok(OutboxMessage {
+                    position: OutboxPosition {
+                        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(unavailable)?)?),
+                        index: u32::try_from(row.try_get::<i64, _>("idx").map_err(unavailable)?).map_err(corrupt)?,
+                    },
+                    key: WalletId::parse(&key).map_err(corrupt)?,
+                    payload: row.try_get("payload").map_err(unavailable)?,
+                    committed_at: Timestamp::from_unix_micros(uint(row.try_get("committed_at").map_err(unavailable)?)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE (transaction_id, idx) <= (?, ?)")
+            .bind(int(through.transaction_id.0))
+            .bind(i64::from(through.index))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS backlog, MIN(committed_at) AS oldest FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let backlog = uint(row.try_get("backlog").map_err(unavailable)?)?;
+        let oldest: Option<i64> = row.try_get("oldest").map_err(unavailable)?;
+        Ok((backlog, oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
+    }
+
+    async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let rows =
+            sqlx::query("SELECT payload FROM events WHERE wallet_id = ? AND version BETWEEN ? AND ? ORDER BY version")
+                .bind(wallet_id.as_str())
+                .bind(int(from))
+                .bind(int(to.min(i64::MAX as u64)))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+fn projection_name(projection: Projection) -> &'static str {
+    projection.group()
+}
+
+fn view_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WalletView, StoreError> {
+    let text = |name: &str| row.try_get::<String, _>(name).map_err(unavailable);
+    let number = |name: &str| row.try_get::<i64, _>(name).map_err(unavailable);
+    Ok(WalletView {
+        wallet_id: WalletId::parse(&text("wallet_id")?).map_err(corrupt)?,
+        owner_id: OwnerId::parse(&text("owner_id")?).map_err(corrupt)?,
+        currency: Currency::parse(&text("currency")?).map_err(corrupt)?,
+        balance: number("balance")?,
+        held: uint(number("held")?)?,
+        overdraft_limit: uint(number("overdraft_limit")?)?,
+        version: uint(number("version")?)?,
+        created_at: Timestamp::from_unix_micros(uint(number("created_at")?)?),
+        updated_at: Timestamp::from_unix_micros(uint(number("updated_at")?)?),
+    })
+}
+
+impl ProjectionStore for SqliteStore {
+    async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
+        let name = projection_name(projection);
+        let mut transaction = self.write().await?;
+        let mut verdicts = Vec::with_capacity(events.len());
+        for event in events {
+            let projected: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE projection = ? AND wallet_id = ?")
+                    .bind(name)
+                    .bind(event.wallet_id.as_str())
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+            let projected = projected.map(uint).transpose()?.unwrap_or(0);
+            if event.version <= projected {
+                verdicts.push(Applied::Duplicate);
+                continue;
+            }
+            if event.version > projected + 1 {
+                verdicts.push(Applied::Gap { projected_version: projected });
+                continue;
+            }
+            match projection {
+                Projection::ReadModel => {
+                    let previous = sqlx::query("SELECT * FROM wallets WHERE wallet_id = ?")
+                        .bind(event.wallet_id.as_str())
+                        .fetch_optional(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?
+                        .map(|row| view_from_row(&row))
+                        .transpose()?;
+                    let view = WalletView::after(previous.as_ref(), event)
+                        .ok_or_else(|| corrupt(format!("no wallet {} to update", event.wallet_id)))?;
+                    sqlx::query(
+                        "INSERT OR REPLACE INTO wallets (wallet_id, owner_id, currency, balance, held, \
+                         overdraft_limit, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(view.wallet_id.as_str())
+                    .bind(view.owner_id.as_str())
+                    .bind(view.currency.code())
+                    .bind(view.balance)
+                    .bind(int(view.held))
+                    .bind(int(view.overdraft_limit))
+                    .bind(int(view.version))
+                    .bind(int(view.created_at.unix_micros()))
+                    .bind(int(view.updated_at.unix_micros()))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                }
+                Projection::Ledger => {
+                    if let Some(entry) = LedgerEntry::of(event) {
+                        sqlx::query(
+                            "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, \
+                             amount, balance_after, currency, counterparty, description, at) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        )
+                        .bind(entry.wallet_id.as_str())
+                        .bind(int(entry.version))
+                        .bind(int(entry.transaction_id.0))
+                        .bind(&entry.entry_type)
+                        .bind(match entry.direction {
+                            Direction::Credit => "credit",
+                            Direction::Debit => "debit",
+                        })
+                        .bind(int(entry.amount))
+                        .bind(entry.balance_after)
+                        .bind(entry.currency.code())
+                        .bind(&entry.counterparty)
+                        .bind(&entry.description)
+                        .bind(int(entry.at.unix_micros()))
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                    }
+                }
+            }
+            sqlx::query(
+                "INSERT OR REPLACE INTO projection_checkpoints (projection, wallet_id, version) VALUES (?, ?, ?)",
+            )
+            .bind(name)
+            .bind(event.wallet_id.as_str())
+            .bind(int(event.version))
+            .execute(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+            verdicts.push(Applied::Projected);
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(verdicts)
+    }
+
+    async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE projection = ? AND wallet_id = ?")
+                .bind(projection_name(projection))
+                .bind(wallet_id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(version.map(uint).transpose()?.unwrap_or(0))
+    }
+
+    async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        sqlx::query("SELECT * FROM wallets WHERE wallet_id = ?")
+            .bind(wallet_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .map(|row| view_from_row(&row))
+            .transpose()
+    }
+
+    async fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM wallets WHERE (? IS NULL OR owner_id = ?) AND wallet_id > ? ORDER BY wallet_id LIMIT ?",
+        )
+        .bind(owner_id.map(OwnerId::as_str))
+        .bind(owner_id.map(OwnerId::as_str))
+        .bind(after.map_or("", WalletId::as_str))
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(view_from_row).collect()
+    }
+
+    async fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM ledger_entries WHERE wallet_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
+        )
+        .bind(wallet_id.as_str())
+        .bind(before.map_or(i64::MAX, int))
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let text = |name: &str| row.try_get::<String, _>(name).map_err(unavailable);
+                let number = |name: &str| row.try_get::<i64, _>(name).map_err(unavailable);
+                Ok(LedgerEntry {
+                    wallet_id: WalletId::parse(&text("wallet_id")?).map_err(corrupt)?,
+                    transaction_id: TransactionId(uint(number("transaction_id")?)?),
+                    version: uint(number("version")?)?,
+                    entry_type: text("entry_type")?,
+                    direction: if text("direction")? == "credit" { Direction::Credit } else { Direction::Debit },
+                    amount: uint(number("amount")?)?,
+                    balance_after: number("balance_after")?,
+                    currency: Currency::parse(&text("currency")?).map_err(corrupt)?,
+                    counterparty: text("counterparty")?,
+                    description: row.try_get("description").map_err(unavailable)?,
+                    at: Timestamp::from_unix_micros(uint(number("at")?)?),
+                })
+            })
+            .collect()
+    }
+}
