@@ -15,6 +15,10 @@ pub mod http;
 pub mod memory;
 pub mod pipeline;
 pub mod ports;
+#[cfg(not(madsim))]
+pub mod postgres;
+#[cfg(not(madsim))]
+mod sql;
 
 /// The wall clock, for production.
 #[derive(Clone, Copy, Debug, Default)]

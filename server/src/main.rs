@@ -11,6 +11,8 @@ use wallex_server::embedded::SqliteStore;
 use wallex_server::http::{AppState, router};
 use wallex_server::memory::InProcessBus;
 use wallex_server::pipeline::{Pipeline, PipelineConfig};
+use wallex_server::ports::{EventStore, ProjectionStore};
+use wallex_server::postgres::PostgresStore;
 
 #[derive(Debug, Parser)]
 #[command(name = "wallex", version, about = "Wallex: an exact, event-sourced wallet ledger")]
@@ -21,8 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
-    /// Serves the REST API. Without DATABASE_URL it runs on the embedded store: one durable SQLite
-    /// file in --data-dir and an in-process bus.
+    /// Serves the REST API. With DATABASE_URL it stores in PostgreSQL (migrating at start); without,
+    /// in the embedded store: one durable SQLite file in --data-dir. The bus is in-process.
     Serve {
         /// Address to listen on; the port defaults to $PORT, else 3000.
         #[arg(long)]
@@ -34,6 +36,8 @@ enum Commands {
         #[arg(long, default_value_t = PipelineConfig::default().processor.max_batch)]
         max_batch: usize,
     },
+    /// Applies the PostgreSQL migrations to DATABASE_URL and exits.
+    Migrate,
     /// Runs a short tour of the ledger engine in memory and prints what it decided.
     Demo,
 }
@@ -48,6 +52,16 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(listen, data_dir, max_batch))
         }
+        Commands::Migrate => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let url = std::env::var("DATABASE_URL").context("DATABASE_URL must name the PostgreSQL database")?;
+                let store = PostgresStore::connect(&url).await?;
+                store.close().await;
+                println!("migrations applied");
+                Ok(())
+            })
+        }
     }
 }
 
@@ -58,8 +72,8 @@ async fn serve(listen: Option<SocketAddr>, data_dir: PathBuf, max_batch: usize) 
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .init();
-    if std::env::var_os("DATABASE_URL").is_some() || std::env::var_os("KAFKA_BROKERS").is_some() {
-        anyhow::bail!("the PostgreSQL and Kafka adapters are not built yet; unset DATABASE_URL and KAFKA_BROKERS");
+    if std::env::var_os("KAFKA_BROKERS").is_some() {
+        anyhow::bail!("the Kafka adapter is not built yet; unset KAFKA_BROKERS to use the in-process bus");
     }
     let listen = match listen {
         Some(listen) => listen,
@@ -68,20 +82,42 @@ async fn serve(listen: Option<SocketAddr>, data_dir: PathBuf, max_batch: usize) 
             SocketAddr::from(([0, 0, 0, 0], port))
         }
     };
-    let store = SqliteStore::open(&data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
-    let requeued = store.requeue_unprojected().await?;
-    let bus = InProcessBus::new();
     let mut config = PipelineConfig::default();
     config.processor.max_batch = max_batch.max(1);
-    let pipeline = Pipeline::start(store.clone(), bus, SystemClock, config).await?;
-    let state = Arc::new(AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), "in-process"));
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let store = PostgresStore::connect(&url).await.context("connecting to PostgreSQL")?;
+            let requeued = store.requeue_unprojected().await?;
+            tracing::info!(requeued, "store: postgresql");
+            run(store.clone(), listen, config).await?;
+            store.close().await;
+        }
+        Err(_) => {
+            let store =
+                SqliteStore::open(&data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
+            let requeued = store.requeue_unprojected().await?;
+            tracing::info!(requeued, data_dir = %data_dir.display(), "store: embedded");
+            run(store.clone(), listen, config).await?;
+            store.close().await;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs the pipeline and the HTTP server on `store` until SIGTERM or Ctrl-C, then drains.
+async fn run<S: EventStore + ProjectionStore>(
+    store: S,
+    listen: SocketAddr,
+    config: PipelineConfig,
+) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(store.clone(), InProcessBus::new(), SystemClock, config).await?;
+    let state = Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process"));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, data_dir = %data_dir.display(), requeued, "wallex serving on the embedded store");
+    tracing::info!(%listen, "wallex serving");
     axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal()).await?;
     tracing::info!("draining");
     pipeline.shutdown().await;
-    store.close().await;
-    tracing::info!("stopped");
     Ok(())
 }
 

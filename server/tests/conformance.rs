@@ -13,3 +13,13 @@ async fn the_embedded_sqlite_store_conforms() {
     store.close().await;
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+mod support;
+
+#[tokio::test]
+async fn the_postgres_store_conforms() {
+    let database = support::postgres().await;
+    let store = wallex_server::postgres::PostgresStore::connect(&database.url).await.unwrap();
+    wallex_server::conformance::run(store.clone()).await;
+    store.close().await;
+}

@@ -31,14 +31,15 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn start(data_dir: &std::path::Path, port: u16) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wallex"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+/// Starts `wallex serve` on the embedded store in `data_dir`, or on PostgreSQL at `database`.
+async fn start(data_dir: &std::path::Path, database: Option<&str>, port: u16) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wallex"));
+    command.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(data_dir);
+    match database {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     for _ in 0..200 {
@@ -132,11 +133,23 @@ async fn balances(client: &reqwest::Client, base: &str, consistency: &str) -> Ve
     result
 }
 
+mod support;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_nothing_and_applies_nothing_twice() {
+async fn sigkill_under_load_loses_nothing_on_the_embedded_store() {
+    kill_test(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_nothing_on_postgres() {
+    let database = support::postgres().await;
+    kill_test(Some(&database.url)).await;
+}
+
+async fn kill_test(database: Option<&str>) {
     let data_dir = std::env::temp_dir().join(format!("wallex-kill-{}", uuid::Uuid::new_v4()));
     let port = free_port();
-    let mut server = start(&data_dir, port).await;
+    let mut server = start(&data_dir, database, port).await;
     let setup = reqwest::Client::new();
     for wallet in 0..WALLETS {
         let body = json!({"walletId": format!("w{wallet}"), "ownerId": "kill", "initialBalance": "10000.00"});
@@ -182,7 +195,7 @@ async fn sigkill_under_load_loses_nothing_and_applies_nothing_twice() {
     assert!(unanswered > 0 && killed_at < all.len(), "the kill interrupted the load ({killed_at} answered)");
 
     // Restart and retry every unanswered operation with its key; re-send some answered ones too.
-    let server = start(&data_dir, port).await;
+    let server = start(&data_dir, database, port).await;
     let http = reqwest::Client::new();
     for operation in all.iter_mut().filter(|o| o.answer.is_none()) {
         for _ in 0..50 {
@@ -230,5 +243,7 @@ async fn sigkill_under_load_loses_nothing_and_applies_nothing_twice() {
     }
     assert!(converged, "the read model converges to the write side after the restart");
     drop(server);
-    std::fs::remove_dir_all(&data_dir).unwrap();
+    if data_dir.exists() {
+        std::fs::remove_dir_all(&data_dir).unwrap();
+    }
 }

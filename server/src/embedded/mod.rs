@@ -9,15 +9,14 @@ use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite};
-use wallex_engine::{
-    CommandId, CommandRecord, Currency, Event, Fingerprint, OwnerId, Rejection, Timestamp, TransactionId, WalletId,
-};
+use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Rejection, Timestamp, TransactionId, WalletId};
 
 use crate::pipeline::codec::{decode_event, encode_event};
 use crate::ports::{
-    Applied, CommitBatch, Direction, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
+    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
     ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
+use crate::sql::{EntryRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint};
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters per statement).
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -30,39 +29,19 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-fn unavailable(error: sqlx::Error) -> StoreError {
-    match &error {
-        sqlx::Error::Database(database) if database.is_unique_violation() => StoreError::Refused(error.to_string()),
-        _ => StoreError::Unavailable(error.to_string()),
-    }
-}
-
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("stored data does not decode: {what}"))
-}
-
-/// u64 values (ids, versions, times, amounts) are stored as SQLite's i64; all of them fit.
-fn int(value: u64) -> i64 {
-    i64::try_from(value).expect("stored integers fit in i64")
-}
-
-fn uint(value: i64) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(corrupt)
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir` and applies the migrations.
     pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let url = format!("sqlite://{}", data_dir.join(DATABASE_FILE).display());
         let options = SqliteConnectOptions::from_str(&url)
-            .map_err(unavailable)?
+            .map_err(store_error)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(unavailable)?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(store_error)?;
         sqlx::migrate!("../migrations/sqlite")
             .run(&pool)
             .await
@@ -74,7 +53,7 @@ impl SqliteStore {
     /// processor and the projectors) wait in the busy handler instead of failing with SQLITE_BUSY
     /// when a deferred read transaction tries to upgrade.
     async fn write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
     }
 
     pub async fn close(&self) {
@@ -92,30 +71,13 @@ impl SqliteStore {
         )
         .execute(&self.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(done.rows_affected())
     }
 }
 
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CommandRecord, StoreError> {
-    let id: Vec<u8> = row.try_get("command_id").map_err(unavailable)?;
-    let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(unavailable)?;
-    let rejection: Option<String> = row.try_get("rejection").map_err(unavailable)?;
-    let result = match rejection {
-        None => Ok(()),
-        Some(code) => Err(Rejection::from_code(&code).ok_or_else(|| corrupt(format!("rejection {code}")))?),
-    };
-    Ok(CommandRecord {
-        command_id: CommandId(u128::from_be_bytes(id.try_into().map_err(|_| corrupt("command id"))?)),
-        fingerprint: Fingerprint(u128::from_be_bytes(fingerprint.try_into().map_err(|_| corrupt("fingerprint"))?)),
-        at: Timestamp::from_unix_micros(uint(row.try_get("at").map_err(unavailable)?)?),
-        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(unavailable)?)?),
-        result,
-    })
-}
-
 fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
-    let payload: Vec<u8> = row.try_get("payload").map_err(unavailable)?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(store_error)?;
     decode_event(&payload).map_err(corrupt)
 }
 
@@ -127,12 +89,12 @@ impl EventStore for SqliteStore {
                 QueryBuilder::new("INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) ");
             insert.push_values(chunk, |mut row, record| {
                 row.push_bind(int(record.transaction_id.0))
-                    .push_bind(record.command_id.0.to_be_bytes().to_vec())
-                    .push_bind(record.fingerprint.0.to_be_bytes().to_vec())
+                    .push_bind(id_bytes(record.command_id.0))
+                    .push_bind(id_bytes(record.fingerprint.0))
                     .push_bind(int(record.at.unix_micros()))
                     .push_bind(record.result.err().map(Rejection::code));
             });
-            insert.build().execute(&mut *transaction).await.map_err(unavailable)?;
+            insert.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
         let mut indexed = Vec::with_capacity(batch.events.len());
         let mut index = 0u32;
@@ -152,7 +114,7 @@ impl EventStore for SqliteStore {
                     .push_bind(int(event.version))
                     .push_bind(encode_event(event));
             });
-            insert.build().execute(&mut *transaction).await.map_err(unavailable)?;
+            insert.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
         for chunk in batch.outbox.chunks(ROWS_PER_STATEMENT) {
             let mut insert: QueryBuilder<Sqlite> =
@@ -164,20 +126,20 @@ impl EventStore for SqliteStore {
                     .push_bind(message.payload.clone())
                     .push_bind(int(message.committed_at.unix_micros()));
             });
-            insert.build().execute(&mut *transaction).await.map_err(unavailable)?;
+            insert.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
-        transaction.commit().await.map_err(unavailable)
+        transaction.commit().await.map_err(store_error)
     }
 
     async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
         let row = sqlx::query("SELECT transaction_id, bytes FROM snapshots ORDER BY transaction_id DESC LIMIT 1")
             .fetch_optional(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         row.map(|row| {
             Ok(StoredSnapshot {
-                transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(unavailable)?)?),
-                bytes: row.try_get("bytes").map_err(unavailable)?,
+                transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(store_error)?)?),
+                bytes: row.try_get("bytes").map_err(store_error)?,
             })
         })
         .transpose()
@@ -190,18 +152,18 @@ impl EventStore for SqliteStore {
             .bind(&snapshot.bytes)
             .execute(&mut *transaction)
             .await
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         // Older snapshots are never read again.
         sqlx::query("DELETE FROM snapshots WHERE transaction_id < ?")
             .bind(int(snapshot.transaction_id.0))
             .execute(&mut *transaction)
             .await
-            .map_err(unavailable)?;
-        transaction.commit().await.map_err(unavailable)
+            .map_err(store_error)?;
+        transaction.commit().await.map_err(store_error)
     }
 
     async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
-        let records = sqlx::query(
+        let records: Vec<RecordRow> = sqlx::query_as(
             "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands \
              WHERE transaction_id > ? ORDER BY transaction_id LIMIT ?",
         )
@@ -209,10 +171,10 @@ impl EventStore for SqliteStore {
         .bind(int(limit as u64))
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         let mut entries: Vec<JournalEntry> = records
-            .iter()
-            .map(|row| Ok(JournalEntry { record: record_from_row(row)?, events: Vec::new() }))
+            .into_iter()
+            .map(|row| Ok(JournalEntry { record: row.into_record()?, events: Vec::new() }))
             .collect::<Result<_, StoreError>>()?;
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(entries) };
         let events = sqlx::query(
@@ -223,7 +185,7 @@ impl EventStore for SqliteStore {
         .bind(int(last.record.transaction_id.0))
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         let mut cursor = 0;
         for row in &events {
             let event = event_from_row(row)?;
@@ -243,11 +205,11 @@ impl EventStore for SqliteStore {
             );
             let mut separated = query.separated(", ");
             for id in chunk {
-                separated.push_bind(id.0.to_be_bytes().to_vec());
+                separated.push_bind(id_bytes(id.0));
             }
             query.push(")");
-            for row in query.build().fetch_all(&self.pool).await.map_err(unavailable)? {
-                records.push(record_from_row(&row)?);
+            for row in query.build_query_as::<RecordRow>().fetch_all(&self.pool).await.map_err(store_error)? {
+                records.push(row.into_record()?);
             }
         }
         Ok(records)
@@ -268,18 +230,18 @@ impl EventStore for SqliteStore {
         .bind(int(limit as u64))
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         rows.iter()
             .map(|row| {
-                let key: String = row.try_get("wallet_id").map_err(unavailable)?;
+                let key: String = row.try_get("wallet_id").map_err(store_error)?;
                 Ok(OutboxMessage {
                     position: OutboxPosition {
-                        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(unavailable)?)?),
-                        index: u32::try_from(row.try_get::<i64, _>("idx").map_err(unavailable)?).map_err(corrupt)?,
+                        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(store_error)?)?),
+                        index: u32::try_from(row.try_get::<i64, _>("idx").map_err(store_error)?).map_err(corrupt)?,
                     },
                     key: WalletId::parse(&key).map_err(corrupt)?,
-                    payload: row.try_get("payload").map_err(unavailable)?,
-                    committed_at: Timestamp::from_unix_micros(uint(row.try_get("committed_at").map_err(unavailable)?)?),
+                    payload: row.try_get("payload").map_err(store_error)?,
+                    committed_at: Timestamp::from_unix_micros(uint(row.try_get("committed_at").map_err(store_error)?)?),
                 })
             })
             .collect()
@@ -291,7 +253,7 @@ impl EventStore for SqliteStore {
             .bind(i64::from(through.index))
             .execute(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -299,9 +261,9 @@ impl EventStore for SqliteStore {
         let row = sqlx::query("SELECT COUNT(*) AS backlog, MIN(committed_at) AS oldest FROM outbox")
             .fetch_one(&self.pool)
             .await
-            .map_err(unavailable)?;
-        let backlog = uint(row.try_get("backlog").map_err(unavailable)?)?;
-        let oldest: Option<i64> = row.try_get("oldest").map_err(unavailable)?;
+            .map_err(store_error)?;
+        let backlog = uint(row.try_get("backlog").map_err(store_error)?)?;
+        let oldest: Option<i64> = row.try_get("oldest").map_err(store_error)?;
         Ok((backlog, oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
     }
 
@@ -313,29 +275,13 @@ impl EventStore for SqliteStore {
                 .bind(int(to.min(i64::MAX as u64)))
                 .fetch_all(&self.pool)
                 .await
-                .map_err(unavailable)?;
+                .map_err(store_error)?;
         rows.iter().map(event_from_row).collect()
     }
 }
 
 fn projection_name(projection: Projection) -> &'static str {
     projection.group()
-}
-
-fn view_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WalletView, StoreError> {
-    let text = |name: &str| row.try_get::<String, _>(name).map_err(unavailable);
-    let number = |name: &str| row.try_get::<i64, _>(name).map_err(unavailable);
-    Ok(WalletView {
-        wallet_id: WalletId::parse(&text("wallet_id")?).map_err(corrupt)?,
-        owner_id: OwnerId::parse(&text("owner_id")?).map_err(corrupt)?,
-        currency: Currency::parse(&text("currency")?).map_err(corrupt)?,
-        balance: number("balance")?,
-        held: uint(number("held")?)?,
-        overdraft_limit: uint(number("overdraft_limit")?)?,
-        version: uint(number("version")?)?,
-        created_at: Timestamp::from_unix_micros(uint(number("created_at")?)?),
-        updated_at: Timestamp::from_unix_micros(uint(number("updated_at")?)?),
-    })
 }
 
 impl ProjectionStore for SqliteStore {
@@ -350,7 +296,7 @@ impl ProjectionStore for SqliteStore {
                     .bind(event.wallet_id.as_str())
                     .fetch_optional(&mut *transaction)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(store_error)?;
             let projected = projected.map(uint).transpose()?.unwrap_or(0);
             if event.version <= projected {
                 verdicts.push(Applied::Duplicate);
@@ -362,13 +308,12 @@ impl ProjectionStore for SqliteStore {
             }
             match projection {
                 Projection::ReadModel => {
-                    let previous = sqlx::query("SELECT * FROM wallets WHERE wallet_id = ?")
+                    let previous: Option<WalletRow> = sqlx::query_as("SELECT * FROM wallets WHERE wallet_id = ?")
                         .bind(event.wallet_id.as_str())
                         .fetch_optional(&mut *transaction)
                         .await
-                        .map_err(unavailable)?
-                        .map(|row| view_from_row(&row))
-                        .transpose()?;
+                        .map_err(store_error)?;
+                    let previous = previous.map(WalletRow::into_view).transpose()?;
                     let view = WalletView::after(previous.as_ref(), event)
                         .ok_or_else(|| corrupt(format!("no wallet {} to update", event.wallet_id)))?;
                     sqlx::query(
@@ -386,7 +331,7 @@ impl ProjectionStore for SqliteStore {
                     .bind(int(view.updated_at.unix_micros()))
                     .execute(&mut *transaction)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(store_error)?;
                 }
                 Projection::Ledger => {
                     if let Some(entry) = LedgerEntry::of(event) {
@@ -399,10 +344,7 @@ impl ProjectionStore for SqliteStore {
                         .bind(int(entry.version))
                         .bind(int(entry.transaction_id.0))
                         .bind(&entry.entry_type)
-                        .bind(match entry.direction {
-                            Direction::Credit => "credit",
-                            Direction::Debit => "debit",
-                        })
+                        .bind(direction_name(entry.direction))
                         .bind(int(entry.amount))
                         .bind(entry.balance_after)
                         .bind(entry.currency.code())
@@ -411,7 +353,7 @@ impl ProjectionStore for SqliteStore {
                         .bind(int(entry.at.unix_micros()))
                         .execute(&mut *transaction)
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(store_error)?;
                     }
                 }
             }
@@ -423,10 +365,10 @@ impl ProjectionStore for SqliteStore {
             .bind(int(event.version))
             .execute(&mut *transaction)
             .await
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
             verdicts.push(Applied::Projected);
         }
-        transaction.commit().await.map_err(unavailable)?;
+        transaction.commit().await.map_err(store_error)?;
         Ok(verdicts)
     }
 
@@ -437,18 +379,17 @@ impl ProjectionStore for SqliteStore {
                 .bind(wallet_id.as_str())
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(unavailable)?;
+                .map_err(store_error)?;
         Ok(version.map(uint).transpose()?.unwrap_or(0))
     }
 
     async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
-        sqlx::query("SELECT * FROM wallets WHERE wallet_id = ?")
+        let row: Option<WalletRow> = sqlx::query_as("SELECT * FROM wallets WHERE wallet_id = ?")
             .bind(wallet_id.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(unavailable)?
-            .map(|row| view_from_row(&row))
-            .transpose()
+            .map_err(store_error)?;
+        row.map(WalletRow::into_view).transpose()
     }
 
     async fn wallets(
@@ -457,7 +398,7 @@ impl ProjectionStore for SqliteStore {
         after: Option<&WalletId>,
         limit: usize,
     ) -> Result<Vec<WalletView>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<WalletRow> = sqlx::query_as(
             "SELECT * FROM wallets WHERE (? IS NULL OR owner_id = ?) AND wallet_id > ? ORDER BY wallet_id LIMIT ?",
         )
         .bind(owner_id.map(OwnerId::as_str))
@@ -466,8 +407,8 @@ impl ProjectionStore for SqliteStore {
         .bind(int(limit as u64))
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable)?;
-        rows.iter().map(view_from_row).collect()
+        .map_err(store_error)?;
+        rows.into_iter().map(WalletRow::into_view).collect()
     }
 
     async fn ledger_entries(
@@ -476,7 +417,7 @@ impl ProjectionStore for SqliteStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<EntryRow> = sqlx::query_as(
             "SELECT * FROM ledger_entries WHERE wallet_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
         )
         .bind(wallet_id.as_str())
@@ -484,25 +425,7 @@ impl ProjectionStore for SqliteStore {
         .bind(int(limit as u64))
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let text = |name: &str| row.try_get::<String, _>(name).map_err(unavailable);
-                let number = |name: &str| row.try_get::<i64, _>(name).map_err(unavailable);
-                Ok(LedgerEntry {
-                    wallet_id: WalletId::parse(&text("wallet_id")?).map_err(corrupt)?,
-                    transaction_id: TransactionId(uint(number("transaction_id")?)?),
-                    version: uint(number("version")?)?,
-                    entry_type: text("entry_type")?,
-                    direction: if text("direction")? == "credit" { Direction::Credit } else { Direction::Debit },
-                    amount: uint(number("amount")?)?,
-                    balance_after: number("balance_after")?,
-                    currency: Currency::parse(&text("currency")?).map_err(corrupt)?,
-                    counterparty: text("counterparty")?,
-                    description: row.try_get("description").map_err(unavailable)?,
-                    at: Timestamp::from_unix_micros(uint(number("at")?)?),
-                })
-            })
-            .collect()
+        .map_err(store_error)?;
+        rows.into_iter().map(EntryRow::into_entry).collect()
     }
 }

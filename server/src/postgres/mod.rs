@@ -1,0 +1,433 @@
+//! The production store on PostgreSQL (sqlx). Schema: `migrations/postgres/`.
+//!
+//! A group commit is one transaction of three statements whatever the batch size: records, events
+//! and outbox rows are each inserted with one `INSERT … SELECT FROM UNNEST(arrays)`, so the cost
+//! per command is a few array elements, not a round trip. Durability is PostgreSQL's: fsync and
+//! `synchronous_commit` stay on.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Rejection, Timestamp, TransactionId, WalletId};
+
+use crate::pipeline::codec::{decode_event, encode_event};
+use crate::ports::{
+    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
+    ProjectionStore, StoreError, StoredSnapshot, WalletView,
+};
+use crate::sql::{EntryRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint};
+
+/// Connections in the pool: the writer, the relay, two projectors and the readers.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and applies the migrations.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(DEFAULT_POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(store_error)?;
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("../migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("migration failed: {error}")))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Puts back into the outbox every event some projection has not applied yet (for a bus that
+    /// does not outlive the process, like the in-process one); see
+    /// `SqliteStore::requeue_unprojected`. Returns how many were re-queued.
+    pub async fn requeue_unprojected(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO outbox (transaction_id, idx, wallet_id, payload, committed_at) \
+             SELECT e.transaction_id, e.idx, e.wallet_id, e.payload, c.at FROM events e \
+             JOIN commands c ON c.transaction_id = e.transaction_id \
+             WHERE e.version > LEAST( \
+               COALESCE((SELECT version FROM projection_checkpoints p \
+                         WHERE p.projection = 'read-model-projector' AND p.wallet_id = e.wallet_id), 0), \
+               COALESCE((SELECT version FROM projection_checkpoints p \
+                         WHERE p.projection = 'ledger-projector' AND p.wallet_id = e.wallet_id), 0)) \
+             ON CONFLICT DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn event_from(payload: &[u8]) -> Result<Event, StoreError> {
+    decode_event(payload).map_err(corrupt)
+}
+
+impl EventStore for PostgresStore {
+    async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(store_error)?;
+        let records = &batch.records;
+        sqlx::query(
+            "INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[])",
+        )
+        .bind(records.iter().map(|r| int(r.transaction_id.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| id_bytes(r.command_id.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| id_bytes(r.fingerprint.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| int(r.at.unix_micros())).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.result.err().map(Rejection::code)).collect::<Vec<_>>())
+        .execute(&mut *transaction)
+        .await
+        .map_err(store_error)?;
+        // The outbox carries one message per event in the same order, with its position.
+        let events = &batch.events;
+        let outbox = &batch.outbox;
+        debug_assert_eq!(events.len(), outbox.len());
+        sqlx::query(
+            "INSERT INTO events (transaction_id, idx, wallet_id, version, payload) \
+             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::bytea[])",
+        )
+        .bind(outbox.iter().map(|m| int(m.position.transaction_id.0)).collect::<Vec<_>>())
+        .bind(
+            outbox
+                .iter()
+                .map(|m| i32::try_from(m.position.index).expect("few events per transaction"))
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.wallet_id.to_string()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| int(e.version)).collect::<Vec<_>>())
+        .bind(events.iter().map(encode_event).collect::<Vec<_>>())
+        .execute(&mut *transaction)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(
+            "INSERT INTO outbox (transaction_id, idx, wallet_id, payload, committed_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bigint[])",
+        )
+        .bind(outbox.iter().map(|m| int(m.position.transaction_id.0)).collect::<Vec<_>>())
+        .bind(
+            outbox
+                .iter()
+                .map(|m| i32::try_from(m.position.index).expect("few events per transaction"))
+                .collect::<Vec<_>>(),
+        )
+        .bind(outbox.iter().map(|m| m.key.to_string()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|m| m.payload.clone()).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|m| int(m.committed_at.unix_micros())).collect::<Vec<_>>())
+        .execute(&mut *transaction)
+        .await
+        .map_err(store_error)?;
+        transaction.commit().await.map_err(store_error)
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        let row = sqlx::query("SELECT transaction_id, bytes FROM snapshots ORDER BY transaction_id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.map(|row| {
+            Ok(StoredSnapshot {
+                transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(store_error)?)?),
+                bytes: row.try_get("bytes").map_err(store_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query(
+            "INSERT INTO snapshots (transaction_id, bytes) VALUES ($1, $2) ON CONFLICT (transaction_id) DO NOTHING",
+        )
+        .bind(int(snapshot.transaction_id.0))
+        .bind(&snapshot.bytes)
+        .execute(&mut *transaction)
+        .await
+        .map_err(store_error)?;
+        sqlx::query("DELETE FROM snapshots WHERE transaction_id < $1")
+            .bind(int(snapshot.transaction_id.0))
+            .execute(&mut *transaction)
+            .await
+            .map_err(store_error)?;
+        transaction.commit().await.map_err(store_error)
+    }
+
+    async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        let records: Vec<RecordRow> = sqlx::query_as(
+            "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands \
+             WHERE transaction_id > $1 ORDER BY transaction_id LIMIT $2",
+        )
+        .bind(int(after.0))
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let mut entries = records
+            .into_iter()
+            .map(|row| Ok(JournalEntry { record: row.into_record()?, events: Vec::new() }))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(entries) };
+        let rows = sqlx::query(
+            "SELECT payload FROM events WHERE transaction_id BETWEEN $1 AND $2 ORDER BY transaction_id, idx",
+        )
+        .bind(int(first.record.transaction_id.0))
+        .bind(int(last.record.transaction_id.0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let mut cursor = 0;
+        for row in rows {
+            let event = event_from(&row.try_get::<Vec<u8>, _>("payload").map_err(store_error)?)?;
+            while entries[cursor].record.transaction_id < event.transaction_id {
+                cursor += 1;
+            }
+            entries[cursor].events.push(event);
+        }
+        Ok(entries)
+    }
+
+    async fn command_records(&self, ids: &[CommandId]) -> Result<Vec<CommandRecord>, StoreError> {
+        let rows: Vec<RecordRow> = sqlx::query_as(
+            "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands WHERE command_id = ANY($1)",
+        )
+        .bind(ids.iter().map(|id| id_bytes(id.0)).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.into_iter().map(RecordRow::into_record).collect()
+    }
+
+    async fn outbox_after(
+        &self,
+        after: Option<OutboxPosition>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let (transaction, index) =
+            after.map_or((-1, -1), |p| (int(p.transaction_id.0), i32::try_from(p.index).unwrap_or(i32::MAX)));
+        let rows = sqlx::query(
+            "SELECT transaction_id, idx, wallet_id, payload, committed_at FROM outbox \
+             WHERE (transaction_id, idx) > ($1, $2) ORDER BY transaction_id, idx LIMIT $3",
+        )
+        .bind(transaction)
+        .bind(index)
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("wallet_id").map_err(store_error)?;
+                Ok(OutboxMessage {
+                    position: OutboxPosition {
+                        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(store_error)?)?),
+                        index: u32::try_from(row.try_get::<i32, _>("idx").map_err(store_error)?).map_err(corrupt)?,
+                    },
+                    key: WalletId::parse(&key).map_err(corrupt)?,
+                    payload: row.try_get("payload").map_err(store_error)?,
+                    committed_at: Timestamp::from_unix_micros(uint(row.try_get("committed_at").map_err(store_error)?)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE (transaction_id, idx) <= ($1, $2)")
+            .bind(int(through.transaction_id.0))
+            .bind(i32::try_from(through.index).unwrap_or(i32::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS backlog, MIN(committed_at) AS oldest FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let oldest: Option<i64> = row.try_get("oldest").map_err(store_error)?;
+        Ok((
+            uint(row.try_get("backlog").map_err(store_error)?)?,
+            oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros),
+        ))
+    }
+
+    async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT payload FROM events WHERE wallet_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version",
+        )
+        .bind(wallet_id.as_str())
+        .bind(int(from))
+        .bind(int(to.min(i64::MAX as u64)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(|row| event_from(&row.try_get::<Vec<u8>, _>("payload").map_err(store_error)?)).collect()
+    }
+}
+
+impl ProjectionStore for PostgresStore {
+    async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
+        let name = projection.group();
+        let mut transaction = self.pool.begin().await.map_err(store_error)?;
+        let mut verdicts = Vec::with_capacity(events.len());
+        for event in events {
+            // The checkpoint row is locked for the rest of the transaction: two projector
+            // instances cannot both apply the same version.
+            let projected: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM projection_checkpoints WHERE projection = $1 AND wallet_id = $2 FOR UPDATE",
+            )
+            .bind(name)
+            .bind(event.wallet_id.as_str())
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(store_error)?;
+            let projected = projected.map(uint).transpose()?.unwrap_or(0);
+            if event.version <= projected {
+                verdicts.push(Applied::Duplicate);
+                continue;
+            }
+            if event.version > projected + 1 {
+                verdicts.push(Applied::Gap { projected_version: projected });
+                continue;
+            }
+            match projection {
+                Projection::ReadModel => {
+                    let previous: Option<WalletRow> = sqlx::query_as("SELECT * FROM wallets WHERE wallet_id = $1")
+                        .bind(event.wallet_id.as_str())
+                        .fetch_optional(&mut *transaction)
+                        .await
+                        .map_err(store_error)?;
+                    let previous = previous.map(WalletRow::into_view).transpose()?;
+                    let view = WalletView::after(previous.as_ref(), event)
+                        .ok_or_else(|| corrupt(format!("no wallet {} to update", event.wallet_id)))?;
+                    sqlx::query(
+                        "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
+                         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (wallet_id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
+                         version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+                    )
+                    .bind(view.wallet_id.as_str())
+                    .bind(view.owner_id.as_str())
+                    .bind(view.currency.code())
+                    .bind(view.balance)
+                    .bind(int(view.held))
+                    .bind(int(view.overdraft_limit))
+                    .bind(int(view.version))
+                    .bind(int(view.created_at.unix_micros()))
+                    .bind(int(view.updated_at.unix_micros()))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(store_error)?;
+                }
+                Projection::Ledger => {
+                    if let Some(entry) = LedgerEntry::of(event) {
+                        sqlx::query(
+                            "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, \
+                             amount, balance_after, currency, counterparty, description, at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        )
+                        .bind(entry.wallet_id.as_str())
+                        .bind(int(entry.version))
+                        .bind(int(entry.transaction_id.0))
+                        .bind(&entry.entry_type)
+                        .bind(direction_name(entry.direction))
+                        .bind(int(entry.amount))
+                        .bind(entry.balance_after)
+                        .bind(entry.currency.code())
+                        .bind(&entry.counterparty)
+                        .bind(&entry.description)
+                        .bind(int(entry.at.unix_micros()))
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(store_error)?;
+                    }
+                }
+            }
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (projection, wallet_id, version) VALUES ($1, $2, $3) \
+                 ON CONFLICT (projection, wallet_id) DO UPDATE SET version = EXCLUDED.version",
+            )
+            .bind(name)
+            .bind(event.wallet_id.as_str())
+            .bind(int(event.version))
+            .execute(&mut *transaction)
+            .await
+            .map_err(store_error)?;
+            verdicts.push(Applied::Projected);
+        }
+        transaction.commit().await.map_err(store_error)?;
+        Ok(verdicts)
+    }
+
+    async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE projection = $1 AND wallet_id = $2")
+                .bind(projection.group())
+                .bind(wallet_id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?;
+        Ok(version.map(uint).transpose()?.unwrap_or(0))
+    }
+
+    async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        let row: Option<WalletRow> = sqlx::query_as("SELECT * FROM wallets WHERE wallet_id = $1")
+            .bind(wallet_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.map(WalletRow::into_view).transpose()
+    }
+
+    async fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        let rows: Vec<WalletRow> = sqlx::query_as(
+            "SELECT * FROM wallets WHERE ($1::text IS NULL OR owner_id = $1) AND wallet_id > $2 \
+             ORDER BY wallet_id LIMIT $3",
+        )
+        .bind(owner_id.map(OwnerId::as_str))
+        .bind(after.map_or("", WalletId::as_str))
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.into_iter().map(WalletRow::into_view).collect()
+    }
+
+    async fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "SELECT * FROM ledger_entries WHERE wallet_id = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
+        )
+        .bind(wallet_id.as_str())
+        .bind(before.map_or(i64::MAX, int))
+        .bind(int(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.into_iter().map(EntryRow::into_entry).collect()
+    }
+}
