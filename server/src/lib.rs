@@ -12,6 +12,8 @@ pub mod demo;
 pub mod embedded;
 #[cfg(not(madsim))]
 pub mod http;
+#[cfg(not(madsim))]
+pub mod kafka;
 pub mod memory;
 pub mod pipeline;
 pub mod ports;

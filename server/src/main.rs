@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand};
 use wallex_server::SystemClock;
 use wallex_server::embedded::SqliteStore;
 use wallex_server::http::{AppState, router};
+use wallex_server::kafka::{KafkaBus, KafkaConfig};
 use wallex_server::memory::InProcessBus;
 use wallex_server::pipeline::{Pipeline, PipelineConfig};
-use wallex_server::ports::{EventStore, ProjectionStore};
+use wallex_server::ports::{Bus, EventStore, ProjectionStore};
 use wallex_server::postgres::PostgresStore;
 
 #[derive(Debug, Parser)]
@@ -24,7 +25,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Serves the REST API. With DATABASE_URL it stores in PostgreSQL (migrating at start); without,
-    /// in the embedded store: one durable SQLite file in --data-dir. The bus is in-process.
+    /// in the embedded store: one durable SQLite file in --data-dir. With KAFKA_BROKERS it publishes
+    /// to Kafka; without, to an in-process bus.
     Serve {
         /// Address to listen on; the port defaults to $PORT, else 3000.
         #[arg(long)]
@@ -35,6 +37,12 @@ enum Commands {
         /// Most commands in one group commit.
         #[arg(long, default_value_t = PipelineConfig::default().processor.max_batch)]
         max_batch: usize,
+        /// The events topic, when KAFKA_BROKERS is set.
+        #[arg(long, default_value = "wallet-events")]
+        kafka_topic: String,
+        /// The dead-letter topic, when KAFKA_BROKERS is set.
+        #[arg(long, default_value = "wallet-events-dlq")]
+        kafka_dlq_topic: String,
     },
     /// Applies the PostgreSQL migrations to DATABASE_URL and exits.
     Migrate,
@@ -48,9 +56,15 @@ fn main() -> anyhow::Result<()> {
             print!("{}", wallex_server::demo::run()?);
             Ok(())
         }
-        Commands::Serve { listen, data_dir, max_batch } => {
+        Commands::Serve { listen, data_dir, max_batch, kafka_topic, kafka_dlq_topic } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(listen, data_dir, max_batch))
+            let kafka = std::env::var("KAFKA_BROKERS").ok().map(|brokers| {
+                let mut config = KafkaConfig::new(brokers);
+                config.topic = kafka_topic;
+                config.dead_letter_topic = kafka_dlq_topic;
+                config
+            });
+            runtime.block_on(serve(listen, data_dir, max_batch, kafka))
         }
         Commands::Migrate => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -65,16 +79,18 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(listen: Option<SocketAddr>, data_dir: PathBuf, max_batch: usize) -> anyhow::Result<()> {
+async fn serve(
+    listen: Option<SocketAddr>,
+    data_dir: PathBuf,
+    max_batch: usize,
+    kafka: Option<KafkaConfig>,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .init();
-    if std::env::var_os("KAFKA_BROKERS").is_some() {
-        anyhow::bail!("the Kafka adapter is not built yet; unset KAFKA_BROKERS to use the in-process bus");
-    }
     let listen = match listen {
         Some(listen) => listen,
         None => {
@@ -87,17 +103,29 @@ async fn serve(listen: Option<SocketAddr>, data_dir: PathBuf, max_batch: usize) 
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let store = PostgresStore::connect(&url).await.context("connecting to PostgreSQL")?;
-            let requeued = store.requeue_unprojected().await?;
-            tracing::info!(requeued, "store: postgresql");
-            run(store.clone(), listen, config).await?;
+            tracing::info!("store: postgresql");
+            match kafka {
+                Some(kafka) => run_on_kafka(store.clone(), kafka, listen, config).await?,
+                None => {
+                    let requeued = store.requeue_unprojected().await?;
+                    tracing::info!(requeued, "bus: in-process");
+                    run(store.clone(), InProcessBus::new(), "in-process", listen, config).await?;
+                }
+            }
             store.close().await;
         }
         Err(_) => {
             let store =
                 SqliteStore::open(&data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
-            let requeued = store.requeue_unprojected().await?;
-            tracing::info!(requeued, data_dir = %data_dir.display(), "store: embedded");
-            run(store.clone(), listen, config).await?;
+            tracing::info!(data_dir = %data_dir.display(), "store: embedded");
+            match kafka {
+                Some(kafka) => run_on_kafka(store.clone(), kafka, listen, config).await?,
+                None => {
+                    let requeued = store.requeue_unprojected().await?;
+                    tracing::info!(requeued, "bus: in-process");
+                    run(store.clone(), InProcessBus::new(), "in-process", listen, config).await?;
+                }
+            }
             store.close().await;
         }
     }
@@ -105,14 +133,31 @@ async fn serve(listen: Option<SocketAddr>, data_dir: PathBuf, max_batch: usize) 
     Ok(())
 }
 
-/// Runs the pipeline and the HTTP server on `store` until SIGTERM or Ctrl-C, then drains.
-async fn run<S: EventStore + ProjectionStore>(
+async fn run_on_kafka<S: EventStore + ProjectionStore>(
     store: S,
+    kafka: KafkaConfig,
     listen: SocketAddr,
     config: PipelineConfig,
 ) -> anyhow::Result<()> {
-    let pipeline = Pipeline::start(store.clone(), InProcessBus::new(), SystemClock, config).await?;
-    let state = Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process"));
+    let brokers = kafka.brokers.clone();
+    let bus = KafkaBus::connect(kafka).await.with_context(|| format!("connecting to Kafka at {brokers}"))?;
+    tracing::info!(%brokers, "bus: kafka");
+    run(store, bus.clone(), "kafka", listen, config).await?;
+    // Whatever the relay handed the producer is acknowledged (or failed) before exit.
+    bus.flush(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// Runs the pipeline and the HTTP server until SIGTERM or Ctrl-C, then drains.
+async fn run<S: EventStore + ProjectionStore, B: Bus>(
+    store: S,
+    bus: B,
+    bus_name: &'static str,
+    listen: SocketAddr,
+    config: PipelineConfig,
+) -> anyhow::Result<()> {
+    let pipeline = Pipeline::start(store.clone(), bus, SystemClock, config).await?;
+    let state = Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "wallex serving");
     axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal()).await?;

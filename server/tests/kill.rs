@@ -31,13 +31,31 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts `wallex serve` on the embedded store in `data_dir`, or on PostgreSQL at `database`.
-async fn start(data_dir: &std::path::Path, database: Option<&str>, port: u16) -> Server {
+/// Where the server under test keeps its data and sends its events.
+#[derive(Clone)]
+struct Setup {
+    data_dir: std::path::PathBuf,
+    database: Option<String>,
+    /// Brokers and a topic name unique to the test.
+    kafka: Option<(String, String)>,
+}
+
+/// Starts `wallex serve` on `setup`.
+async fn start(setup: &Setup, port: u16) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wallex"));
-    command.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(data_dir);
-    match database {
+    command.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(&setup.data_dir);
+    match &setup.database {
         Some(url) => command.env("DATABASE_URL", url),
         None => command.env_remove("DATABASE_URL"),
+    };
+    match &setup.kafka {
+        Some((brokers, topic)) => command.env("KAFKA_BROKERS", brokers).args([
+            "--kafka-topic",
+            topic,
+            "--kafka-dlq-topic",
+            &format!("{topic}-dlq"),
+        ]),
+        None => command.env_remove("KAFKA_BROKERS"),
     };
     let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -135,25 +153,36 @@ async fn balances(client: &reqwest::Client, base: &str, consistency: &str) -> Ve
 
 mod support;
 
+fn temp_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("wallex-kill-{}", uuid::Uuid::new_v4()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_nothing_on_the_embedded_store() {
-    kill_test(None).await;
+    kill_test(Setup { data_dir: temp_dir(), database: None, kafka: None }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_nothing_on_postgres() {
+async fn sigkill_under_load_loses_nothing_on_postgres_and_kafka() {
     let database = support::postgres().await;
-    kill_test(Some(&database.url)).await;
+    let broker = support::kafka();
+    let topic = format!("kill-{}", uuid::Uuid::new_v4().simple());
+    kill_test(Setup {
+        data_dir: temp_dir(),
+        database: Some(database.url.clone()),
+        kafka: Some((broker.brokers.clone(), topic)),
+    })
+    .await;
 }
 
-async fn kill_test(database: Option<&str>) {
-    let data_dir = std::env::temp_dir().join(format!("wallex-kill-{}", uuid::Uuid::new_v4()));
+async fn kill_test(setup: Setup) {
+    let data_dir = setup.data_dir.clone();
     let port = free_port();
-    let mut server = start(&data_dir, database, port).await;
-    let setup = reqwest::Client::new();
+    let mut server = start(&setup, port).await;
+    let admin = reqwest::Client::new();
     for wallet in 0..WALLETS {
         let body = json!({"walletId": format!("w{wallet}"), "ownerId": "kill", "initialBalance": "10000.00"});
-        let response = setup
+        let response = admin
             .post(format!("{}/wallets", server.base))
             .header("content-type", "application/json")
             .body(body.to_string())
@@ -195,7 +224,7 @@ async fn kill_test(database: Option<&str>) {
     assert!(unanswered > 0 && killed_at < all.len(), "the kill interrupted the load ({killed_at} answered)");
 
     // Restart and retry every unanswered operation with its key; re-send some answered ones too.
-    let server = start(&data_dir, database, port).await;
+    let server = start(&setup, port).await;
     let http = reqwest::Client::new();
     for operation in all.iter_mut().filter(|o| o.answer.is_none()) {
         for _ in 0..50 {
@@ -234,7 +263,8 @@ async fn kill_test(database: Option<&str>) {
         assert_eq!(strong[wallet], (expected[wallet], events[wallet]), "w{wallet}: balance and event count");
     }
     let mut converged = false;
-    for _ in 0..400 {
+    // Bounded by the consumer-group session timeout: the killed consumers' partitions move on.
+    for _ in 0..1_200 {
         if balances(&http, &server.base, "eventual").await == strong {
             converged = true;
             break;
