@@ -156,6 +156,7 @@ async fn run<S: EventStore + ProjectionStore, B: Bus>(
     listen: SocketAddr,
     config: PipelineConfig,
 ) -> anyhow::Result<()> {
+    wallex_server::http::install_metrics();
     let pipeline = Pipeline::start(store.clone(), bus, SystemClock, config).await?;
     let state = Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

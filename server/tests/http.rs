@@ -361,3 +361,19 @@ async fn health_answers_with_outbox_and_consumer_figures() {
     assert!(stats.body["consumers"]["read-model-projector"]["projected"].as_u64().unwrap() >= 1);
     assert_eq!(stats.body["dlq"]["count"], 0);
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text() {
+    let api = api().await;
+    wallex_server::http::install_metrics();
+    api.post("/wallets", json!({"walletId": "m", "ownerId": "o", "initialBalance": 1})).await;
+    api.projected("m", 1).await;
+    let response = api.router.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for name in
+        ["wallex_commands_total", "wallex_group_commit_seconds", "wallex_outbox_backlog", "wallex_projected_total"]
+    {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}

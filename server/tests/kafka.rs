@@ -186,6 +186,20 @@ async fn postgres_and_kafka_carry_every_event_in_order_to_both_projections() {
         .map(|p| pipeline.stats.projector(*p).dead_lettered.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
     assert_eq!(dead_lettered, 2, "and the stats show the dead letters");
+    // ... as /health/kafka/stats reports them.
+    let state = std::sync::Arc::new(wallex_server::http::AppState::new(
+        pipeline.commands.clone(),
+        store.clone(),
+        pipeline.stats.clone(),
+        "kafka",
+    ));
+    let request = axum::http::Request::get("/health/kafka/stats").body(axum::body::Body::empty()).unwrap();
+    let response = tower::ServiceExt::oneshot(wallex_server::http::router(state), request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stats["dlq"]["count"], 2, "{stats}");
+    assert_eq!(stats["outbox"]["backlog"], 0, "{stats}");
     for wallet in ledger.wallets() {
         let view = store.wallet(&wallet.id).await.unwrap().unwrap();
         assert_eq!((view.balance, view.version), (wallet.balance, wallet.version), "nothing changed");

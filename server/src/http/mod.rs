@@ -78,6 +78,7 @@ pub fn router<S: EventStore + ProjectionStore>(state: Arc<AppState<S>>) -> Route
         .route("/health", get(health))
         .route("/health/kafka", get(bus_health::<S>))
         .route("/health/kafka/stats", get(bus_stats::<S>))
+        .route("/metrics", get(prometheus::<S>))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -853,4 +854,37 @@ async fn bus_stats<S: EventStore + ProjectionStore>(
         "consumers": consumers,
         "dlq": { "count": dead_lettered },
     })))
+}
+
+/// The process's Prometheus recorder, installed on first use.
+fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding application's): then this
+        // endpoint shows only what the scrape itself sets.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Installs the metrics recorder; `serve` calls it before the pipeline starts so nothing is missed.
+pub fn install_metrics() {
+    recorder();
+}
+
+/// `GET /metrics`: Prometheus text format, with the outbox backlog read at scrape time.
+async fn prometheus<S: EventStore + ProjectionStore>(State(state): Shared<S>) -> Response {
+    if let Ok((backlog, oldest)) = state.store.outbox_backlog().await {
+        metrics::gauge!("wallex_outbox_backlog").set(backlog as f64);
+        let now = crate::ports::Clock::now(&crate::SystemClock).unix_micros();
+        let age_us = oldest.map_or(0, |at| now.saturating_sub(at.unix_micros()));
+        metrics::gauge!("wallex_outbox_oldest_age_seconds").set(age_us as f64 / 1e6);
+    }
+    let mut response = recorder().render().into_response();
+    response
+        .headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }

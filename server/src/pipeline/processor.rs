@@ -367,8 +367,16 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
             if self.commit.is_empty() {
                 return;
             }
-            match self.store.commit(&self.commit).await {
+            let started = tokio::time::Instant::now();
+            let committed = self.store.commit(&self.commit).await;
+            metrics::histogram!("wallex_group_commit_seconds").record(started.elapsed().as_secs_f64());
+            match committed {
                 Ok(()) => {
+                    metrics::histogram!("wallex_group_commit_commands").record(self.commit.records.len() as f64);
+                    for record in &self.commit.records {
+                        let outcome = if record.result.is_ok() { "accepted" } else { "rejected" };
+                        metrics::counter!("wallex_commands_total", "outcome" => outcome).increment(1);
+                    }
                     self.committed.notify_one();
                     self.events_since_snapshot += self.commit.events.len() as u64;
                     for (DecidedReply { reply, .. }, record, events) in decided {
@@ -379,6 +387,7 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
                     return;
                 }
                 Err(error) => {
+                    metrics::counter!("wallex_group_commit_failures_total").increment(1);
                     tracing::warn!(attempt, batch = decided.len(), %error, "group commit failed; reloading from the store");
                     last_error = error.to_string();
                     self.reload().await;
@@ -391,6 +400,7 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
             }
         }
         for (_, reply) in pending {
+            metrics::counter!("wallex_commands_total", "outcome" => "unavailable").increment(1);
             let _ = reply.send(Reply::Unavailable(last_error.clone()));
         }
     }

@@ -127,11 +127,14 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
             for (event, verdict) in batch.iter().zip(verdicts) {
                 match verdict {
                     Applied::Projected => {
+                        metrics::counter!("wallex_projected_total", "group" => projection.group()).increment(1);
                         stats.projected.fetch_add(1, Ordering::Relaxed);
                         held.remove(&(event.wallet_id, event.version));
                         progressed = true;
                     }
                     Applied::Duplicate => {
+                        metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group())
+                            .increment(1);
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         held.remove(&(event.wallet_id, event.version));
                     }
@@ -145,6 +148,7 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
             }
         }
         stats.held.store(held.len() as u64, Ordering::Relaxed);
+        metrics::gauge!("wallex_projection_held_events", "group" => projection.group()).set(held.len() as f64);
         // Never commit past a held event: a restart must redeliver it.
         for item in held.values() {
             next_offsets.entry(item.partition).and_modify(|next| *next = (*next).min(item.offset));
@@ -186,4 +190,5 @@ async fn dead_letter<B: Bus>(
         tokio::time::sleep(backoff).await;
     }
     stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("wallex_dead_lettered_total", "group" => projection.group()).increment(1);
 }

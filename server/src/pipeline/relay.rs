@@ -79,8 +79,14 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
             .collect();
         let acknowledged = bus.publish(&outgoing).await;
         let prefix = acknowledged.iter().take_while(|ack| ack.is_ok()).count();
+        let now = clock.now().unix_micros();
+        for message in &messages[..prefix] {
+            // Microseconds as f64 seconds: a latency measurement, not money.
+            let latency_us = now.saturating_sub(message.committed_at.unix_micros());
+            metrics::histogram!("wallex_commit_to_ack_seconds").record(latency_us as f64 / 1e6);
+        }
+        metrics::counter!("wallex_relay_published_total").increment(prefix as u64);
         if let Some(last) = messages[..prefix].last() {
-            let now = clock.now().unix_micros();
             stats.published.fetch_add(prefix as u64, Ordering::Relaxed);
             stats.last_ack_latency_us.store(now.saturating_sub(last.committed_at.unix_micros()), Ordering::Relaxed);
             // Published is published: move on even if marking fails (it is retried with the next
@@ -91,6 +97,7 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
             }
         }
         if prefix < messages.len() {
+            metrics::counter!("wallex_relay_publish_failures_total").increment(1);
             stats.publish_failures.fetch_add(1, Ordering::Relaxed);
             if let Some(Err(error)) = acknowledged.get(prefix) {
                 tracing::warn!(%error, unacknowledged = messages.len() - prefix, "broker did not acknowledge; retrying");
