@@ -377,3 +377,22 @@ async fn metrics_are_served_in_prometheus_text() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let api = api().await;
+    let document = api.get("/openapi.json").await;
+    assert_eq!(document.status, StatusCode::OK);
+    let paths = document.body["paths"].as_object().unwrap();
+    for path in [
+        "/wallets",
+        "/wallets/{id}",
+        "/wallets/{id}/credit",
+        "/wallets/{id}/transfer",
+        "/holds/{id}/capture",
+        "/ledger/wallet/{id}",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    assert!(document.body["components"]["schemas"]["WalletJson"].is_object());
+}

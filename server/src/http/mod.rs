@@ -79,6 +79,7 @@ pub fn router<S: EventStore + ProjectionStore>(state: Arc<AppState<S>>) -> Route
         .route("/health/kafka", get(bus_health::<S>))
         .route("/health/kafka/stats", get(bus_stats::<S>))
         .route("/metrics", get(prometheus::<S>))
+        .route("/openapi.json", get(openapi))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -204,9 +205,11 @@ fn time(at: Timestamp) -> String {
 /// A wallet as the API shows it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 pub struct WalletJson {
     pub wallet_id: String,
     pub owner_id: String,
+    #[schema(value_type = String, example = "USD")]
     pub currency: &'static str,
     pub balance: String,
     pub held_balance: String,
@@ -252,12 +255,15 @@ impl WalletJson {
 /// One event as the API and the history show it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 pub struct EventJson {
     pub wallet_id: String,
     pub version: u64,
     pub transaction_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "credited")]
     pub kind: &'static str,
+    #[schema(value_type = String, example = "USD")]
     pub currency: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amount: Option<String>,
@@ -310,6 +316,7 @@ impl EventJson {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 struct TransactionJson {
     transaction_id: String,
     events: Vec<EventJson>,
@@ -317,11 +324,14 @@ struct TransactionJson {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 struct HoldJson {
     hold_id: String,
     wallet_id: String,
+    #[schema(value_type = String)]
     currency: &'static str,
     amount: String,
+    #[schema(value_type = String, example = "active")]
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     captured_amount: Option<String>,
@@ -330,7 +340,7 @@ struct HoldJson {
     placed_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Page<T> {
     items: Vec<T>,
@@ -382,14 +392,21 @@ fn transaction_json(events: &[Event]) -> serde_json::Value {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 struct CreateWalletBody {
     wallet_id: String,
     owner_id: String,
     currency: Option<String>,
+    #[schema(value_type = Option<String>, example = "100.00")]
     initial_balance: Option<Box<RawValue>>,
+    #[schema(value_type = Option<String>, example = "0")]
     overdraft_limit: Option<Box<RawValue>>,
 }
 
+#[utoipa::path(post, path = "/wallets", request_body = CreateWalletBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the original response")),
+    responses((status = 201, description = "Created", body = WalletJson), (status = 409, description = "wallet_exists", body = ProblemJson),
+        (status = 400, description = "Malformed", body = ProblemJson)))]
 async fn create_wallet<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     headers: HeaderMap,
@@ -418,12 +435,17 @@ async fn create_wallet<S: EventStore + ProjectionStore>(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 struct MoneyBody {
+    /// A JSON number or a decimal string, exact in the wallet's currency.
+    #[schema(value_type = String, example = "50.00")]
     amount: Box<RawValue>,
     currency: Option<String>,
     description: Option<String>,
 }
 
+#[utoipa::path(post, path = "/wallets/{id}/credit", request_body = MoneyBody, params(("id" = String, Path)),
+    responses((status = 200, description = "Credited", body = TransactionJson), (status = 404, description = "wallet_not_found", body = ProblemJson)))]
 async fn credit<S: EventStore + ProjectionStore>(
     state: Shared<S>,
     path: Path<String>,
@@ -433,6 +455,8 @@ async fn credit<S: EventStore + ProjectionStore>(
     credit_or_debit(state, path, headers, body, true).await
 }
 
+#[utoipa::path(post, path = "/wallets/{id}/debit", request_body = MoneyBody, params(("id" = String, Path)),
+    responses((status = 200, description = "Debited", body = TransactionJson), (status = 422, description = "insufficient_funds", body = ProblemJson)))]
 async fn debit<S: EventStore + ProjectionStore>(
     state: Shared<S>,
     path: Path<String>,
@@ -464,13 +488,17 @@ async fn credit_or_debit<S: EventStore + ProjectionStore>(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 struct TransferBody {
     to_wallet_id: String,
+    #[schema(value_type = String, example = "25.50")]
     amount: Box<RawValue>,
     currency: Option<String>,
     description: Option<String>,
 }
 
+#[utoipa::path(post, path = "/wallets/{id}/transfer", request_body = TransferBody, params(("id" = String, Path)),
+    responses((status = 200, description = "Transferred", body = TransactionJson), (status = 422, description = "Refused", body = ProblemJson)))]
 async fn transfer<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -489,8 +517,10 @@ async fn transfer<S: EventStore + ProjectionStore>(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 struct HoldBody {
     hold_id: Option<String>,
+    #[schema(value_type = String, example = "40.00")]
     amount: Box<RawValue>,
     currency: Option<String>,
     /// RFC 3339 instant, e.g. `2030-01-01T00:00:00Z`.
@@ -498,6 +528,8 @@ struct HoldBody {
     description: Option<String>,
 }
 
+#[utoipa::path(post, path = "/wallets/{id}/holds", request_body = HoldBody, params(("id" = String, Path)),
+    responses((status = 201, description = "Hold placed", body = TransactionJson), (status = 422, description = "Refused", body = ProblemJson)))]
 async fn place_hold<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -536,12 +568,16 @@ async fn place_hold<S: EventStore + ProjectionStore>(
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 struct CaptureBody {
+    #[schema(value_type = Option<String>, example = "35.00")]
     amount: Option<Box<RawValue>>,
     to_wallet_id: Option<String>,
     description: Option<String>,
 }
 
+#[utoipa::path(post, path = "/holds/{id}/capture", request_body = CaptureBody, params(("id" = String, Path)),
+    responses((status = 200, description = "Captured", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
 async fn capture_hold<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -564,6 +600,8 @@ async fn capture_hold<S: EventStore + ProjectionStore>(
     Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, transaction_json))
 }
 
+#[utoipa::path(post, path = "/holds/{id}/void", params(("id" = String, Path)),
+    responses((status = 200, description = "Voided", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
 async fn void_hold<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -596,6 +634,8 @@ struct WalletQuery {
     consistency: Option<String>,
 }
 
+#[utoipa::path(get, path = "/wallets/{id}", params(("id" = String, Path), ("consistency" = Option<String>, Query, description = "`strong` reads the write side")),
+    responses((status = 200, description = "The wallet", body = WalletJson), (status = 404, description = "wallet_not_found", body = ProblemJson)))]
 async fn get_wallet<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -625,6 +665,8 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/wallets", params(("ownerId" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "A page of wallets", body = Page<WalletJson>)))]
 async fn list_wallets<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -640,15 +682,18 @@ async fn list_wallets<S: EventStore + ProjectionStore>(
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 struct LedgerEntryJson {
     wallet_id: String,
     transaction_id: String,
     version: u64,
     #[serde(rename = "type")]
     entry_type: String,
+    #[schema(value_type = String, example = "credit")]
     direction: crate::ports::Direction,
     amount: String,
     balance_after: String,
+    #[schema(value_type = String)]
     currency: &'static str,
     counterparty: String,
     description: Option<String>,
@@ -684,6 +729,8 @@ struct LedgerQuery {
     to: Option<String>,
 }
 
+#[utoipa::path(get, path = "/ledger/wallet/{id}", params(("id" = String, Path), ("cursor" = Option<u64>, Query), ("limit" = Option<usize>, Query), ("type" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
+    responses((status = 200, description = "Ledger entries, newest first", body = Page<LedgerEntryJson>)))]
 async fn ledger<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -722,6 +769,8 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/wallets/{id}/events", params(("id" = String, Path), ("cursor" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "The wallet's events in version order", body = Page<EventJson>)))]
 async fn wallet_events<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -747,15 +796,19 @@ struct BalanceQuery {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
 struct BalanceJson {
     wallet_id: String,
     version: u64,
+    #[schema(value_type = String)]
     currency: &'static str,
     balance: String,
     held_balance: String,
     at: String,
 }
 
+#[utoipa::path(get, path = "/wallets/{id}/balance", params(("id" = String, Path), ("version" = u64, Query)),
+    responses((status = 200, description = "The balance as of that version", body = BalanceJson), (status = 404, description = "version_not_found", body = ProblemJson)))]
 async fn balance_at<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -781,6 +834,8 @@ async fn balance_at<S: EventStore + ProjectionStore>(
     }))
 }
 
+#[utoipa::path(get, path = "/holds/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "The hold", body = HoldJson), (status = 404, description = "hold_not_found", body = ProblemJson)))]
 async fn get_hold<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -887,4 +942,45 @@ async fn prometheus<S: EventStore + ProjectionStore>(State(state): Shared<S>) ->
         .headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
+}
+
+/// The shape of every error body (RFC 9457).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ProblemJson {
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Stable machine-readable code, e.g. `insufficient_funds`.
+    code: String,
+    transaction_id: Option<String>,
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Wallex", description = "An exact, event-sourced wallet ledger. Amounts are decimal strings."),
+    paths(
+        create_wallet,
+        list_wallets,
+        get_wallet,
+        credit,
+        debit,
+        transfer,
+        place_hold,
+        wallet_events,
+        balance_at,
+        get_hold,
+        capture_hold,
+        void_hold,
+        ledger
+    ),
+    components(schemas(ProblemJson))
+)]
+struct ApiDoc;
+
+/// `GET /openapi.json`.
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
