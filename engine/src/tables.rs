@@ -122,6 +122,10 @@ fn slot(sequence: u64, forgotten: u64) -> usize {
 /// Records are forgotten from the front only, so the index stores each record's sequence number
 /// (how many records were ever remembered before it) and a record's place in the queue is its
 /// sequence number minus the number forgotten.
+///
+/// An id is normally remembered once. Replaying a journal written under a shorter retention can
+/// remember an id again while its earlier record is still queued: the index then points at the
+/// newer record, and the superseded one leaves the queue in its turn without touching the index.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CommandMemory {
     records: VecDeque<CommandRecord>,
@@ -146,7 +150,7 @@ impl CommandMemory {
             index: HashTable::with_capacity(records.len()),
         };
         for record in records {
-            if memory.get(&record.command_id).is_some() {
+            if memory.get(&record.command_id).is_some_and(|kept| kept.transaction_id >= record.transaction_id) {
                 return Err(record.command_id);
             }
             memory.remember(record);
@@ -169,25 +173,32 @@ impl CommandMemory {
     pub(crate) fn forget_oldest(&mut self) {
         let Some(oldest) = self.records.front() else { return };
         let sequence = self.forgotten;
-        match self.index.find_entry(hash_of(&oldest.command_id), |&candidate| candidate == sequence) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => unreachable!("every remembered record is indexed"),
+        // Absent when a later record of the same id superseded this one.
+        if let Ok(entry) = self.index.find_entry(hash_of(&oldest.command_id), |&candidate| candidate == sequence) {
+            entry.remove();
         }
         self.records.pop_front();
         self.forgotten += 1;
     }
 
-    /// Remembers a record whose id is not remembered yet.
+    /// Remembers a record; if its id is remembered already, the new record supersedes the old.
     pub(crate) fn remember(&mut self, record: CommandRecord) {
-        debug_assert!(self.get(&record.command_id).is_none(), "a remembered command id is recorded again");
         let sequence = self.forgotten + self.records.len() as u64;
         let hash = hash_of(&record.command_id);
+        let command_id = record.command_id;
         self.records.push_back(record);
         let records = &self.records;
         let forgotten = self.forgotten;
-        self.index.insert_unique(hash, sequence, |&s| hash_of(&records[slot(s, forgotten)].command_id));
+        match self.index.entry(
+            hash,
+            |&s| records[slot(s, forgotten)].command_id == command_id,
+            |&s| hash_of(&records[slot(s, forgotten)].command_id),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut superseded) => *superseded.get_mut() = sequence,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(sequence);
+            }
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -199,19 +210,19 @@ impl CommandMemory {
         self.records.iter()
     }
 
-    /// Every record is found under its own id, and the index holds nothing else.
+    /// Every record is found under its own id (or superseded by a later record of that id), and
+    /// the index holds nothing else.
     pub(crate) fn check_index(&self) -> Result<(), String> {
-        if self.index.len() != self.records.len() {
-            return Err(format!(
-                "the command index has {} entries for {} records",
-                self.index.len(),
-                self.records.len()
-            ));
-        }
+        let mut indexed = 0;
         for record in &self.records {
-            if self.get(&record.command_id) != Some(record) {
-                return Err(format!("command {} is not indexed", record.command_id));
+            match self.get(&record.command_id) {
+                Some(found) if found == record => indexed += 1,
+                Some(found) if found.transaction_id > record.transaction_id => {}
+                _ => return Err(format!("command {} is not indexed", record.command_id)),
             }
+        }
+        if indexed != self.index.len() {
+            return Err(format!("the command index has {} entries for {indexed} live records", self.index.len()));
         }
         Ok(())
     }

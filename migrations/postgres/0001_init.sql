@@ -1,17 +1,25 @@
 -- The PostgreSQL store: the write side (journal, idempotency records, outbox, snapshots) and the
 -- read side (read model, ledger entries, projection checkpoints).
 
--- One row per recorded command: its idempotency record and journal position. Written in the same
--- transaction as its events and outbox rows.
+-- One row per recorded command: its journal position and outcome. Written in the same transaction as
+-- its events and outbox rows, and kept (events reference it).
 CREATE TABLE commands (
     transaction_id BIGINT      PRIMARY KEY,
-    command_id     BYTEA       NOT NULL UNIQUE,
+    command_id     BYTEA       NOT NULL,
     fingerprint    BYTEA       NOT NULL,
     at             BIGINT      NOT NULL,
     rejection      TEXT,       -- NULL when accepted
     recorded_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX commands_by_age ON commands (at);
+
+-- The live idempotency keys: a command id points at its command for the retention period (24 h by
+-- default), then the cleanup task deletes it and the id may be used again.
+CREATE TABLE idempotency_keys (
+    command_id     BYTEA  PRIMARY KEY,
+    transaction_id BIGINT NOT NULL REFERENCES commands (transaction_id),
+    at             BIGINT NOT NULL
+);
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (at);
 
 -- The event store: one row per event; a stream version exists once.
 CREATE TABLE events (

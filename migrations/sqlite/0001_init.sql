@@ -2,14 +2,23 @@
 -- read side (read model, ledger entries, projection checkpoints) in one SQLite file.
 -- Integers are i64: transaction ids, versions, minor units and microsecond times all fit.
 
--- One row per recorded command: its idempotency record and journal position.
+-- One row per recorded command: its journal position and outcome (kept: events reference it).
 CREATE TABLE commands (
     transaction_id INTEGER PRIMARY KEY,
-    command_id     BLOB    NOT NULL UNIQUE,
+    command_id     BLOB    NOT NULL,
     fingerprint    BLOB    NOT NULL,
     at             INTEGER NOT NULL,
     rejection      TEXT    -- NULL when accepted
 );
+
+-- The live idempotency keys: a command id points at its command for the retention period, then the
+-- cleanup task deletes it and the id may be used again.
+CREATE TABLE idempotency_keys (
+    command_id     BLOB    PRIMARY KEY,
+    transaction_id INTEGER NOT NULL REFERENCES commands (transaction_id),
+    at             INTEGER NOT NULL
+);
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (at);
 
 -- The event store: one row per event, unique per stream version.
 CREATE TABLE events (

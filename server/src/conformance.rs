@@ -88,7 +88,7 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     replay.records.truncate(1);
     replay.events.truncate(1);
     replay.outbox.truncate(1);
-    assert!(matches!(store.commit(&replay).await, Err(StoreError::Refused(_))), "duplicate command id refused");
+    assert!(matches!(store.commit(&replay).await, Err(StoreError::Refused(_))), "a committed transaction is refused");
     let mut clash = batch(&mut ledger, 10, vec![transfer("b", "a", 5)]);
     clash.events[0].version = 2; // b's version 2 exists already
     clash.records[0].command_id = CommandId(99);
@@ -100,11 +100,19 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
         ledger.replay(&entry.record, &entry.events).unwrap();
     }
 
-    // Idempotency records.
-    let records = store.command_records(&[CommandId(2), CommandId(77), CommandId(3)]).await.unwrap();
-    let mut ids: Vec<_> = records.iter().map(|r| r.command_id).collect();
-    ids.sort();
-    assert_eq!(ids, vec![CommandId(2), CommandId(3)], "only committed ids are found");
+    // Idempotency records: live for their retention, then forgotten (the journal keeps them).
+    let ids = [CommandId(2), CommandId(77), CommandId(3)];
+    let records = store.command_records(&ids, Timestamp::ZERO).await.unwrap();
+    let mut found: Vec<_> = records.iter().map(|r| r.command_id).collect();
+    found.sort();
+    assert_eq!(found, vec![CommandId(2), CommandId(3)], "only committed ids are found");
+    assert_eq!(records.iter().find(|r| r.command_id == CommandId(2)), Some(&first.records[1]), "the whole record");
+    let after_second = Timestamp::from_unix_micros(first.records[1].at.unix_micros() + 1);
+    let live = store.command_records(&ids, after_second).await.unwrap();
+    assert_eq!(live.iter().map(|r| r.command_id).collect::<Vec<_>>(), vec![CommandId(3)], "older keys are not live");
+    assert_eq!(store.forget_idempotency_keys(after_second).await.unwrap(), 2, "keys of commands 1 and 2 forgotten");
+    assert!(store.command_records(&[CommandId(1), CommandId(2)], Timestamp::ZERO).await.unwrap().is_empty(), "gone");
+    assert_eq!(store.journal(TransactionId(0), 10).await.unwrap().len(), 3, "the journal keeps forgotten commands");
 
     // Outbox: commit order, and marking published hides the prefix.
     let outbox = store.outbox_after(None, 100).await.unwrap();
@@ -115,8 +123,12 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     store.mark_published(outbox[1].position).await.unwrap();
     assert_eq!(store.outbox_backlog().await.unwrap(), (backlog - 2, Some(outbox[2].committed_at)), "backlog after");
     assert_eq!(store.outbox_after(None, 100).await.unwrap(), outbox[2..].to_vec(), "published messages are gone");
-    let second = batch(&mut ledger, 20, vec![transfer("b", "a", 50)]);
+    let mut second = batch(&mut ledger, 20, vec![transfer("b", "a", 50)]);
+    // A forgotten id may be used again, by a new transaction.
+    second.records[0].command_id = CommandId(1);
     store.commit(&second).await.unwrap();
+    let reused = store.command_records(&[CommandId(1)], Timestamp::ZERO).await.unwrap();
+    assert_eq!(reused, vec![second.records[0]], "the reused id points at its new transaction");
     let pending = store.outbox_after(Some(outbox[1].position), 100).await.unwrap();
     assert_eq!(pending.len(), outbox.len() - 2 + second.outbox.len(), "later commits follow in order");
 

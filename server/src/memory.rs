@@ -31,7 +31,8 @@ pub enum CommitFault {
 #[derive(Debug, Default)]
 struct StoreState {
     records: BTreeMap<TransactionId, CommandRecord>,
-    record_by_command: BTreeMap<CommandId, TransactionId>,
+    /// Live idempotency keys.
+    keys: BTreeMap<CommandId, TransactionId>,
     events: BTreeMap<TransactionId, Vec<Event>>,
     streams: BTreeMap<(WalletId, u64), TransactionId>,
     outbox: BTreeMap<OutboxPosition, OutboxMessage>,
@@ -93,13 +94,8 @@ impl EventStore for MemoryStore {
         }
         // Check every constraint before writing anything: all or nothing.
         for record in &batch.records {
-            if state.record_by_command.contains_key(&record.command_id)
-                || state.records.contains_key(&record.transaction_id)
-            {
-                return refuse(format!(
-                    "duplicate command {} or transaction {}",
-                    record.command_id, record.transaction_id
-                ));
+            if state.records.contains_key(&record.transaction_id) {
+                return refuse(format!("duplicate transaction {}", record.transaction_id));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -111,7 +107,7 @@ impl EventStore for MemoryStore {
         }
         for record in &batch.records {
             state.records.insert(record.transaction_id, *record);
-            state.record_by_command.insert(record.command_id, record.transaction_id);
+            state.keys.insert(record.command_id, record.transaction_id);
         }
         for event in &batch.events {
             state.streams.insert((event.wallet_id, event.version), event.transaction_id);
@@ -153,9 +149,26 @@ impl EventStore for MemoryStore {
             .collect())
     }
 
-    async fn command_records(&self, ids: &[CommandId]) -> Result<Vec<CommandRecord>, StoreError> {
+    async fn command_records(
+        &self,
+        ids: &[CommandId],
+        not_before: wallex_engine::Timestamp,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
         let state = self.lock();
-        Ok(ids.iter().filter_map(|id| state.record_by_command.get(id)).map(|tx| state.records[tx]).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.keys.get(id))
+            .map(|tx| state.records[tx])
+            .filter(|record| record.at >= not_before)
+            .collect())
+    }
+
+    async fn forget_idempotency_keys(&self, before: wallex_engine::Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let StoreState { keys, records, .. } = &mut *state;
+        let count = keys.len();
+        keys.retain(|_, tx| records[tx].at >= before);
+        Ok((count - keys.len()) as u64)
     }
 
     async fn outbox_after(

@@ -42,8 +42,9 @@ pub struct OutboxMessage {
     pub committed_at: Timestamp,
 }
 
-/// Everything one group commit makes durable, atomically: every new command's record (the
-/// idempotency record), every event, and one outbox message per event.
+/// Everything one group commit makes durable, atomically: every new command's record (with its
+/// idempotency key, replacing an expired key of the same id), every event, and one outbox message
+/// per event. A transaction id or a stream version that exists already refuses the whole batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitBatch {
     /// In transaction order.
@@ -97,9 +98,17 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
 
-    /// The stored records of those of `ids` that were committed.
-    fn command_records(&self, ids: &[CommandId])
-    -> impl Future<Output = Result<Vec<CommandRecord>, StoreError>> + Send;
+    /// The records of those of `ids` whose idempotency key is live: committed at or after
+    /// `not_before` and not yet forgotten.
+    fn command_records(
+        &self,
+        ids: &[CommandId],
+        not_before: Timestamp,
+    ) -> impl Future<Output = Result<Vec<CommandRecord>, StoreError>> + Send;
+
+    /// Forgets the idempotency keys of commands recorded before `before` (their ids may then be
+    /// used again); the commands themselves stay in the journal. Returns how many were forgotten.
+    fn forget_idempotency_keys(&self, before: Timestamp) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Up to `limit` unpublished outbox messages after `after` (from the start when `None`), in
     /// commit order.

@@ -244,7 +244,8 @@ async fn lost_and_ambiguous_commits_are_resolved_through_the_store_never_guessed
     let ledger = check_promises(&store, &bus).await;
     // Exactly one record per command: the store's unique ids would refuse a second.
     assert_eq!(ledger.last_transaction_id(), TransactionId((WALLETS + replies.len()) as u64));
-    let records = store.command_records(&replies.keys().copied().collect::<Vec<_>>()).await.unwrap();
+    let ids: Vec<_> = replies.keys().copied().collect();
+    let records = store.command_records(&ids, Timestamp::from_unix_micros(0)).await.unwrap();
     assert_eq!(records.len(), replies.len());
     for record in records {
         assert_eq!(decided(&replies[&record.command_id]).0, record, "the reply is what the store holds");
@@ -371,5 +372,28 @@ async fn lapsed_holds_are_released_by_the_processor_itself() {
     }
     assert_eq!(held, 0, "the hold expired without any client command");
     check_promises(&store, &bus).await;
+    pipeline.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_reusable_after_its_retention_and_the_cleanup() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let mut config = PipelineConfig::default();
+    config.processor.idempotency_retention_micros = 20_000; // 20 ms
+    config.processor.idempotency_cleanup_interval_ms = 5;
+    let pipeline = start(&store, &bus, config).await;
+    create_wallets(&pipeline).await;
+    let credit =
+        CommandKind::Credit { wallet_id: wallet(5), currency: Currency::USD, amount: money(10), description: None };
+    let first = pipeline.commands.submit(Command { id: CommandId(4_242), kind: credit.clone() }).await;
+    let retry = pipeline.commands.submit(Command { id: CommandId(4_242), kind: credit.clone() }).await;
+    assert_eq!(decided(&retry), (decided(&first).0, true), "within the retention: the original reply");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(store.command_records(&[CommandId(4_242)], Timestamp::from_unix_micros(0)).await.unwrap().is_empty());
+    let later = pipeline.commands.submit(Command { id: CommandId(4_242), kind: credit }).await;
+    let (record, replayed) = decided(&later);
+    assert!(!replayed && record.transaction_id > decided(&first).0.transaction_id, "after it: a new command");
+    let ledger = check_promises(&store, &bus).await;
+    assert_eq!(ledger.wallet(&wallet(5)).unwrap().balance, 10_020);
     pipeline.shutdown().await;
 }

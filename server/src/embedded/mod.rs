@@ -95,6 +95,18 @@ impl EventStore for SqliteStore {
                     .push_bind(record.result.err().map(Rejection::code));
             });
             insert.build().execute(&mut *transaction).await.map_err(store_error)?;
+            // The key is live again for this command, replacing an expired one of the same id.
+            let mut keys: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO idempotency_keys (command_id, transaction_id, at) ");
+            keys.push_values(chunk, |mut row, record| {
+                row.push_bind(id_bytes(record.command_id.0))
+                    .push_bind(int(record.transaction_id.0))
+                    .push_bind(int(record.at.unix_micros()));
+            });
+            keys.push(
+                " ON CONFLICT (command_id) DO UPDATE SET transaction_id = excluded.transaction_id, at = excluded.at",
+            );
+            keys.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
         let mut indexed = Vec::with_capacity(batch.events.len());
         let mut index = 0u32;
@@ -197,12 +209,19 @@ impl EventStore for SqliteStore {
         Ok(entries)
     }
 
-    async fn command_records(&self, ids: &[CommandId]) -> Result<Vec<CommandRecord>, StoreError> {
+    async fn command_records(
+        &self,
+        ids: &[CommandId],
+        not_before: Timestamp,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
         let mut records = Vec::new();
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands WHERE command_id IN (",
+                "SELECT c.transaction_id, c.command_id, c.fingerprint, c.at, c.rejection FROM idempotency_keys k \
+                 JOIN commands c ON c.transaction_id = k.transaction_id WHERE k.at >= ",
             );
+            query.push_bind(int(not_before.unix_micros()));
+            query.push(" AND k.command_id IN (");
             let mut separated = query.separated(", ");
             for id in chunk {
                 separated.push_bind(id_bytes(id.0));
@@ -213,6 +232,15 @@ impl EventStore for SqliteStore {
             }
         }
         Ok(records)
+    }
+
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE at < ?")
+            .bind(int(before.unix_micros()))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn outbox_after(

@@ -69,6 +69,7 @@ impl Pipeline {
         let (shutdown, stop) = watch::channel(false);
         let stats = Arc::new(PipelineStats::default());
         let processor = tokio::spawn(processor.run());
+        let clock_for_cleanup = clock.clone();
         let mut workers = vec![tokio::spawn(relay::run_relay(
             store.clone(),
             bus.clone(),
@@ -78,6 +79,13 @@ impl Pipeline {
             stats.relay.clone(),
             stop.clone(),
         ))];
+        workers.push(tokio::spawn(run_cleanup(
+            store.clone(),
+            clock_for_cleanup,
+            config.processor.idempotency_retention_micros,
+            config.processor.idempotency_cleanup_interval_ms,
+            stop.clone(),
+        )));
         for projection in Projection::ALL {
             let projector_stats = match projection {
                 Projection::ReadModel => stats.read_model.clone(),
@@ -106,5 +114,30 @@ impl Pipeline {
             let _ = worker.await;
         }
         ledger
+    }
+}
+
+/// Deletes expired idempotency keys every `interval_ms` (their ids may then be used again).
+async fn run_cleanup<S: EventStore, C: Clock>(
+    store: S,
+    clock: C,
+    retention_micros: u64,
+    interval_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(interval_ms.max(1))) => {}
+            _ = shutdown.changed() => return,
+        }
+        let before =
+            wallex_engine::Timestamp::from_unix_micros(clock.now().unix_micros().saturating_sub(retention_micros));
+        match store.forget_idempotency_keys(before).await {
+            Ok(forgotten) => {
+                metrics::counter!("wallex_idempotency_keys_forgotten_total").increment(forgotten);
+                tracing::debug!(forgotten, "expired idempotency keys deleted");
+            }
+            Err(error) => tracing::warn!(%error, "idempotency cleanup failed; retrying next round"),
+        }
     }
 }

@@ -43,6 +43,11 @@ pub struct ProcessorConfig {
     pub retry_backoff_ms: u64,
     /// Journal entries read per page during recovery.
     pub journal_page: usize,
+    /// How long the store keeps an idempotency key live, in microseconds (24 h by default). The
+    /// engine's own window (`engine.command_retention_micros`) is capped to it.
+    pub idempotency_retention_micros: u64,
+    /// How often expired idempotency keys are deleted from the store, in milliseconds.
+    pub idempotency_cleanup_interval_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -58,6 +63,8 @@ impl Default for ProcessorConfig {
             commit_attempts: 5,
             retry_backoff_ms: 50,
             journal_page: 10_000,
+            idempotency_retention_micros: 24 * 60 * 60 * 1_000_000,
+            idempotency_cleanup_interval_ms: 10 * 60 * 1_000,
         }
     }
 }
@@ -195,6 +202,9 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
         config: ProcessorConfig,
         committed: Arc<Notify>,
     ) -> Result<(Processor<S, C>, CommandSender), RecoveryError> {
+        let mut config = config;
+        config.engine.command_retention_micros =
+            config.engine.command_retention_micros.min(config.idempotency_retention_micros);
         let ledger = recover(&store, config.engine, config.journal_page).await?;
         let (sender, requests) = mpsc::channel(config.queue_depth.max(1));
         let processor = Processor {
@@ -307,7 +317,9 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
         if unknown.is_empty() {
             return pending;
         }
-        let stored = match self.store.command_records(&unknown).await {
+        let not_before =
+            Timestamp::from_unix_micros(now.unix_micros().saturating_sub(self.config.idempotency_retention_micros));
+        let stored = match self.store.command_records(&unknown, not_before).await {
             Ok(records) => records,
             Err(error) => {
                 // Without the lookup a retry might apply twice: do not decide these now.

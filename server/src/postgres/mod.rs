@@ -93,6 +93,18 @@ impl EventStore for PostgresStore {
         .execute(&mut *transaction)
         .await
         .map_err(store_error)?;
+        // The key is live again for this command, replacing an expired one of the same id.
+        sqlx::query(
+            "INSERT INTO idempotency_keys (command_id, transaction_id, at) \
+             SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[]) \
+             ON CONFLICT (command_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id, at = EXCLUDED.at",
+        )
+        .bind(records.iter().map(|r| id_bytes(r.command_id.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| int(r.transaction_id.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| int(r.at.unix_micros())).collect::<Vec<_>>())
+        .execute(&mut *transaction)
+        .await
+        .map_err(store_error)?;
         // The outbox carries one message per event in the same order, with its position.
         let events = &batch.events;
         let outbox = &batch.outbox;
@@ -200,15 +212,30 @@ impl EventStore for PostgresStore {
         Ok(entries)
     }
 
-    async fn command_records(&self, ids: &[CommandId]) -> Result<Vec<CommandRecord>, StoreError> {
+    async fn command_records(
+        &self,
+        ids: &[CommandId],
+        not_before: Timestamp,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
         let rows: Vec<RecordRow> = sqlx::query_as(
-            "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands WHERE command_id = ANY($1)",
+            "SELECT c.transaction_id, c.command_id, c.fingerprint, c.at, c.rejection FROM idempotency_keys k \
+             JOIN commands c ON c.transaction_id = k.transaction_id WHERE k.command_id = ANY($1) AND k.at >= $2",
         )
         .bind(ids.iter().map(|id| id_bytes(id.0)).collect::<Vec<_>>())
+        .bind(int(not_before.unix_micros()))
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
         rows.into_iter().map(RecordRow::into_record).collect()
+    }
+
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE at < $1")
+            .bind(int(before.unix_micros()))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn outbox_after(
