@@ -104,33 +104,40 @@ async fn serve(
         Ok(url) => {
             let store = PostgresStore::connect(&url).await.context("connecting to PostgreSQL")?;
             tracing::info!("store: postgresql");
-            match kafka {
-                Some(kafka) => run_on_kafka(store.clone(), kafka, listen, config).await?,
-                None => {
-                    let requeued = store.requeue_unprojected().await?;
-                    tracing::info!(requeued, "bus: in-process");
-                    run(store.clone(), InProcessBus::new(), "in-process", listen, config).await?;
-                }
-            }
+            let requeue = store.clone();
+            serve_on(store.clone(), kafka, listen, config, async move { requeue.requeue_unprojected().await }).await?;
             store.close().await;
         }
         Err(_) => {
             let store =
                 SqliteStore::open(&data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
             tracing::info!(data_dir = %data_dir.display(), "store: embedded");
-            match kafka {
-                Some(kafka) => run_on_kafka(store.clone(), kafka, listen, config).await?,
-                None => {
-                    let requeued = store.requeue_unprojected().await?;
-                    tracing::info!(requeued, "bus: in-process");
-                    run(store.clone(), InProcessBus::new(), "in-process", listen, config).await?;
-                }
-            }
+            let requeue = store.clone();
+            serve_on(store.clone(), kafka, listen, config, async move { requeue.requeue_unprojected().await }).await?;
             store.close().await;
         }
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `store` on Kafka when configured, else on the in-process bus; that bus starts empty, so
+/// first `requeue` puts back into the outbox whatever a projection had not applied.
+async fn serve_on<S: EventStore + ProjectionStore>(
+    store: S,
+    kafka: Option<KafkaConfig>,
+    listen: SocketAddr,
+    config: PipelineConfig,
+    requeue: impl std::future::Future<Output = Result<u64, wallex_server::ports::StoreError>>,
+) -> anyhow::Result<()> {
+    match kafka {
+        Some(kafka) => run_on_kafka(store, kafka, listen, config).await,
+        None => {
+            let requeued = requeue.await?;
+            tracing::info!(requeued, "bus: in-process");
+            run(store, InProcessBus::new(), "in-process", listen, config).await
+        }
+    }
 }
 
 async fn run_on_kafka<S: EventStore + ProjectionStore>(
@@ -149,7 +156,7 @@ async fn run_on_kafka<S: EventStore + ProjectionStore>(
 }
 
 /// Runs the pipeline and the HTTP server until SIGTERM or Ctrl-C, then drains.
-async fn run<S: EventStore + ProjectionStore, B: Bus>(
+async fn run<S: EventStore + ProjectionStore, B: Bus + std::fmt::Debug>(
     store: S,
     bus: B,
     bus_name: &'static str,
@@ -157,8 +164,9 @@ async fn run<S: EventStore + ProjectionStore, B: Bus>(
     config: PipelineConfig,
 ) -> anyhow::Result<()> {
     wallex_server::http::install_metrics();
-    let pipeline = Pipeline::start(store.clone(), bus, SystemClock, config).await?;
-    let state = Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name));
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await?;
+    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name).with_bus(bus);
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "wallex serving");
     axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal()).await?;

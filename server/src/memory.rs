@@ -394,6 +394,16 @@ impl Bus for InProcessBus {
         Ok(())
     }
 
+    async fn lag(&self, group: &str) -> Result<u64, BusError> {
+        let state = self.lock();
+        Ok((0..PARTITIONS)
+            .map(|partition| {
+                let end = state.partitions[partition as usize].len() as u64;
+                end.saturating_sub(state.committed.get(&(group.to_owned(), partition)).copied().unwrap_or(0))
+            })
+            .sum())
+    }
+
     async fn consumer(&self, group: &str) -> Result<InProcessConsumer, BusError> {
         let state = self.lock();
         let positions = (0..PARTITIONS)

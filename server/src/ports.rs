@@ -274,6 +274,9 @@ pub trait Bus: Clone + Send + Sync + 'static {
 
     /// Joins consumer group `group` on the events topic.
     fn consumer(&self, group: &str) -> impl Future<Output = Result<Self::Consumer, BusError>> + Send;
+
+    /// How many messages of the events topic `group` has not committed yet, over all partitions.
+    fn lag(&self, group: &str) -> impl Future<Output = Result<u64, BusError>> + Send;
 }
 
 /// One member of a consumer group. Deliveries resume after the group's committed offsets.

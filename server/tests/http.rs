@@ -24,8 +24,9 @@ struct Api {
 
 async fn api() -> Api {
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
-    let pipeline = Pipeline::start(store.clone(), bus, SystemClock, PipelineConfig::default()).await.unwrap();
-    let state = Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process"));
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let state =
+        Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process").with_bus(bus));
     Api { router: router(state), _pipeline: pipeline }
 }
 
@@ -359,6 +360,7 @@ async fn health_answers_with_outbox_and_consumer_figures() {
     assert_eq!(stats.status, StatusCode::OK);
     assert!(stats.body["outbox"]["backlog"].is_u64());
     assert!(stats.body["consumers"]["read-model-projector"]["projected"].as_u64().unwrap() >= 1);
+    assert!(stats.body["consumers"]["ledger-projector"]["lag"].is_u64(), "{:?}", stats.body);
     assert_eq!(stats.body["dlq"]["count"], 0);
 }
 

@@ -187,12 +187,10 @@ async fn postgres_and_kafka_carry_every_event_in_order_to_both_projections() {
         .sum();
     assert_eq!(dead_lettered, 2, "and the stats show the dead letters");
     // ... as /health/kafka/stats reports them.
-    let state = std::sync::Arc::new(wallex_server::http::AppState::new(
-        pipeline.commands.clone(),
-        store.clone(),
-        pipeline.stats.clone(),
-        "kafka",
-    ));
+    let state = std::sync::Arc::new(
+        wallex_server::http::AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), "kafka")
+            .with_bus(bus.clone()),
+    );
     let request = axum::http::Request::get("/health/kafka/stats").body(axum::body::Body::empty()).unwrap();
     let response = tower::ServiceExt::oneshot(wallex_server::http::router(state), request).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -200,6 +198,9 @@ async fn postgres_and_kafka_carry_every_event_in_order_to_both_projections() {
     let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(stats["dlq"]["count"], 2, "{stats}");
     assert_eq!(stats["outbox"]["backlog"], 0, "{stats}");
+    for group in ["read-model-projector", "ledger-projector"] {
+        assert!(stats["consumers"][group]["lag"].is_u64(), "{group} lag is reported: {stats}");
+    }
     for wallet in ledger.wallets() {
         let view = store.wallet(&wallet.id).await.unwrap().unwrap();
         assert_eq!((view.balance, view.version), (wallet.balance, wallet.version), "nothing changed");

@@ -50,11 +50,36 @@ pub struct AppState<S> {
     pub bus_name: &'static str,
     /// Wallet currencies never change, so they are cached after the first lookup.
     currencies: RwLock<BTreeMap<WalletId, Currency>>,
+    /// Consumer lag, when the bus is known (see `with_bus`).
+    lag: Option<Arc<dyn LagProbe>>,
+}
+
+/// Asks the bus how far a consumer group is behind.
+pub trait LagProbe: Send + Sync + std::fmt::Debug {
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, crate::ports::BusError>> + Send + 'a>>;
+}
+
+impl<B: crate::ports::Bus + std::fmt::Debug> LagProbe for B {
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, crate::ports::BusError>> + Send + 'a>> {
+        Box::pin(crate::ports::Bus::lag(self, group))
+    }
 }
 
 impl<S> AppState<S> {
     pub fn new(commands: CommandSender, store: S, stats: Arc<PipelineStats>, bus_name: &'static str) -> AppState<S> {
-        AppState { commands, store, stats, bus_name, currencies: RwLock::new(BTreeMap::new()) }
+        AppState { commands, store, stats, bus_name, currencies: RwLock::new(BTreeMap::new()), lag: None }
+    }
+
+    /// Lets `/health/kafka/stats` report consumer lag per group from `bus`.
+    pub fn with_bus(mut self, bus: impl LagProbe + 'static) -> AppState<S> {
+        self.lag = Some(Arc::new(bus));
+        self
     }
 }
 
@@ -889,6 +914,10 @@ async fn bus_stats<S: EventStore + ProjectionStore>(
     for projection in crate::ports::Projection::ALL {
         let stats = state.stats.projector(projection);
         dead_lettered += stats.dead_lettered.load(Relaxed);
+        let lag = match &state.lag {
+            Some(probe) => probe.lag(projection.group()).await.ok(),
+            None => None,
+        };
         consumers.insert(
             projection.group().to_owned(),
             serde_json::json!({
@@ -896,6 +925,7 @@ async fn bus_stats<S: EventStore + ProjectionStore>(
                 "duplicatesSkipped": stats.duplicates.load(Relaxed),
                 "heldForGaps": stats.held.load(Relaxed),
                 "deadLettered": stats.dead_lettered.load(Relaxed),
+                "lag": lag,
             }),
         );
     }

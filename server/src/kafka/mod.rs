@@ -137,6 +137,41 @@ impl Bus for KafkaBus {
         self.producer.send(record, Duration::from_secs(10)).await.map(|_| ()).map_err(|(error, _)| bus_error(error))
     }
 
+    async fn lag(&self, group: &str) -> Result<u64, BusError> {
+        // A separate, unsubscribed consumer: asking a subscribed one for its committed offsets can
+        // hang its shutdown. The calls block, so they run off the async threads.
+        let brokers = self.config.brokers.clone();
+        let topic = self.config.topic.clone();
+        let partitions = self.config.partitions;
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(bus_error)?;
+            let timeout = Duration::from_secs(5);
+            let mut list = TopicPartitionList::new();
+            for partition in 0..partitions {
+                list.add_partition(&topic, partition);
+            }
+            let committed = probe.committed_offsets(list, timeout).map_err(bus_error)?;
+            let mut lag = 0u64;
+            for element in committed.elements() {
+                let (_, high) = probe.fetch_watermarks(&topic, element.partition(), timeout).map_err(bus_error)?;
+                let done = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => 0,
+                };
+                lag += u64::try_from(high.saturating_sub(done)).unwrap_or(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(bus_error)?
+    }
+
     async fn consumer(&self, group: &str) -> Result<KafkaConsumer, BusError> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
