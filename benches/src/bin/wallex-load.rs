@@ -1,0 +1,334 @@
+//! `wallex-load`: the HTTP load generator.
+//!
+//! It reproduces the original service's load test (`--wallets 1000 --operations 20000 --workers 20`:
+//! one third credits of 10–500, one third debits of 10–200, one third transfers of 10–300, integer
+//! amounts, every request with its own Idempotency-Key), closed loop by default or open loop at
+//! `--rate`, for a count of operations or a `--duration`. It records latency per operation type in
+//! HDR histograms (open loop measures from each request's scheduled time, so a stall is not hidden),
+//! counts outcomes by status and problem `code` (insufficient funds is an answer, not a failure), and
+//! afterwards checks through the API that the balances add up to the initial balances plus the
+//! acknowledged credits minus the acknowledged debits. `--json` prints one JSON object last.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+#[derive(Debug, Parser)]
+#[command(name = "wallex-load", about = "HTTP load generator for Wallex")]
+struct Args {
+    /// The server.
+    #[arg(long, default_value = "http://localhost:3000")]
+    url: String,
+    /// Wallets to create before the run.
+    #[arg(long, default_value_t = 1_000)]
+    wallets: usize,
+    /// Operations to send (ignored with --duration).
+    #[arg(long, default_value_t = 20_000)]
+    operations: u64,
+    /// Run for this many seconds instead of a count.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Concurrent workers (closed loop) or the most requests in flight (open loop).
+    #[arg(long, default_value_t = 20)]
+    workers: usize,
+    /// Keep-alive connections to open (defaults to --workers).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Open loop: send this many operations per second regardless of answers.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Each wallet's initial balance, in whole units.
+    #[arg(long, default_value_t = 1_000)]
+    initial_balance: i64,
+    /// Seed of the operation mix.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Credit,
+    Debit,
+    Transfer,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Credit, Kind::Debit, Kind::Transfer];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Credit => "credit",
+            Kind::Debit => "debit",
+            Kind::Transfer => "transfer",
+        }
+    }
+}
+
+/// What one run observed.
+struct Tally {
+    latency_us: BTreeMap<Kind, Histogram<u64>>,
+    /// (operation, outcome) → count; outcome is `ok`, a problem code, `http_NNN` or `transport`.
+    outcomes: BTreeMap<(Kind, String), u64>,
+    /// Net effect of acknowledged operations on the sum of balances, in whole units.
+    net: i64,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        let mut latency_us = BTreeMap::new();
+        for kind in Kind::ALL {
+            latency_us.insert(kind, Histogram::new_with_bounds(1, 120_000_000, 3)?);
+        }
+        Ok(Tally { latency_us, outcomes: BTreeMap::new(), net: 0 })
+    }
+}
+
+struct Run {
+    args: Args,
+    client: reqwest::Client,
+    run_id: String,
+    tally: Mutex<Tally>,
+    sent: AtomicU64,
+}
+
+fn wallet(run: &Run, index: usize) -> String {
+    format!("load-{}-{index}", run.run_id)
+}
+
+/// One operation of the mix: (kind, path, body, net effect on the sum of balances).
+fn operation(run: &Run, rng: &mut StdRng) -> (Kind, String, String, i64) {
+    let source = rng.random_range(0..run.args.wallets);
+    match rng.random_range(0..3) {
+        0 => {
+            let amount = rng.random_range(10..=500);
+            (
+                Kind::Credit,
+                format!("/wallets/{}/credit", wallet(run, source)),
+                json!({"amount": amount}).to_string(),
+                amount,
+            )
+        }
+        1 => {
+            let amount = rng.random_range(10..=200);
+            (
+                Kind::Debit,
+                format!("/wallets/{}/debit", wallet(run, source)),
+                json!({"amount": amount}).to_string(),
+                -amount,
+            )
+        }
+        _ => {
+            let mut destination = rng.random_range(0..run.args.wallets);
+            if destination == source {
+                destination = (destination + 1) % run.args.wallets;
+            }
+            let amount = rng.random_range(10..=300);
+            let body = json!({"toWalletId": wallet(run, destination), "amount": amount}).to_string();
+            (Kind::Transfer, format!("/wallets/{}/transfer", wallet(run, source)), body, 0)
+        }
+    }
+}
+
+/// Sends operation `sequence`; `since` is when it should have started (open loop) or now.
+async fn send(run: &Run, sequence: u64, since: Instant) {
+    let mut rng = StdRng::seed_from_u64(run.args.seed ^ sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (kind, path, body, effect) = operation(run, &mut rng);
+    let answer = run
+        .client
+        .post(format!("{}{path}", run.args.url))
+        .header("content-type", "application/json")
+        .header("idempotency-key", format!("load-{}-{sequence}", run.run_id))
+        .body(body)
+        .send()
+        .await;
+    let outcome = match answer {
+        Ok(response) if response.status().is_success() => "ok".to_owned(),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            body["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_owned)
+        }
+        Err(_) => "transport".to_owned(),
+    };
+    let elapsed_us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+    let mut tally = run.tally.lock().await;
+    if outcome == "ok" {
+        tally.net += effect;
+    }
+    tally.latency_us.get_mut(&kind).expect("every kind").saturating_record(elapsed_us);
+    *tally.outcomes.entry((kind, outcome)).or_default() += 1;
+}
+
+async fn setup(run: &Run) -> anyhow::Result<()> {
+    let mut created = 0;
+    for index in 0..run.args.wallets {
+        let body =
+            json!({"walletId": wallet(run, index), "ownerId": "load", "initialBalance": run.args.initial_balance});
+        let response = run
+            .client
+            .post(format!("{}/wallets", run.args.url))
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("load-{}-create-{index}", run.run_id))
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("creating wallets at {}", run.args.url))?;
+        if response.status().as_u16() != 201 {
+            bail!("creating {} answered {}", wallet(run, index), response.status());
+        }
+        created += 1;
+    }
+    eprintln!("created {created} wallets");
+    Ok(())
+}
+
+/// The sum of every run wallet's balance, from the write side, in whole units (amounts are whole).
+async fn balance_sum(run: &Run) -> anyhow::Result<i64> {
+    let mut sum = 0i64;
+    for index in 0..run.args.wallets {
+        let url = format!("{}/wallets/{}?consistency=strong", run.args.url, wallet(run, index));
+        let body: Value = serde_json::from_str(&run.client.get(url).send().await?.text().await?)?;
+        let balance = body["balance"].as_str().context("a balance")?;
+        let whole = balance.split('.').next().unwrap_or(balance);
+        sum += whole.parse::<i64>()?;
+    }
+    Ok(sum)
+}
+
+fn percentile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1_000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.wallets < 2 {
+        bail!("--wallets must be at least 2 (transfers need two)");
+    }
+    let connections = args.connections.unwrap_or(args.workers).max(1);
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(connections).timeout(Duration::from_secs(30)).build()?;
+    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros());
+    let run = Arc::new(Run { args, client, run_id, tally: Mutex::new(Tally::new()?), sent: AtomicU64::new(0) });
+    setup(&run).await?;
+
+    let deadline = run.args.duration.map(|seconds| Instant::now() + Duration::from_secs(seconds));
+    let limit = if deadline.is_some() { u64::MAX } else { run.args.operations };
+    let started = Instant::now();
+    match run.args.rate {
+        None => {
+            let mut workers = Vec::new();
+            for _ in 0..run.args.workers.max(1) {
+                let run = run.clone();
+                workers.push(tokio::spawn(async move {
+                    loop {
+                        let sequence = run.sent.fetch_add(1, Ordering::Relaxed);
+                        if sequence >= limit || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                            return;
+                        }
+                        send(&run, sequence, Instant::now()).await;
+                    }
+                }));
+            }
+            for worker in workers {
+                worker.await?;
+            }
+        }
+        Some(rate) => {
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(run.args.workers.max(1)));
+            let mut tasks = tokio::task::JoinSet::new();
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            for sequence in 0..limit {
+                let scheduled = started + interval * u32::try_from(sequence).unwrap_or(u32::MAX);
+                if deadline.is_some_and(|deadline| scheduled >= deadline) {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                let permit = in_flight.clone().acquire_owned().await?;
+                let run = run.clone();
+                run.sent.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(async move {
+                    send(&run, sequence, scheduled).await;
+                    drop(permit);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let tally = run.tally.lock().await;
+    let total: u64 = tally.outcomes.values().sum();
+    let server_errors: u64 = tally
+        .outcomes
+        .iter()
+        .filter(|((_, outcome), _)| outcome.starts_with("http_5") || outcome == "unavailable")
+        .map(|(_, n)| n)
+        .sum();
+    let transport: u64 = tally.outcomes.iter().filter(|((_, outcome), _)| outcome == "transport").map(|(_, n)| n).sum();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    for histogram in tally.latency_us.values() {
+        all.add(histogram)?;
+    }
+    let ops_per_sec = total as f64 / elapsed.as_secs_f64();
+
+    // The books must balance: initial + acknowledged credits − acknowledged debits.
+    let expected = run.args.initial_balance * i64::try_from(run.args.wallets)? + tally.net;
+    let actual = balance_sum(&run).await?;
+    let balanced = expected == actual;
+
+    println!("operations: {total} in {:.2} s = {ops_per_sec:.0} ops/s", elapsed.as_secs_f64());
+    for ((kind, outcome), count) in &tally.outcomes {
+        println!("  {:<9} {outcome:<24} {count}", kind.name());
+    }
+    println!("server errors: {server_errors}, transport errors: {transport}");
+    for (name, histogram) in tally.latency_us.iter().map(|(k, h)| (k.name(), h)).chain([("all", &all)]) {
+        println!(
+            "  latency {name:<9} p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            percentile_ms(histogram, 0.50),
+            percentile_ms(histogram, 0.95),
+            percentile_ms(histogram, 0.99),
+            percentile_ms(histogram, 0.999),
+            histogram.max() as f64 / 1_000.0
+        );
+    }
+    println!("balances: expected {expected}, found {actual}: {}", if balanced { "ok" } else { "MISMATCH" });
+    if run.args.json {
+        let mut operations = serde_json::Map::new();
+        for ((kind, outcome), count) in &tally.outcomes {
+            let entry = operations.entry(kind.name()).or_insert_with(|| json!({}));
+            entry[outcome] = json!(count);
+        }
+        let latency = |h: &Histogram<u64>| {
+            json!({"p50": percentile_ms(h, 0.5), "p95": percentile_ms(h, 0.95), "p99": percentile_ms(h, 0.99),
+                   "p999": percentile_ms(h, 0.999), "max": h.max() as f64 / 1_000.0})
+        };
+        let per_kind: serde_json::Map<String, Value> =
+            tally.latency_us.iter().map(|(k, h)| (k.name().to_owned(), latency(h))).collect();
+        println!(
+            "{}",
+            json!({
+                "ops_per_sec": ops_per_sec, "operations_total": total, "server_errors": server_errors,
+                "transport_errors": transport, "operations": operations, "latency_ms": latency(&all),
+                "latency_ms_by_operation": per_kind, "balances_ok": balanced, "elapsed_s": elapsed.as_secs_f64(),
+            })
+        );
+    }
+    if !balanced || server_errors > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
