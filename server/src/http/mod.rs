@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -125,6 +125,20 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(Body(value)),
             Err(rejection) => Err(json_problem(&rejection)),
+        }
+    }
+}
+
+/// Query-string parameters whose every failure is a 400 `invalid_query` problem.
+struct Params<T>(T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &St) -> Result<Params<T>, Problem> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Params(value)),
+            Err(rejection) => Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())),
         }
     }
 }
@@ -664,9 +678,8 @@ struct WalletQuery {
 async fn get_wallet<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
-    query: Result<Query<WalletQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<WalletQuery>,
 ) -> Result<Json<WalletJson>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let wallet_id = parse_wallet("walletId", &id)?;
     let not_found = || Problem::rejection(wallex_engine::Rejection::WalletNotFound);
     match query.consistency.as_deref() {
@@ -694,9 +707,8 @@ struct ListQuery {
     responses((status = 200, description = "A page of wallets", body = Page<WalletJson>)))]
 async fn list_wallets<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<ListQuery>,
 ) -> Result<Json<Page<WalletJson>>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = page_size(query.limit)?;
     let owner = query.owner_id.as_deref().map(OwnerId::parse).transpose().map_err(|e| Problem::field("ownerId", &e))?;
     let after = query.cursor.as_deref().map(|text| parse_wallet("cursor", text)).transpose()?;
@@ -759,9 +771,8 @@ struct LedgerQuery {
 async fn ledger<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
-    query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<LedgerQuery>,
 ) -> Result<Json<Page<LedgerEntryJson>>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let wallet_id = parse_wallet("walletId", &id)?;
     let limit = page_size(query.limit)?;
     let instant = |name: &str, text: Option<&str>| {
@@ -799,9 +810,8 @@ struct EventsQuery {
 async fn wallet_events<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<EventsQuery>,
 ) -> Result<Json<Page<EventJson>>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let wallet_id = parse_wallet("walletId", &id)?;
     let limit = page_size(query.limit)?;
     let from = query.cursor.unwrap_or(0) + 1;
@@ -837,9 +847,8 @@ struct BalanceJson {
 async fn balance_at<S: EventStore + ProjectionStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
-    query: Result<Query<BalanceQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<BalanceQuery>,
 ) -> Result<Json<BalanceJson>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let wallet_id = parse_wallet("walletId", &id)?;
     let events = state.store.wallet_events(&wallet_id, query.version, query.version).await.map_err(store_problem)?;
     let event = events.first().ok_or_else(|| {
