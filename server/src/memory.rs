@@ -16,7 +16,7 @@ use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, Wal
 
 use crate::ports::{
     Applied, Bus, BusError, BusMessage, CommitBatch, Consumer, Delivery, EventStore, JournalEntry, LedgerEntry,
-    OutboxMessage, OutboxPosition, Projection, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
 
 /// How an injected commit failure behaves.
@@ -219,32 +219,23 @@ impl EventStore for MemoryStore {
 impl ProjectionStore for MemoryStore {
     async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
         let mut state = self.lock();
-        let mut verdicts = Vec::with_capacity(events.len());
-        for event in events {
-            let projected = state.checkpoints.get(&(projection, event.wallet_id)).copied().unwrap_or(0);
-            let verdict = if event.version <= projected {
-                Applied::Duplicate
-            } else if event.version > projected + 1 {
-                Applied::Gap { projected_version: projected }
-            } else {
-                match projection {
-                    Projection::ReadModel => {
-                        let view = WalletView::after(state.wallets.get(&event.wallet_id), event)
-                            .ok_or_else(|| StoreError::Refused(format!("no wallet {} to update", event.wallet_id)))?;
-                        state.wallets.insert(event.wallet_id, view);
-                    }
-                    Projection::Ledger => {
-                        if let Some(entry) = LedgerEntry::of(event) {
-                            state.ledger.insert((event.wallet_id, event.version), entry);
-                        }
-                    }
-                }
-                state.checkpoints.insert((projection, event.wallet_id), event.version);
-                Applied::Projected
-            };
-            verdicts.push(verdict);
+        let wallets = ProjectionPlan::wallets(events);
+        let checkpoints = wallets
+            .iter()
+            .filter_map(|id| state.checkpoints.get(&(projection, *id)).map(|version| (*id, *version)))
+            .collect();
+        let views = wallets.iter().filter_map(|id| state.wallets.get(id).map(|view| (*id, view.clone()))).collect();
+        let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
+        for view in plan.views {
+            state.wallets.insert(view.wallet_id, view);
         }
-        Ok(verdicts)
+        for entry in plan.entries {
+            state.ledger.insert((entry.wallet_id, entry.version), entry);
+        }
+        for (wallet_id, version) in plan.checkpoints {
+            state.checkpoints.insert((projection, wallet_id), version);
+        }
+        Ok(plan.verdicts)
     }
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {

@@ -14,7 +14,7 @@ use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Rejection, Timesta
 use crate::pipeline::codec::{decode_event, encode_event};
 use crate::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
 use crate::sql::{EntryRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint};
 
@@ -315,89 +315,93 @@ fn projection_name(projection: Projection) -> &'static str {
 impl ProjectionStore for SqliteStore {
     async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
         let name = projection_name(projection);
+        let wallets = ProjectionPlan::wallets(events);
         let mut transaction = self.write().await?;
-        let mut verdicts = Vec::with_capacity(events.len());
-        for event in events {
-            let projected: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE projection = ? AND wallet_id = ?")
-                    .bind(name)
-                    .bind(event.wallet_id.as_str())
-                    .fetch_optional(&mut *transaction)
-                    .await
-                    .map_err(store_error)?;
-            let projected = projected.map(uint).transpose()?.unwrap_or(0);
-            if event.version <= projected {
-                verdicts.push(Applied::Duplicate);
-                continue;
+        let mut checkpoints = std::collections::BTreeMap::new();
+        let mut views = std::collections::BTreeMap::new();
+        for chunk in wallets.chunks(ROWS_PER_STATEMENT) {
+            let mut query: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT wallet_id, version FROM projection_checkpoints WHERE projection = ");
+            query.push_bind(name).push(" AND wallet_id IN (");
+            let mut ids = query.separated(", ");
+            for id in chunk {
+                ids.push_bind(id.as_str());
             }
-            if event.version > projected + 1 {
-                verdicts.push(Applied::Gap { projected_version: projected });
-                continue;
+            query.push(")");
+            for row in query.build().fetch_all(&mut *transaction).await.map_err(store_error)? {
+                let id: String = row.try_get("wallet_id").map_err(store_error)?;
+                let version = uint(row.try_get("version").map_err(store_error)?)?;
+                checkpoints.insert(WalletId::parse(&id).map_err(corrupt)?, version);
             }
-            match projection {
-                Projection::ReadModel => {
-                    let previous: Option<WalletRow> = sqlx::query_as("SELECT * FROM wallets WHERE wallet_id = ?")
-                        .bind(event.wallet_id.as_str())
-                        .fetch_optional(&mut *transaction)
-                        .await
-                        .map_err(store_error)?;
-                    let previous = previous.map(WalletRow::into_view).transpose()?;
-                    let view = WalletView::after(previous.as_ref(), event)
-                        .ok_or_else(|| corrupt(format!("no wallet {} to update", event.wallet_id)))?;
-                    sqlx::query(
-                        "INSERT OR REPLACE INTO wallets (wallet_id, owner_id, currency, balance, held, \
-                         overdraft_limit, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(view.wallet_id.as_str())
-                    .bind(view.owner_id.as_str())
-                    .bind(view.currency.code())
-                    .bind(view.balance)
-                    .bind(int(view.held))
-                    .bind(int(view.overdraft_limit))
-                    .bind(int(view.version))
-                    .bind(int(view.created_at.unix_micros()))
-                    .bind(int(view.updated_at.unix_micros()))
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(store_error)?;
+            if projection == Projection::ReadModel {
+                let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM wallets WHERE wallet_id IN (");
+                let mut ids = query.separated(", ");
+                for id in chunk {
+                    ids.push_bind(id.as_str());
                 }
-                Projection::Ledger => {
-                    if let Some(entry) = LedgerEntry::of(event) {
-                        sqlx::query(
-                            "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, \
-                             amount, balance_after, currency, counterparty, description, at) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        )
-                        .bind(entry.wallet_id.as_str())
-                        .bind(int(entry.version))
-                        .bind(int(entry.transaction_id.0))
-                        .bind(&entry.entry_type)
-                        .bind(direction_name(entry.direction))
-                        .bind(int(entry.amount))
-                        .bind(entry.balance_after)
-                        .bind(entry.currency.code())
-                        .bind(&entry.counterparty)
-                        .bind(&entry.description)
-                        .bind(int(entry.at.unix_micros()))
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(store_error)?;
-                    }
+                query.push(")");
+                for row in
+                    query.build_query_as::<WalletRow>().fetch_all(&mut *transaction).await.map_err(store_error)?
+                {
+                    let view = row.into_view()?;
+                    views.insert(view.wallet_id, view);
                 }
             }
-            sqlx::query(
-                "INSERT OR REPLACE INTO projection_checkpoints (projection, wallet_id, version) VALUES (?, ?, ?)",
-            )
-            .bind(name)
-            .bind(event.wallet_id.as_str())
-            .bind(int(event.version))
-            .execute(&mut *transaction)
-            .await
-            .map_err(store_error)?;
-            verdicts.push(Applied::Projected);
+        }
+        let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
+        for chunk in plan.views.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
+                 created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, view| {
+                row.push_bind(view.wallet_id.as_str())
+                    .push_bind(view.owner_id.as_str())
+                    .push_bind(view.currency.code())
+                    .push_bind(view.balance)
+                    .push_bind(int(view.held))
+                    .push_bind(int(view.overdraft_limit))
+                    .push_bind(int(view.version))
+                    .push_bind(int(view.created_at.unix_micros()))
+                    .push_bind(int(view.updated_at.unix_micros()));
+            });
+            insert.push(
+                " ON CONFLICT (wallet_id) DO UPDATE SET balance = excluded.balance, held = excluded.held, \
+                 version = excluded.version, updated_at = excluded.updated_at",
+            );
+            insert.build().execute(&mut *transaction).await.map_err(store_error)?;
+        }
+        for chunk in plan.entries.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, amount, \
+                 balance_after, currency, counterparty, description, at) ",
+            );
+            insert.push_values(chunk, |mut row, entry| {
+                row.push_bind(entry.wallet_id.as_str())
+                    .push_bind(int(entry.version))
+                    .push_bind(int(entry.transaction_id.0))
+                    .push_bind(entry.entry_type.as_str())
+                    .push_bind(direction_name(entry.direction))
+                    .push_bind(int(entry.amount))
+                    .push_bind(entry.balance_after)
+                    .push_bind(entry.currency.code())
+                    .push_bind(entry.counterparty.as_str())
+                    .push_bind(entry.description.as_deref())
+                    .push_bind(int(entry.at.unix_micros()));
+            });
+            insert.build().execute(&mut *transaction).await.map_err(store_error)?;
+        }
+        for chunk in plan.checkpoints.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO projection_checkpoints (projection, wallet_id, version) ");
+            insert.push_values(chunk, |mut row, (wallet_id, version)| {
+                row.push_bind(name).push_bind(wallet_id.as_str()).push_bind(int(*version));
+            });
+            insert.push(" ON CONFLICT (projection, wallet_id) DO UPDATE SET version = excluded.version");
+            insert.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
         transaction.commit().await.map_err(store_error)?;
-        Ok(verdicts)
+        Ok(plan.verdicts)
     }
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {

@@ -14,7 +14,7 @@ use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Rejection, Timesta
 use crate::pipeline::codec::{decode_event, encode_event};
 use crate::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
 use crate::sql::{EntryRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint};
 
@@ -310,95 +310,98 @@ impl EventStore for PostgresStore {
 impl ProjectionStore for PostgresStore {
     async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
         let name = projection.group();
+        let wallets: Vec<String> = ProjectionPlan::wallets(events).iter().map(WalletId::to_string).collect();
         let mut transaction = self.pool.begin().await.map_err(store_error)?;
-        let mut verdicts = Vec::with_capacity(events.len());
-        for event in events {
-            // The checkpoint row is locked for the rest of the transaction: two projector
-            // instances cannot both apply the same version.
-            let projected: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM projection_checkpoints WHERE projection = $1 AND wallet_id = $2 FOR UPDATE",
-            )
-            .bind(name)
-            .bind(event.wallet_id.as_str())
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(store_error)?;
-            let projected = projected.map(uint).transpose()?.unwrap_or(0);
-            if event.version <= projected {
-                verdicts.push(Applied::Duplicate);
-                continue;
+        // The checkpoint rows stay locked to the end of the transaction: two projector instances
+        // cannot both apply the same version.
+        let rows = sqlx::query(
+            "SELECT wallet_id, version FROM projection_checkpoints WHERE projection = $1 AND wallet_id = ANY($2) \
+             FOR UPDATE",
+        )
+        .bind(name)
+        .bind(&wallets)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(store_error)?;
+        let mut checkpoints = std::collections::BTreeMap::new();
+        for row in rows {
+            let id: String = row.try_get("wallet_id").map_err(store_error)?;
+            checkpoints
+                .insert(WalletId::parse(&id).map_err(corrupt)?, uint(row.try_get("version").map_err(store_error)?)?);
+        }
+        let mut views = std::collections::BTreeMap::new();
+        if projection == Projection::ReadModel {
+            let rows: Vec<WalletRow> = sqlx::query_as("SELECT * FROM wallets WHERE wallet_id = ANY($1)")
+                .bind(&wallets)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(store_error)?;
+            for row in rows {
+                let view = row.into_view()?;
+                views.insert(view.wallet_id, view);
             }
-            if event.version > projected + 1 {
-                verdicts.push(Applied::Gap { projected_version: projected });
-                continue;
-            }
-            match projection {
-                Projection::ReadModel => {
-                    let previous: Option<WalletRow> = sqlx::query_as("SELECT * FROM wallets WHERE wallet_id = $1")
-                        .bind(event.wallet_id.as_str())
-                        .fetch_optional(&mut *transaction)
-                        .await
-                        .map_err(store_error)?;
-                    let previous = previous.map(WalletRow::into_view).transpose()?;
-                    let view = WalletView::after(previous.as_ref(), event)
-                        .ok_or_else(|| corrupt(format!("no wallet {} to update", event.wallet_id)))?;
-                    sqlx::query(
-                        "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
-                         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                         ON CONFLICT (wallet_id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
-                         version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
-                    )
-                    .bind(view.wallet_id.as_str())
-                    .bind(view.owner_id.as_str())
-                    .bind(view.currency.code())
-                    .bind(view.balance)
-                    .bind(int(view.held))
-                    .bind(int(view.overdraft_limit))
-                    .bind(int(view.version))
-                    .bind(int(view.created_at.unix_micros()))
-                    .bind(int(view.updated_at.unix_micros()))
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(store_error)?;
-                }
-                Projection::Ledger => {
-                    if let Some(entry) = LedgerEntry::of(event) {
-                        sqlx::query(
-                            "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, \
-                             amount, balance_after, currency, counterparty, description, at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                        )
-                        .bind(entry.wallet_id.as_str())
-                        .bind(int(entry.version))
-                        .bind(int(entry.transaction_id.0))
-                        .bind(&entry.entry_type)
-                        .bind(direction_name(entry.direction))
-                        .bind(int(entry.amount))
-                        .bind(entry.balance_after)
-                        .bind(entry.currency.code())
-                        .bind(&entry.counterparty)
-                        .bind(&entry.description)
-                        .bind(int(entry.at.unix_micros()))
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(store_error)?;
-                    }
-                }
-            }
+        }
+        let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
+        if !plan.views.is_empty() {
+            let views = &plan.views;
             sqlx::query(
-                "INSERT INTO projection_checkpoints (projection, wallet_id, version) VALUES ($1, $2, $3) \
-                 ON CONFLICT (projection, wallet_id) DO UPDATE SET version = EXCLUDED.version",
+                "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
+                 created_at, updated_at) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \
+                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+                 ON CONFLICT (wallet_id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
+                 version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
             )
-            .bind(name)
-            .bind(event.wallet_id.as_str())
-            .bind(int(event.version))
+            .bind(views.iter().map(|v| v.wallet_id.to_string()).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| v.owner_id.to_string()).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| v.currency.code()).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| v.balance).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| int(v.held)).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| int(v.overdraft_limit)).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| int(v.version)).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| int(v.created_at.unix_micros())).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| int(v.updated_at.unix_micros())).collect::<Vec<_>>())
             .execute(&mut *transaction)
             .await
             .map_err(store_error)?;
-            verdicts.push(Applied::Projected);
+        }
+        if !plan.entries.is_empty() {
+            let entries = &plan.entries;
+            sqlx::query(
+                "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, amount, \
+                 balance_after, currency, counterparty, description, at) SELECT * FROM UNNEST($1::text[], \
+                 $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], \
+                 $9::text[], $10::text[], $11::bigint[])",
+            )
+            .bind(entries.iter().map(|e| e.wallet_id.to_string()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| int(e.version)).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| int(e.transaction_id.0)).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.entry_type.clone()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| direction_name(e.direction)).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| int(e.amount)).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.balance_after).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.currency.code()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.counterparty.clone()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.description.clone()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| int(e.at.unix_micros())).collect::<Vec<_>>())
+            .execute(&mut *transaction)
+            .await
+            .map_err(store_error)?;
+        }
+        if !plan.checkpoints.is_empty() {
+            sqlx::query(
+                "INSERT INTO projection_checkpoints (projection, wallet_id, version) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::bigint[]) \
+                 ON CONFLICT (projection, wallet_id) DO UPDATE SET version = EXCLUDED.version",
+            )
+            .bind(name)
+            .bind(plan.checkpoints.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>())
+            .bind(plan.checkpoints.iter().map(|(_, version)| int(*version)).collect::<Vec<_>>())
+            .execute(&mut *transaction)
+            .await
+            .map_err(store_error)?;
         }
         transaction.commit().await.map_err(store_error)?;
-        Ok(verdicts)
+        Ok(plan.verdicts)
     }
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
