@@ -6,7 +6,7 @@ use wallex_engine::{
     CommandId, CommandRecord, Currency, Fingerprint, OwnerId, Rejection, Timestamp, TransactionId, WalletId,
 };
 
-use crate::ports::{Direction, LedgerEntry, StoreError, WalletView};
+use crate::ports::{Direction, LedgerEntry, OutboxMessage, OutboxPosition, StoreError, WalletView};
 
 /// A driver error as the pipeline sees it: a unique violation means the store refused the write
 /// (nothing was written); anything else means the outcome is unknown.
@@ -136,5 +136,29 @@ pub(crate) fn direction_name(direction: Direction) -> &'static str {
     match direction {
         Direction::Credit => "credit",
         Direction::Debit => "debit",
+    }
+}
+
+/// A stored `outbox` row (`idx` read as a 64-bit integer on every store).
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    pub transaction_id: i64,
+    pub idx: i64,
+    pub wallet_id: String,
+    pub payload: Vec<u8>,
+    pub committed_at: i64,
+}
+
+impl OutboxRow {
+    pub(crate) fn into_message(self) -> Result<OutboxMessage, StoreError> {
+        Ok(OutboxMessage {
+            position: OutboxPosition {
+                transaction_id: TransactionId(uint(self.transaction_id)?),
+                index: u32::try_from(self.idx).map_err(corrupt)?,
+            },
+            key: WalletId::parse(&self.wallet_id).map_err(corrupt)?,
+            payload: self.payload,
+            committed_at: Timestamp::from_unix_micros(uint(self.committed_at)?),
+        })
     }
 }

@@ -11,12 +11,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Row, Sqlite};
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Rejection, Timestamp, TransactionId, WalletId};
 
-use crate::pipeline::codec::{decode_event, encode_event};
+use crate::pipeline::codec::decode_event;
 use crate::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
     ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
-use crate::sql::{EntryRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint};
+use crate::sql::{
+    EntryRow, OutboxRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint,
+};
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters per statement).
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -108,23 +110,19 @@ impl EventStore for SqliteStore {
             );
             keys.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
-        let mut indexed = Vec::with_capacity(batch.events.len());
-        let mut index = 0u32;
-        let mut previous = None;
-        for event in &batch.events {
-            index = if previous == Some(event.transaction_id) { index + 1 } else { 0 };
-            previous = Some(event.transaction_id);
-            indexed.push((index, event));
-        }
-        for chunk in indexed.chunks(ROWS_PER_STATEMENT) {
+        // The outbox holds one message per event, in the same order, with its position and its
+        // encoded payload: the event row reuses both instead of encoding again.
+        debug_assert_eq!(batch.events.len(), batch.outbox.len());
+        let rows: Vec<_> = batch.events.iter().zip(&batch.outbox).collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut insert: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO events (transaction_id, idx, wallet_id, version, payload) ");
-            insert.push_values(chunk, |mut row, (index, event)| {
-                row.push_bind(int(event.transaction_id.0))
-                    .push_bind(i64::from(*index))
+            insert.push_values(chunk, |mut row, (event, message)| {
+                row.push_bind(int(message.position.transaction_id.0))
+                    .push_bind(i64::from(message.position.index))
                     .push_bind(event.wallet_id.to_string())
                     .push_bind(int(event.version))
-                    .push_bind(encode_event(event));
+                    .push_bind(message.payload.as_slice());
             });
             insert.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
@@ -249,7 +247,7 @@ impl EventStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let (transaction, index) = after.map_or((-1, -1), |p| (int(p.transaction_id.0), i64::from(p.index)));
-        let rows = sqlx::query(
+        let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT transaction_id, idx, wallet_id, payload, committed_at FROM outbox \
              WHERE (transaction_id, idx) > (?, ?) ORDER BY transaction_id, idx LIMIT ?",
         )
@@ -259,20 +257,7 @@ impl EventStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        rows.iter()
-            .map(|row| {
-                let key: String = row.try_get("wallet_id").map_err(store_error)?;
-                Ok(OutboxMessage {
-                    position: OutboxPosition {
-                        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(store_error)?)?),
-                        index: u32::try_from(row.try_get::<i64, _>("idx").map_err(store_error)?).map_err(corrupt)?,
-                    },
-                    key: WalletId::parse(&key).map_err(corrupt)?,
-                    payload: row.try_get("payload").map_err(store_error)?,
-                    committed_at: Timestamp::from_unix_micros(uint(row.try_get("committed_at").map_err(store_error)?)?),
-                })
-            })
-            .collect()
+        rows.into_iter().map(OutboxRow::into_message).collect()
     }
 
     async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {

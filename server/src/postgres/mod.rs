@@ -11,12 +11,14 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Rejection, Timestamp, TransactionId, WalletId};
 
-use crate::pipeline::codec::{decode_event, encode_event};
+use crate::pipeline::codec::decode_event;
 use crate::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
     ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
-use crate::sql::{EntryRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint};
+use crate::sql::{
+    EntryRow, OutboxRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint,
+};
 
 /// Connections in the pool: the writer, the relay, two projectors and the readers.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -105,24 +107,25 @@ impl EventStore for PostgresStore {
         .execute(&mut *transaction)
         .await
         .map_err(store_error)?;
-        // The outbox carries one message per event in the same order, with its position.
+        // The outbox holds one message per event, in the same order, with its position and its
+        // encoded payload: the event rows reuse both instead of encoding again.
         let events = &batch.events;
         let outbox = &batch.outbox;
         debug_assert_eq!(events.len(), outbox.len());
+        let transaction_ids: Vec<i64> = outbox.iter().map(|m| int(m.position.transaction_id.0)).collect();
+        let indexes: Vec<i32> =
+            outbox.iter().map(|m| i32::try_from(m.position.index).expect("few events per transaction")).collect();
+        let wallet_ids: Vec<String> = outbox.iter().map(|m| m.key.to_string()).collect();
+        let payloads: Vec<&[u8]> = outbox.iter().map(|m| m.payload.as_slice()).collect();
         sqlx::query(
             "INSERT INTO events (transaction_id, idx, wallet_id, version, payload) \
              SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::bytea[])",
         )
-        .bind(outbox.iter().map(|m| int(m.position.transaction_id.0)).collect::<Vec<_>>())
-        .bind(
-            outbox
-                .iter()
-                .map(|m| i32::try_from(m.position.index).expect("few events per transaction"))
-                .collect::<Vec<_>>(),
-        )
-        .bind(events.iter().map(|e| e.wallet_id.to_string()).collect::<Vec<_>>())
+        .bind(&transaction_ids)
+        .bind(&indexes)
+        .bind(&wallet_ids)
         .bind(events.iter().map(|e| int(e.version)).collect::<Vec<_>>())
-        .bind(events.iter().map(encode_event).collect::<Vec<_>>())
+        .bind(&payloads)
         .execute(&mut *transaction)
         .await
         .map_err(store_error)?;
@@ -130,15 +133,10 @@ impl EventStore for PostgresStore {
             "INSERT INTO outbox (transaction_id, idx, wallet_id, payload, committed_at) \
              SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bigint[])",
         )
-        .bind(outbox.iter().map(|m| int(m.position.transaction_id.0)).collect::<Vec<_>>())
-        .bind(
-            outbox
-                .iter()
-                .map(|m| i32::try_from(m.position.index).expect("few events per transaction"))
-                .collect::<Vec<_>>(),
-        )
-        .bind(outbox.iter().map(|m| m.key.to_string()).collect::<Vec<_>>())
-        .bind(outbox.iter().map(|m| m.payload.clone()).collect::<Vec<_>>())
+        .bind(&transaction_ids)
+        .bind(&indexes)
+        .bind(&wallet_ids)
+        .bind(&payloads)
         .bind(outbox.iter().map(|m| int(m.committed_at.unix_micros())).collect::<Vec<_>>())
         .execute(&mut *transaction)
         .await
@@ -245,8 +243,8 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let (transaction, index) =
             after.map_or((-1, -1), |p| (int(p.transaction_id.0), i32::try_from(p.index).unwrap_or(i32::MAX)));
-        let rows = sqlx::query(
-            "SELECT transaction_id, idx, wallet_id, payload, committed_at FROM outbox \
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT transaction_id, idx::bigint AS idx, wallet_id, payload, committed_at FROM outbox \
              WHERE (transaction_id, idx) > ($1, $2) ORDER BY transaction_id, idx LIMIT $3",
         )
         .bind(transaction)
@@ -255,20 +253,7 @@ impl EventStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        rows.iter()
-            .map(|row| {
-                let key: String = row.try_get("wallet_id").map_err(store_error)?;
-                Ok(OutboxMessage {
-                    position: OutboxPosition {
-                        transaction_id: TransactionId(uint(row.try_get("transaction_id").map_err(store_error)?)?),
-                        index: u32::try_from(row.try_get::<i32, _>("idx").map_err(store_error)?).map_err(corrupt)?,
-                    },
-                    key: WalletId::parse(&key).map_err(corrupt)?,
-                    payload: row.try_get("payload").map_err(store_error)?,
-                    committed_at: Timestamp::from_unix_micros(uint(row.try_get("committed_at").map_err(store_error)?)?),
-                })
-            })
-            .collect()
+        rows.into_iter().map(OutboxRow::into_message).collect()
     }
 
     async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
