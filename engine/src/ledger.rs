@@ -663,6 +663,12 @@ impl Ledger {
                 // Several holds of one wallet may lapse together: their events take consecutive
                 // versions, so track each touched wallet's version and held amount as we go.
                 let mut touched: BTreeMap<WalletId, (u64, i128)> = BTreeMap::new();
+                #[cfg(madsim)]
+                let now = if crate::planted::is_planted(crate::planted::Bug::ExpiryIgnoresNow) {
+                    Timestamp::from_unix_micros(u64::MAX)
+                } else {
+                    now
+                };
                 let due = self.hold_expiries.iter().take_while(|(expires_at, _)| *expires_at <= now);
                 for (_, hold_id) in due.take(MAX_EXPIRIES_PER_COMMAND) {
                     let hold = &self.holds[hold_id];
@@ -765,6 +771,11 @@ fn same_currency(requested: Currency, actual: Currency) -> Result<(), Rejection>
 }
 
 fn covers(wallet: &Wallet, amount: Amount) -> Result<(), Rejection> {
+    #[cfg(madsim)]
+    if crate::planted::is_planted(crate::planted::Bug::OverdraftOffByOne) {
+        let allowed = wallet.available() + 1 >= i128::from(amount.minor());
+        return if allowed { Ok(()) } else { Err(Rejection::InsufficientFunds) };
+    }
     if wallet.available() >= i128::from(amount.minor()) { Ok(()) } else { Err(Rejection::InsufficientFunds) }
 }
 

@@ -24,6 +24,8 @@ mod event;
 mod ids;
 mod ledger;
 mod money;
+#[cfg(madsim)]
+pub mod planted;
 mod rejection;
 mod snapshot;
 mod tables;

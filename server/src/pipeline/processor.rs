@@ -23,6 +23,8 @@ use wallex_engine::{
 
 use super::codec::encode_event;
 use crate::ports::{Clock, CommitBatch, EventStore, OutboxMessage, OutboxPosition, StoreError, StoredSnapshot};
+#[cfg(madsim)]
+use wallex_engine::planted::{Bug, is_planted as planted};
 
 /// Limits and pacing of the processor; every one has a default.
 #[derive(Clone, Copy, Debug)]
@@ -141,7 +143,7 @@ impl CommandSender {
 }
 
 /// Ids of the commands the processor issues itself (hold expiry) live in their own range.
-const SYSTEM_COMMAND_TAG: u128 = 0x5757_0000_0000_0000_0000_0000_0000_0000;
+pub const SYSTEM_COMMAND_TAG: u128 = 0x5757_0000_0000_0000_0000_0000_0000_0000;
 
 /// Rebuilds the ledger from the store: the latest snapshot, then every journal entry after it.
 pub async fn recover<S: EventStore>(
@@ -159,6 +161,10 @@ pub async fn recover<S: EventStore>(
         }
         None => Ledger::new(config),
     };
+    #[cfg(madsim)]
+    if planted(Bug::RecoveryForgetsJournal) && ledger.last_transaction_id() != TransactionId(0) {
+        return Ok(ledger);
+    }
     loop {
         let entries = store.journal(ledger.last_transaction_id(), journal_page).await?;
         if entries.is_empty() {
@@ -312,6 +318,10 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
         now: Timestamp,
         pending: Vec<(Command, oneshot::Sender<Reply>)>,
     ) -> Vec<(Command, oneshot::Sender<Reply>)> {
+        #[cfg(madsim)]
+        if planted(Bug::IdempotencyLookupSkipped) {
+            return pending;
+        }
         let unknown: Vec<CommandId> =
             pending.iter().map(|(command, _)| command.id).filter(|id| self.ledger.command(id, now).is_none()).collect();
         if unknown.is_empty() {
@@ -371,13 +381,26 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
     async fn commit_with_retries(&mut self, mut pending: Vec<(Command, oneshot::Sender<Reply>)>) {
         let mut last_error = String::new();
         for attempt in 1..=self.config.commit_attempts.max(1) {
-            let (decided, replays) = self.decide_batch(pending);
+            #[cfg_attr(not(madsim), expect(unused_mut, reason = "only a planted bug mutates it"))]
+            let (mut decided, replays) = self.decide_batch(pending);
             for (record, reply) in replays {
                 let answer = self.replayed(&record).await;
                 let _ = reply.send(answer);
             }
             if self.commit.is_empty() {
                 return;
+            }
+            #[cfg(madsim)]
+            if planted(Bug::AckBeforeCommit) {
+                for (DecidedReply { reply, .. }, record, events) in &mut decided {
+                    let (early, _) = oneshot::channel();
+                    let events = self.commit.events[events.clone()].to_vec();
+                    let _ = std::mem::replace(reply, early).send(Reply::Decided {
+                        record: *record,
+                        events,
+                        replayed: false,
+                    });
+                }
             }
             let started = tokio::time::Instant::now();
             let committed = self.store.commit(&self.commit).await;
@@ -404,6 +427,9 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
                     last_error = error.to_string();
                     self.reload().await;
                     pending = self.resolve_from_store(decided).await;
+                    // The reload may have taken longer than the engine remembers ids: ask the
+                    // store's idempotency records about the rest before deciding them again.
+                    pending = self.answer_forgotten_ids(self.clock.now(), pending).await;
                     if pending.is_empty() {
                         return;
                     }

@@ -1,0 +1,80 @@
+//! Bugs planted on purpose, compiled only into simulator builds (`--cfg madsim`).
+//!
+//! The simulator's canary plants each of these, one at a time, and fails unless its checkers catch
+//! every one: a harness that cannot fail proves nothing. Production builds contain none of this
+//! code. The switch is per thread because the simulator runs each seed on one thread.
+
+use std::cell::Cell;
+
+/// A bug the simulator can plant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// The processor replies to a command before its group commit is durable.
+    AckBeforeCommit,
+    /// The relay marks messages published before the broker acknowledged them.
+    PublishedBeforeAck,
+    /// The projection store writes the checkpoint in one transaction and the rows in another.
+    CheckpointOutsideTransaction,
+    /// The processor skips the stored idempotency lookup for ids the engine has forgotten.
+    IdempotencyLookupSkipped,
+    /// The relay's cursor moves past messages the broker did not acknowledge, as a `bigserial`
+    /// cursor moves past rows that commit out of order.
+    OutboxCursorSkips,
+    /// The engine lets a wallet spend one minor unit more than it has.
+    OverdraftOffByOne,
+    /// `ExpireHolds` releases every active hold, due or not.
+    ExpiryIgnoresNow,
+    /// Recovery loads the latest snapshot and forgets the journal after it.
+    RecoveryForgetsJournal,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 8] = [
+        Bug::AckBeforeCommit,
+        Bug::PublishedBeforeAck,
+        Bug::CheckpointOutsideTransaction,
+        Bug::IdempotencyLookupSkipped,
+        Bug::OutboxCursorSkips,
+        Bug::OverdraftOffByOne,
+        Bug::ExpiryIgnoresNow,
+        Bug::RecoveryForgetsJournal,
+    ];
+
+    /// The name the command line uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeCommit => "ack_before_commit",
+            Bug::PublishedBeforeAck => "published_before_ack",
+            Bug::CheckpointOutsideTransaction => "checkpoint_outside_transaction",
+            Bug::IdempotencyLookupSkipped => "idempotency_lookup_skipped",
+            Bug::OutboxCursorSkips => "outbox_cursor_skips",
+            Bug::OverdraftOffByOne => "overdraft_off_by_one",
+            Bug::ExpiryIgnoresNow => "expiry_ignores_now",
+            Bug::RecoveryForgetsJournal => "recovery_forgets_journal",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}
+
+impl std::fmt::Display for Bug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+thread_local! {
+    static PLANTED: Cell<Option<Bug>> = const { Cell::new(None) };
+}
+
+/// Plants `bug` (or none) for the current thread.
+pub fn plant(bug: Option<Bug>) {
+    PLANTED.with(|planted| planted.set(bug));
+}
+
+/// Whether `bug` is planted on the current thread.
+pub fn is_planted(bug: Bug) -> bool {
+    PLANTED.with(|planted| planted.get() == Some(bug))
+}

@@ -1,0 +1,74 @@
+//! The app node: the server's pipeline, unchanged, on the simulated store, broker and clock, with
+//! the service layer (below HTTP) answering clients' commands. Killing the node kills every task
+//! of the pipeline; restarting it recovers from the store (snapshot plus journal) and resumes the
+//! relay and the projectors from the outbox and the committed offsets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::net::Endpoint;
+use wallex_engine::{Command, Timestamp};
+use wallex_server::pipeline::{Pipeline, PipelineConfig, ProcessorConfig, ProjectorConfig, RecoveryError, RelayConfig};
+use wallex_server::ports::Clock;
+
+use crate::broker::SimBus;
+use crate::rpc::{self, APP_SERVICE};
+use crate::store::SimStore;
+use crate::world::world;
+
+/// How long the engine remembers command ids in the simulator: short, so that retries often reach
+/// the store's idempotency records instead.
+pub const ENGINE_RETENTION_MICROS: u64 = 2_000_000;
+
+/// The ledger's clock: simulated time plus the clock jumps the fault driver injects.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimClock;
+
+impl Clock for SimClock {
+    fn now(&self) -> Timestamp {
+        world().now()
+    }
+}
+
+/// The pipeline's configuration in the simulator: small pages and frequent snapshots, so recovery
+/// paths run often.
+pub fn pipeline_config() -> PipelineConfig {
+    let mut processor = ProcessorConfig {
+        max_batch: 64,
+        snapshot_every_events: 40,
+        journal_page: 32,
+        retry_backoff_ms: 50,
+        idempotency_cleanup_interval_ms: 3_000,
+        ..ProcessorConfig::default()
+    };
+    processor.engine.command_retention_micros = ENGINE_RETENTION_MICROS;
+    PipelineConfig {
+        processor,
+        relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100 },
+        projector: ProjectorConfig { batch: 64, poll_timeout_ms: 100, retry_backoff_ms: 100, max_held: 10_000 },
+    }
+}
+
+pub async fn run_node() {
+    let endpoint = Arc::new(Endpoint::bind(rpc::app_addr()).await.expect("the app's address is free"));
+    let store = SimStore::new(endpoint.clone());
+    let bus = SimBus::new(endpoint.clone());
+    let pipeline = loop {
+        match Pipeline::start(store.clone(), bus.clone(), SimClock, pipeline_config()).await {
+            Ok(pipeline) => break pipeline,
+            Err(RecoveryError::Store(error)) => {
+                world().note(format_args!("app recovery failed: {error}; retrying"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(RecoveryError::Corrupt(reason)) => panic!("the app cannot recover: {reason}"),
+        }
+    };
+    world().note(format_args!("app up"));
+    let commands = pipeline.commands.clone();
+    rpc::serve(endpoint, APP_SERVICE, move |command: Command| {
+        let commands = commands.clone();
+        async move { Some(commands.submit(command).await) }
+    })
+    .await;
+    drop(pipeline);
+}

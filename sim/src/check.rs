@@ -1,0 +1,365 @@
+//! The checkers: the six promises, on every seed, from what the clients saw and what the store and
+//! the broker hold after the liveness phase.
+//!
+//! - conservation: every event's balance moves exactly by its posting, every transaction's events
+//!   carry one posting, and replaying the journal keeps the engine's own invariants;
+//! - no overdraft: no balance or available balance below its floor at any event of the log;
+//! - no loss: every decided operation is in the journal, its events are on the bus and in both
+//!   projections, and nothing was dead-lettered;
+//! - exactly once: no command id is recorded twice, no client was told its key was reused;
+//! - ordering: each projection applied each wallet's versions 1, 2, 3, … with no gap or repeat;
+//! - convergence: the read model and the ledger equal the write model (checked, then waited for);
+//! - and every reply agrees with the auditor, replaying the journal's commands in commit order:
+//!   an answered operation got exactly the journal's record and events; an unanswered one may be
+//!   in the journal or not.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use wallex_engine::auditor::{Auditor, Expected};
+use wallex_engine::{Account, Command, CommandId, CommandKind, Currency, EventKind, Ledger, TransactionId, WalletId};
+use wallex_server::pipeline::codec::decode_event;
+use wallex_server::pipeline::processor::SYSTEM_COMMAND_TAG;
+use wallex_server::ports::{EventStore, JournalEntry, LedgerEntry, Projection, WalletView};
+
+use crate::workload::{Attempt, Operation};
+use crate::world::{World, lock};
+
+/// A broken promise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub promise: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.promise, self.detail)
+    }
+}
+
+fn violated<T>(promise: &'static str, detail: String) -> Result<T, Violation> {
+    Err(Violation { promise, detail })
+}
+
+/// Every journal entry the store holds, in transaction order.
+pub async fn journal(world: &World) -> Vec<JournalEntry> {
+    world.store.journal(TransactionId(0), usize::MAX).await.expect("the store's disk is always readable")
+}
+
+/// The read side as the write side says it must be: `None` if it is, else the first difference.
+pub async fn divergence(world: &World, journal: &[JournalEntry]) -> Option<String> {
+    let (backlog, _) = world.store.outbox_backlog().await.expect("the store's disk is always readable");
+    if backlog > 0 {
+        return Some(format!("{backlog} outbox messages unpublished"));
+    }
+    let mut views: BTreeMap<WalletId, WalletView> = BTreeMap::new();
+    let mut entries: BTreeMap<(WalletId, u64), LedgerEntry> = BTreeMap::new();
+    for event in journal.iter().flat_map(|entry| &entry.events) {
+        let view = WalletView::after(views.get(&event.wallet_id), event)?;
+        views.insert(event.wallet_id, view);
+        if let Some(entry) = LedgerEntry::of(event) {
+            entries.insert((event.wallet_id, event.version), entry);
+        }
+    }
+    let tables = lock(&world.projections);
+    for projection in Projection::ALL {
+        for (wallet_id, view) in &views {
+            let projected = tables.checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0);
+            if projected != view.version {
+                return Some(format!(
+                    "{} has {wallet_id} at version {projected}, the journal at {}",
+                    projection.group(),
+                    view.version
+                ));
+            }
+        }
+    }
+    if tables.wallets != views {
+        let differing = views.keys().chain(tables.wallets.keys()).find(|id| views.get(id) != tables.wallets.get(id));
+        return Some(format!("the read model differs from the journal at wallet {differing:?}"));
+    }
+    if tables.ledger != entries {
+        let differing =
+            entries.keys().chain(tables.ledger.keys()).find(|key| entries.get(key) != tables.ledger.get(key));
+        return Some(format!("the ledger projection differs from the journal at {differing:?}"));
+    }
+    None
+}
+
+/// Runs every checker; returns how many individual checks passed.
+pub async fn verify(world: &World, operations: &[Operation], config: wallex_engine::Config) -> Result<u64, Violation> {
+    let journal = journal(world).await;
+    let mut checks = 0u64;
+
+    // Liveness: every operation was answered within the bound.
+    for operation in operations {
+        checks += 1;
+        if operation.decided.is_none() && !operation.attempts.contains(&Attempt::KeyReused) {
+            return violated(
+                "liveness",
+                format!(
+                    "client {} {} {} never answered after {} attempts",
+                    operation.client,
+                    operation.command.id,
+                    operation.command.kind.name(),
+                    operation.attempts.len()
+                ),
+            );
+        }
+    }
+
+    // The journal: contiguous, each command known and recorded once.
+    let kinds: BTreeMap<CommandId, &CommandKind> =
+        operations.iter().map(|operation| (operation.command.id, &operation.command.kind)).collect();
+    let mut recorded: BTreeMap<CommandId, TransactionId> = BTreeMap::new();
+    for (position, entry) in journal.iter().enumerate() {
+        checks += 1;
+        let record = &entry.record;
+        if record.transaction_id.0 != position as u64 + 1 {
+            return violated("journal", format!("entry {position} holds transaction {}", record.transaction_id));
+        }
+        if let Some(first) = recorded.insert(record.command_id, record.transaction_id) {
+            return violated(
+                "exactly_once",
+                format!(
+                    "command {} took effect twice: transactions {first} and {}",
+                    record.command_id, record.transaction_id
+                ),
+            );
+        }
+        let system = record.command_id.0 & SYSTEM_COMMAND_TAG == SYSTEM_COMMAND_TAG;
+        let Some(kind) = kinds.get(&record.command_id).copied().or(system.then_some(&CommandKind::ExpireHolds)) else {
+            return violated(
+                "journal",
+                format!("transaction {} records unknown command {}", record.transaction_id, record.command_id),
+            );
+        };
+        if kind.fingerprint() != record.fingerprint {
+            return violated(
+                "journal",
+                format!("transaction {} fingerprint differs from its command", record.transaction_id),
+            );
+        }
+    }
+
+    // The auditor predicts every recorded outcome, in commit order, and the replayed ledger keeps
+    // every invariant and equals the auditor's model after each transaction.
+    let mut auditor = Auditor::new(config);
+    let mut ledger = Ledger::new(config);
+    for entry in &journal {
+        checks += 1;
+        let record = &entry.record;
+        let command = Command {
+            id: record.command_id,
+            kind: kinds.get(&record.command_id).map_or(CommandKind::ExpireHolds, |kind| (*kind).clone()),
+        };
+        let expected = auditor.execute(record.at, &command);
+        let actual = Expected::New(record.outcome().map(|transaction| transaction.0));
+        if expected != actual {
+            return violated(
+                "auditor",
+                format!(
+                    "transaction {} ({} {}): journal says {actual:?}, the auditor {expected:?}",
+                    record.transaction_id,
+                    command.kind.name(),
+                    command.id
+                ),
+            );
+        }
+        if let Err(error) = ledger.replay(record, &entry.events) {
+            return violated("conservation", format!("transaction {} does not replay: {error}", record.transaction_id));
+        }
+        if let Err(violation) = ledger.check_invariants() {
+            return violated("conservation", format!("after transaction {}: {violation}", record.transaction_id));
+        }
+        if let Err(difference) = auditor.compare(&ledger) {
+            return violated("auditor", format!("after transaction {}: {difference}", record.transaction_id));
+        }
+    }
+
+    // Conservation and floors, from the event log alone.
+    checks += check_event_log(&journal)?;
+
+    // Replies: an answered operation got exactly what the journal holds.
+    for operation in operations {
+        checks += 1;
+        if operation.attempts.contains(&Attempt::KeyReused) {
+            return violated(
+                "exactly_once",
+                format!("client {} was told its key {} was reused", operation.client, operation.command.id),
+            );
+        }
+        let Some((record, events)) = &operation.decided else { continue };
+        let entry = usize::try_from(record.transaction_id.0).ok().and_then(|id| journal.get(id.wrapping_sub(1)));
+        match entry {
+            Some(entry) if entry.record == *record && entry.events == *events => {}
+            Some(entry) => {
+                return violated(
+                    "no_loss",
+                    format!(
+                        "client {} was answered transaction {} for {} but the journal holds {:?} there",
+                        operation.client, record.transaction_id, operation.command.id, entry.record
+                    ),
+                );
+            }
+            None => {
+                return violated(
+                    "no_loss",
+                    format!(
+                        "client {} was answered transaction {} for {}, which is not in the journal",
+                        operation.client, record.transaction_id, operation.command.id
+                    ),
+                );
+            }
+        }
+    }
+
+    // No loss downstream: every journal event is on the bus; nothing was dead-lettered.
+    let broker = lock(&world.broker);
+    let mut on_bus: BTreeSet<(WalletId, u64, TransactionId)> = BTreeSet::new();
+    for message in broker.partitions.values().flatten() {
+        match decode_event(&message.payload) {
+            Ok(event) => {
+                on_bus.insert((event.wallet_id, event.version, event.transaction_id));
+            }
+            Err(error) => return violated("no_loss", format!("an undecodable message is on the bus: {error}")),
+        }
+    }
+    if let Some(message) = broker.dead_letters.first() {
+        return violated(
+            "no_loss",
+            format!("{} messages dead-lettered, first with headers {:?}", broker.dead_letters.len(), message.headers),
+        );
+    }
+    drop(broker);
+    for event in journal.iter().flat_map(|entry| &entry.events) {
+        checks += 1;
+        if !on_bus.contains(&(event.wallet_id, event.version, event.transaction_id)) {
+            return violated(
+                "no_loss",
+                format!(
+                    "{} version {} (transaction {}) never reached the bus",
+                    event.wallet_id, event.version, event.transaction_id
+                ),
+            );
+        }
+    }
+
+    // Ordering: each projection applied each wallet's versions in order, each once.
+    let tables = lock(&world.projections);
+    let mut last: BTreeMap<(Projection, WalletId), u64> = BTreeMap::new();
+    for (projection, wallet_id, version) in &tables.applied {
+        checks += 1;
+        let previous = last.entry((*projection, *wallet_id)).or_insert(0);
+        if *version != *previous + 1 {
+            return violated(
+                "ordering",
+                format!("{} applied {wallet_id} version {version} after version {previous}", projection.group()),
+            );
+        }
+        *previous = *version;
+    }
+    drop(tables);
+
+    // Convergence (the runner waited for it; this is the verdict).
+    checks += 1;
+    if let Some(difference) = divergence(world, &journal).await {
+        return violated("convergence", difference);
+    }
+    Ok(checks)
+}
+
+/// Conservation and floors from the events alone: each event's balance moves by exactly its
+/// posting, one posting per transaction, no balance or available balance below the wallet's floor,
+/// versions contiguous per wallet, and per currency every account sums to zero.
+fn check_event_log(journal: &[JournalEntry]) -> Result<u64, Violation> {
+    let mut checks = 0;
+    let mut wallets: BTreeMap<WalletId, (i128, i128, u64)> = BTreeMap::new(); // balance, floor, version
+    let mut accounts: BTreeMap<(Currency, String), i128> = BTreeMap::new();
+    for entry in journal {
+        let postings: BTreeSet<_> = entry
+            .events
+            .iter()
+            .filter_map(|event| event.posting)
+            .map(|p| (p.source, p.destination, p.currency, p.amount))
+            .collect();
+        if postings.len() > 1 {
+            return violated(
+                "conservation",
+                format!("transaction {} carries {} different postings", entry.record.transaction_id, postings.len()),
+            );
+        }
+        if let Some((source, destination, currency, amount)) = postings.first() {
+            *accounts.entry((*currency, source.to_string())).or_default() -= i128::from(amount.minor());
+            *accounts.entry((*currency, destination.to_string())).or_default() += i128::from(amount.minor());
+        }
+        for event in &entry.events {
+            checks += 1;
+            let state = wallets.entry(event.wallet_id).or_insert((0, 0, 0));
+            if let EventKind::WalletCreated { overdraft_limit, .. } = &event.kind {
+                state.1 = -i128::from(overdraft_limit.minor());
+            }
+            if event.version != state.2 + 1 {
+                return violated(
+                    "ordering",
+                    format!("{} jumps from version {} to {} in the journal", event.wallet_id, state.2, event.version),
+                );
+            }
+            let delta = event.posting.map_or(0, |posting| signed(&posting, event.wallet_id));
+            let balance = i128::from(event.balance_after);
+            if balance != state.0 + delta {
+                return violated(
+                    "conservation",
+                    format!(
+                        "{} version {}: balance {} -> {balance}, but its posting moves {delta}",
+                        event.wallet_id, event.version, state.0
+                    ),
+                );
+            }
+            if balance < state.1 || balance - i128::from(event.held_after) < state.1 {
+                return violated(
+                    "no_overdraft",
+                    format!(
+                        "{} version {}: balance {balance}, held {}, floor {}",
+                        event.wallet_id, event.version, event.held_after, state.1
+                    ),
+                );
+            }
+            *state = (balance, state.1, event.version);
+        }
+    }
+    let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
+    for ((currency, account), balance) in &accounts {
+        *sums.entry(*currency).or_default() += balance;
+        if !account.starts_with('@') {
+            let wallet = WalletId::parse(account).expect("a wallet account");
+            let final_balance = wallets.get(&wallet).map_or(0, |state| state.0);
+            if final_balance != *balance {
+                return violated(
+                    "conservation",
+                    format!("{account}: postings sum to {balance}, events end at {final_balance}"),
+                );
+            }
+        }
+    }
+    for (currency, sum) in sums {
+        checks += 1;
+        if sum != 0 {
+            return violated("conservation", format!("{currency}: accounts sum to {sum}"));
+        }
+    }
+    Ok(checks)
+}
+
+/// The posting's effect on `wallet`'s balance.
+fn signed(posting: &wallex_engine::Posting, wallet: WalletId) -> i128 {
+    let amount = i128::from(posting.amount.minor());
+    let this = Account::Wallet(wallet);
+    if posting.destination == this {
+        amount
+    } else if posting.source == this {
+        -amount
+    } else {
+        0
+    }
+}

@@ -1,0 +1,166 @@
+//! The fault driver: during the fault phase it schedules the seed's discrete disruptions (crashes,
+//! outages, partitions, latency spikes, clock jumps), each reverted after a drawn duration; at the
+//! end of the phase it heals everything (restarts what is down, reconnects every link, restores
+//! latency, stops probabilistic faults), and the liveness phase begins.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::rand::{Rng, thread_rng};
+use madsim::runtime::Handle;
+use madsim::task::NodeId;
+use wallex_server::ports::Projection;
+
+use crate::swarm::Disruption;
+use crate::world::{lock, world};
+
+/// The nodes of a seed.
+#[derive(Clone, Debug)]
+pub struct Nodes {
+    pub store: NodeId,
+    pub broker: NodeId,
+    pub app: NodeId,
+    pub clients: Vec<NodeId>,
+}
+
+/// What is currently disrupted, so that healing can undo exactly that.
+#[derive(Debug, Default)]
+struct Disrupted {
+    down: BTreeSet<&'static str>,
+    clogged: BTreeSet<(NodeId, NodeId)>,
+    slow: bool,
+}
+
+const NORMAL_LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Duration::from_millis(10);
+
+pub async fn drive(nodes: Nodes) {
+    let world = world();
+    let disrupted = Arc::new(Mutex::new(Disrupted::default()));
+    let phase = Duration::from_millis(world.swarm.fault_phase_ms);
+    let interval = world.swarm.disruption_interval_ms;
+    if !world.swarm.disruptions.is_empty() {
+        loop {
+            let gap = Duration::from_millis(thread_rng().gen_range(interval / 2..=interval * 3 / 2));
+            if world.elapsed() + gap >= phase {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+            let pick = thread_rng().gen_range(0..world.swarm.disruptions.len());
+            let disruption = world.swarm.disruptions[pick];
+            tokio::spawn(disrupt(disruption, nodes.clone(), disrupted.clone()));
+        }
+    }
+    tokio::time::sleep(phase.saturating_sub(world.elapsed())).await;
+    heal(&nodes, &disrupted);
+}
+
+fn name_of(nodes: &Nodes, node: NodeId) -> &'static str {
+    if node == nodes.store {
+        "store"
+    } else if node == nodes.broker {
+        "broker"
+    } else if node == nodes.app {
+        "app"
+    } else {
+        "client"
+    }
+}
+
+async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disrupted>>) {
+    let world = world();
+    let handle = Handle::current();
+    let mut rng = thread_rng();
+    match disruption {
+        Disruption::StoreRestart | Disruption::BrokerOutage | Disruption::AppKill => {
+            let (node, kind, down_ms) = match disruption {
+                Disruption::StoreRestart => (nodes.store, "store_restart", rng.gen_range(50..=2_000)),
+                Disruption::BrokerOutage => (nodes.broker, "broker_outage", rng.gen_range(300..=5_000)),
+                _ => (nodes.app, "app_kill", rng.gen_range(0..=1_500)),
+            };
+            let name = name_of(&nodes, node);
+            if !lock(&disrupted).down.insert(name) {
+                return;
+            }
+            world.fault(kind, format_args!("{name} down for {down_ms}ms"));
+            handle.kill(node);
+            tokio::time::sleep(Duration::from_millis(down_ms)).await;
+            if !world.is_healed() && lock(&disrupted).down.remove(name) {
+                world.note(format_args!("{name} restarts"));
+                handle.restart(node);
+            }
+        }
+        Disruption::ConsumerCrash => {
+            let projection = Projection::ALL[rng.gen_range(0..Projection::ALL.len())];
+            world.fault("consumer_crash", format_args!("{} rebalanced", projection.group()));
+            lock(&world.broker).rebalance(projection.group());
+        }
+        Disruption::Partition => {
+            let other = match rng.gen_range(0..3) {
+                0 => nodes.store,
+                1 => nodes.broker,
+                _ => nodes.clients[rng.gen_range(0..nodes.clients.len())],
+            };
+            let pair = (nodes.app, other);
+            if !lock(&disrupted).clogged.insert(pair) {
+                return;
+            }
+            let duration_ms = rng.gen_range(200..=4_000);
+            world.fault("partition", format_args!("app | {} for {duration_ms}ms", name_of(&nodes, other)));
+            let net = NetSim::current();
+            net.clog_link(nodes.app, other);
+            net.clog_link(other, nodes.app);
+            tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+            if !world.is_healed() && lock(&disrupted).clogged.remove(&pair) {
+                net.unclog_link(nodes.app, other);
+                net.unclog_link(other, nodes.app);
+                world.note(format_args!("partition app | {} healed", name_of(&nodes, other)));
+            }
+        }
+        Disruption::LatencySpike => {
+            if std::mem::replace(&mut lock(&disrupted).slow, true) {
+                return;
+            }
+            let high = rng.gen_range(50..=600);
+            let duration_ms = rng.gen_range(500..=3_000);
+            world.fault("latency_spike", format_args!("up to {high}ms for {duration_ms}ms"));
+            NetSim::current().update_config(|config| {
+                config.send_latency = Duration::from_millis(high / 4)..Duration::from_millis(high);
+            });
+            tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+            if !world.is_healed() && std::mem::replace(&mut lock(&disrupted).slow, false) {
+                NetSim::current().update_config(|config| config.send_latency = NORMAL_LATENCY);
+            }
+        }
+        Disruption::ClockJump => {
+            let seconds = rng.gen_range(1..=300);
+            world.fault("clock_jump", format_args!("+{seconds}s"));
+            world.jump_clock(Duration::from_secs(seconds));
+        }
+    }
+}
+
+fn heal(nodes: &Nodes, disrupted: &Mutex<Disrupted>) {
+    let world = world();
+    world.heal();
+    let mut disrupted = lock(disrupted);
+    let handle = Handle::current();
+    for name in std::mem::take(&mut disrupted.down) {
+        let node = match name {
+            "store" => nodes.store,
+            "broker" => nodes.broker,
+            _ => nodes.app,
+        };
+        handle.restart(node);
+    }
+    let net = NetSim::current();
+    for node in [nodes.store, nodes.broker].into_iter().chain(nodes.clients.iter().copied()) {
+        net.unclog_link(nodes.app, node);
+        net.unclog_link(node, nodes.app);
+    }
+    disrupted.clogged.clear();
+    disrupted.slow = false;
+    net.update_config(|config| config.send_latency = NORMAL_LATENCY);
+    world.note(format_args!("HEAL everything; liveness phase"));
+}

@@ -1,0 +1,412 @@
+//! The simulated store: a node that owns the durable state, and the client the app node uses to
+//! reach it over the simulated network (the `EventStore` and `ProjectionStore` ports).
+//!
+//! The write side is the server's `MemoryStore`, which has the PostgreSQL schema's constraints
+//! (unique transaction ids, unique `(wallet, version)`) and applies each batch all or nothing. It
+//! lives in the seed's world, so it survives the node's restarts; a request the node was handling
+//! when it crashed is lost with it. A commit may also be ambiguous: applied, and its reply lost.
+//! The read side keeps its own tables here, applied through the pipeline's `ProjectionPlan`, and
+//! logs every applied event for the ordering checker.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::net::Endpoint;
+use madsim::rand::{Rng, thread_rng};
+use wallex_engine::planted::Bug;
+use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
+use wallex_server::ports::{
+    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+};
+
+use crate::rpc::{self, RpcError, STORE_SERVICE};
+use crate::swarm::Link;
+use crate::world::{lock, world};
+
+/// How long the app waits for the store before calling the outcome unknown.
+const STORE_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// The read side's tables.
+#[derive(Debug, Default)]
+pub struct ProjectionTables {
+    pub checkpoints: BTreeMap<(Projection, WalletId), u64>,
+    pub wallets: BTreeMap<WalletId, WalletView>,
+    pub ledger: BTreeMap<(WalletId, u64), LedgerEntry>,
+    /// Every event a projection applied, in the order applied.
+    pub applied: Vec<(Projection, WalletId, u64)>,
+}
+
+impl ProjectionTables {
+    fn plan(&self, projection: Projection, events: &[Event]) -> Result<ProjectionPlan, StoreError> {
+        let wallets = ProjectionPlan::wallets(events);
+        let checkpoints = wallets
+            .iter()
+            .filter_map(|id| self.checkpoints.get(&(projection, *id)).map(|version| (*id, *version)))
+            .collect();
+        let views = wallets.iter().filter_map(|id| self.wallets.get(id).map(|view| (*id, view.clone()))).collect();
+        ProjectionPlan::new(projection, events, checkpoints, views)
+    }
+
+    fn write_checkpoints(&mut self, projection: Projection, events: &[Event], plan: &ProjectionPlan) {
+        for (wallet_id, version) in &plan.checkpoints {
+            self.checkpoints.insert((projection, *wallet_id), *version);
+        }
+        for (event, verdict) in events.iter().zip(&plan.verdicts) {
+            if *verdict == Applied::Projected {
+                self.applied.push((projection, event.wallet_id, event.version));
+            }
+        }
+    }
+
+    fn write_rows(&mut self, plan: ProjectionPlan) {
+        for view in plan.views {
+            self.wallets.insert(view.wallet_id, view);
+        }
+        for entry in plan.entries {
+            self.ledger.insert((entry.wallet_id, entry.version), entry);
+        }
+    }
+}
+
+/// A request to the store node.
+#[derive(Debug)]
+enum Request {
+    Commit(CommitBatch),
+    LatestSnapshot,
+    SaveSnapshot(StoredSnapshot),
+    Journal {
+        after: TransactionId,
+        limit: usize,
+    },
+    CommandRecords {
+        ids: Vec<CommandId>,
+        not_before: Timestamp,
+    },
+    ForgetKeys {
+        before: Timestamp,
+    },
+    OutboxAfter {
+        after: Option<OutboxPosition>,
+        limit: usize,
+    },
+    MarkPublished(OutboxPosition),
+    OutboxBacklog,
+    WalletEvents {
+        wallet_id: WalletId,
+        from: u64,
+        to: u64,
+    },
+    Project {
+        projection: Projection,
+        events: Vec<Event>,
+    },
+    /// Planted bug: the checkpoint half of a projection, in its own transaction.
+    ProjectCheckpoints {
+        projection: Projection,
+        events: Vec<Event>,
+    },
+    /// Planted bug: the rows half, in another.
+    ProjectRows(ProjectionPlan),
+    ProjectedVersion {
+        projection: Projection,
+        wallet_id: WalletId,
+    },
+    Wallet(WalletId),
+    Wallets {
+        owner_id: Option<OwnerId>,
+        after: Option<WalletId>,
+        limit: usize,
+    },
+    LedgerEntries {
+        wallet_id: WalletId,
+        before: Option<u64>,
+        limit: usize,
+    },
+}
+
+impl Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Commit(_) => "commit",
+            Request::LatestSnapshot => "latest_snapshot",
+            Request::SaveSnapshot(_) => "save_snapshot",
+            Request::Journal { .. } => "journal",
+            Request::CommandRecords { .. } => "command_records",
+            Request::ForgetKeys { .. } => "forget_keys",
+            Request::OutboxAfter { .. } => "outbox_after",
+            Request::MarkPublished(_) => "mark_published",
+            Request::OutboxBacklog => "outbox_backlog",
+            Request::WalletEvents { .. } => "wallet_events",
+            Request::Project { .. } => "project",
+            Request::ProjectCheckpoints { .. } => "project_checkpoints",
+            Request::ProjectRows(_) => "project_rows",
+            Request::ProjectedVersion { .. } => "projected_version",
+            Request::Wallet(_) => "wallet",
+            Request::Wallets { .. } => "wallets",
+            Request::LedgerEntries { .. } => "ledger_entries",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Response {
+    Done(Result<(), StoreError>),
+    Snapshot(Result<Option<StoredSnapshot>, StoreError>),
+    Journal(Result<Vec<JournalEntry>, StoreError>),
+    Records(Result<Vec<CommandRecord>, StoreError>),
+    Count(Result<u64, StoreError>),
+    Outbox(Result<Vec<OutboxMessage>, StoreError>),
+    Backlog(Result<(u64, Option<Timestamp>), StoreError>),
+    Events(Result<Vec<Event>, StoreError>),
+    Verdicts(Result<Vec<Applied>, StoreError>),
+    Plan(Result<ProjectionPlan, StoreError>),
+    Version(Result<u64, StoreError>),
+    Wallet(Result<Option<WalletView>, StoreError>),
+    Wallets(Result<Vec<WalletView>, StoreError>),
+    Entries(Result<Vec<LedgerEntry>, StoreError>),
+}
+
+/// The store node's main task: serve until killed.
+pub async fn run_node() {
+    let endpoint = Arc::new(Endpoint::bind(rpc::store_addr()).await.expect("the store's address is free"));
+    world().note(format_args!("store node up"));
+    rpc::serve(endpoint, STORE_SERVICE, |request: Request| handle(request)).await;
+}
+
+async fn handle(request: Request) -> Option<Response> {
+    // Disk latency: a crash during it loses the request, as a crash mid-transaction does.
+    let latency_us = thread_rng().gen_range(50..2_000);
+    tokio::time::sleep(Duration::from_micros(latency_us)).await;
+    let world = world();
+    let store = &world.store;
+    let response = match request {
+        Request::Commit(batch) => {
+            let result = store.commit(&batch).await;
+            let first = batch.records.first().map_or(0, |record| record.transaction_id.0);
+            let last = batch.records.last().map_or(0, |record| record.transaction_id.0);
+            match &result {
+                Ok(()) => world.note(format_args!("store commit tx {first}..={last} ({} events)", batch.events.len())),
+                Err(error) => world.note(format_args!("store commit tx {first}..={last} refused: {error}")),
+            }
+            if result.is_ok() && world.chance(world.swarm.ambiguous_commit_permille) {
+                world.fault("ambiguous_commit", format_args!("tx {first}..={last} committed, reply lost"));
+                return None;
+            }
+            Response::Done(result)
+        }
+        Request::LatestSnapshot => Response::Snapshot(store.latest_snapshot().await),
+        Request::SaveSnapshot(snapshot) => {
+            world.note(format_args!("store snapshot at tx {}", snapshot.transaction_id));
+            Response::Done(store.save_snapshot(&snapshot).await)
+        }
+        Request::Journal { after, limit } => Response::Journal(store.journal(after, limit).await),
+        Request::CommandRecords { ids, not_before } => Response::Records(store.command_records(&ids, not_before).await),
+        Request::ForgetKeys { before } => Response::Count(store.forget_idempotency_keys(before).await),
+        Request::OutboxAfter { after, limit } => Response::Outbox(store.outbox_after(after, limit).await),
+        Request::MarkPublished(through) => {
+            world.note(format_args!("store outbox published through {}.{}", through.transaction_id, through.index));
+            Response::Done(store.mark_published(through).await)
+        }
+        Request::OutboxBacklog => Response::Backlog(store.outbox_backlog().await),
+        Request::WalletEvents { wallet_id, from, to } => {
+            Response::Events(store.wallet_events(&wallet_id, from, to).await)
+        }
+        Request::Project { projection, events } => {
+            let mut tables = lock(&world.projections);
+            let result = tables.plan(projection, &events).map(|plan| {
+                tables.write_checkpoints(projection, &events, &plan);
+                let verdicts = plan.verdicts.clone();
+                tables.write_rows(plan);
+                verdicts
+            });
+            trace_projection(projection, &events, &result);
+            Response::Verdicts(result)
+        }
+        Request::ProjectCheckpoints { projection, events } => {
+            let mut tables = lock(&world.projections);
+            let result = tables.plan(projection, &events).inspect(|plan| {
+                tables.write_checkpoints(projection, &events, plan);
+            });
+            trace_projection(
+                projection,
+                &events,
+                &result.as_ref().map(|plan| plan.verdicts.clone()).map_err(Clone::clone),
+            );
+            Response::Plan(result)
+        }
+        Request::ProjectRows(plan) => {
+            lock(&world.projections).write_rows(plan);
+            Response::Done(Ok(()))
+        }
+        Request::ProjectedVersion { projection, wallet_id } => Response::Version(Ok(lock(&world.projections)
+            .checkpoints
+            .get(&(projection, wallet_id))
+            .copied()
+            .unwrap_or(0))),
+        Request::Wallet(wallet_id) => Response::Wallet(Ok(lock(&world.projections).wallets.get(&wallet_id).cloned())),
+        Request::Wallets { owner_id, after, limit } => {
+            let tables = lock(&world.projections);
+            let views = tables
+                .wallets
+                .values()
+                .filter(|view| after.is_none_or(|after| view.wallet_id > after))
+                .filter(|view| owner_id.is_none_or(|owner| view.owner_id == owner))
+                .take(limit)
+                .cloned()
+                .collect();
+            Response::Wallets(Ok(views))
+        }
+        Request::LedgerEntries { wallet_id, before, limit } => {
+            let tables = lock(&world.projections);
+            let before = before.unwrap_or(u64::MAX);
+            let entries =
+                tables.ledger.range((wallet_id, 0)..(wallet_id, before)).rev().take(limit).map(|(_, e)| e.clone());
+            Response::Entries(Ok(entries.collect()))
+        }
+    };
+    Some(response)
+}
+
+fn trace_projection(projection: Projection, events: &[Event], result: &Result<Vec<Applied>, StoreError>) {
+    let world = world();
+    match result {
+        Ok(verdicts) => {
+            let projected = verdicts.iter().filter(|verdict| **verdict == Applied::Projected).count();
+            let duplicates = verdicts.iter().filter(|verdict| **verdict == Applied::Duplicate).count();
+            world.note(format_args!(
+                "store project {} {} events: {projected} applied, {duplicates} duplicate, {} held",
+                projection.group(),
+                events.len(),
+                verdicts.len() - projected - duplicates
+            ));
+        }
+        Err(error) => world.note(format_args!("store project {} refused: {error}", projection.group())),
+    }
+}
+
+/// The app node's handle on the store: every port call is one request under a timeout.
+#[derive(Clone)]
+pub struct SimStore {
+    endpoint: Arc<Endpoint>,
+}
+
+impl SimStore {
+    pub fn new(endpoint: Arc<Endpoint>) -> SimStore {
+        SimStore { endpoint }
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, StoreError> {
+        let name = request.name();
+        let answer =
+            rpc::call(&self.endpoint, rpc::store_addr(), STORE_SERVICE, Link::AppStore, name, request, STORE_TIMEOUT);
+        answer.await.map_err(|error: RpcError| StoreError::Unavailable(format!("{name}: {error}")))
+    }
+}
+
+/// Unwraps the expected response variant; anything else is a bug in this file.
+macro_rules! expect {
+    ($response:expr, $variant:ident) => {
+        match $response? {
+            Response::$variant(result) => result,
+            other => panic!("store answered {other:?} to a {} request", stringify!($variant)),
+        }
+    };
+}
+
+impl EventStore for SimStore {
+    async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        expect!(self.call(Request::Commit(batch.clone())).await, Done)
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        expect!(self.call(Request::LatestSnapshot).await, Snapshot)
+    }
+
+    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        expect!(self.call(Request::SaveSnapshot(snapshot.clone())).await, Done)
+    }
+
+    async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        expect!(self.call(Request::Journal { after, limit }).await, Journal)
+    }
+
+    async fn command_records(
+        &self,
+        ids: &[CommandId],
+        not_before: Timestamp,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        expect!(self.call(Request::CommandRecords { ids: ids.to_vec(), not_before }).await, Records)
+    }
+
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, StoreError> {
+        expect!(self.call(Request::ForgetKeys { before }).await, Count)
+    }
+
+    async fn outbox_after(
+        &self,
+        after: Option<OutboxPosition>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        expect!(self.call(Request::OutboxAfter { after, limit }).await, Outbox)
+    }
+
+    async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
+        expect!(self.call(Request::MarkPublished(through)).await, Done)
+    }
+
+    async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        expect!(self.call(Request::OutboxBacklog).await, Backlog)
+    }
+
+    async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        expect!(self.call(Request::WalletEvents { wallet_id: *wallet_id, from, to }).await, Events)
+    }
+}
+
+impl ProjectionStore for SimStore {
+    async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
+        if world().bug == Some(Bug::CheckpointOutsideTransaction) {
+            let request = Request::ProjectCheckpoints { projection, events: events.to_vec() };
+            let plan = expect!(self.call(request).await, Plan)?;
+            let verdicts = plan.verdicts.clone();
+            expect!(self.call(Request::ProjectRows(plan)).await, Done)?;
+            return Ok(verdicts);
+        }
+        expect!(self.call(Request::Project { projection, events: events.to_vec() }).await, Verdicts)
+    }
+
+    async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
+        expect!(self.call(Request::ProjectedVersion { projection, wallet_id: *wallet_id }).await, Version)
+    }
+
+    async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        expect!(self.call(Request::Wallet(*wallet_id)).await, Wallet)
+    }
+
+    async fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        let request = Request::Wallets { owner_id: owner_id.copied(), after: after.copied(), limit };
+        expect!(self.call(request).await, Wallets)
+    }
+
+    async fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        expect!(self.call(Request::LedgerEntries { wallet_id: *wallet_id, before, limit }).await, Entries)
+    }
+}
+
+impl std::fmt::Debug for SimStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimStore")
+    }
+}

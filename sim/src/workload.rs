@@ -1,0 +1,232 @@
+//! The clients: each on its own node, sending create, credit, debit, transfer and hold commands to
+//! the app's service layer with an idempotency key (the command id), retrying a timed-out or
+//! unavailable attempt with the same key, and recording every attempt and answer.
+//!
+//! Amounts are small against balances, and some debits and transfers probe the exact boundary of
+//! what the wallet can spend (the available balance the client last saw, and one more), so that an
+//! off-by-one in the overdraft rule shows within a few seeds.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use madsim::net::Endpoint;
+use madsim::rand::{Rng, thread_rng};
+use wallex_engine::{
+    Amount, Command, CommandId, CommandKind, CommandRecord, Currency, Description, Event, HoldId, OwnerId, Timestamp,
+    WalletId,
+};
+use wallex_server::pipeline::Reply;
+
+use crate::rpc::{self, APP_SERVICE};
+use crate::swarm::Link;
+use crate::world::world;
+
+/// How long a client waits for one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// How long after the fault phase a client may still be retrying its last operation: the liveness
+/// bound. Past it the operation is recorded as never answered, and the seed fails.
+pub const LIVENESS_MS: u64 = 30_000;
+
+/// What one attempt got back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Timeout,
+    Unavailable,
+    InFlight,
+    KeyReused,
+    Decided { replayed: bool },
+}
+
+/// One operation: the command (its id is the idempotency key), every attempt, and the decided
+/// answer if one came.
+#[derive(Clone, Debug)]
+pub struct Operation {
+    pub client: usize,
+    pub command: Command,
+    pub attempts: Vec<Attempt>,
+    pub decided: Option<(CommandRecord, Vec<Event>)>,
+}
+
+pub fn wallet_id(index: usize) -> WalletId {
+    WalletId::parse(&format!("w{index}")).expect("a valid wallet id")
+}
+
+/// The currency of wallet `index`: one JPY wallet among USD ones, so currency mismatches happen.
+pub fn currency_of(index: usize) -> Currency {
+    if index == 2 { Currency::JPY } else { Currency::USD }
+}
+
+/// What a client believes about a wallet, from the events it was answered with.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    balance: i64,
+    held: u64,
+    overdraft: u64,
+    version: u64,
+}
+
+struct Client {
+    index: usize,
+    endpoint: Endpoint,
+    next_op: u64,
+    holds: Vec<HoldId>,
+    seen: BTreeMap<WalletId, Seen>,
+    log: Vec<Operation>,
+}
+
+pub async fn run_client(index: usize) -> Vec<Operation> {
+    let endpoint = Endpoint::bind(rpc::client_addr(index)).await.expect("the client's address is free");
+    let mut client = Client { index, endpoint, next_op: 0, holds: Vec::new(), seen: BTreeMap::new(), log: Vec::new() };
+    let world = world();
+    let swarm = world.swarm.clone();
+    for wallet in (0..swarm.wallets).filter(|wallet| wallet % swarm.clients == index) {
+        let initial = thread_rng().gen_range(0..=2_000);
+        let overdraft = if wallet == 1 { 500 } else { 0 };
+        let kind = CommandKind::CreateWallet {
+            wallet_id: wallet_id(wallet),
+            owner_id: OwnerId::parse(&format!("owner-{index}")).expect("a valid owner"),
+            currency: currency_of(wallet),
+            initial_balance: amount(initial),
+            overdraft_limit: amount(overdraft),
+        };
+        client.perform(kind).await;
+    }
+    let phase = Duration::from_millis(swarm.fault_phase_ms);
+    while world.elapsed() < phase {
+        let think = thread_rng().gen_range(0..=swarm.think_ms);
+        tokio::time::sleep(Duration::from_millis(think)).await;
+        let kind = client.draw(swarm.wallets);
+        client.perform(kind).await;
+    }
+    client.log
+}
+
+fn amount(minor: u64) -> Amount {
+    Amount::from_minor(minor).expect("a small amount")
+}
+
+impl Client {
+    fn draw(&mut self, wallets: usize) -> CommandKind {
+        let mut rng = thread_rng();
+        let index = rng.gen_range(0..wallets);
+        let wallet = wallet_id(index);
+        let currency = if rng.gen_bool(0.03) { Currency::EUR } else { currency_of(index) };
+        let description = rng.gen_bool(0.3).then(|| Description::parse("sim").expect("a valid description"));
+        let seen = self.seen.get(&wallet).copied();
+        // The available balance as last seen, and one more: the exact edge of the overdraft rule.
+        let edge = |rng: &mut madsim::rand::GlobalRng| match seen {
+            Some(seen) if rng.gen_bool(0.5) => {
+                let available = i128::from(seen.balance) - i128::from(seen.held) + i128::from(seen.overdraft);
+                let probe = available + i128::from(rng.gen_range(0..=1u8));
+                amount(u64::try_from(probe).unwrap_or(0).max(1))
+            }
+            _ => amount(rng.gen_range(1..=800)),
+        };
+        match rng.gen_range(0..100) {
+            0..20 => CommandKind::Credit {
+                wallet_id: wallet,
+                currency,
+                amount: amount(rng.gen_range(1..=1_000)),
+                description,
+            },
+            20..42 => CommandKind::Debit { wallet_id: wallet, currency, amount: edge(&mut rng), description },
+            42..67 => {
+                let destination = wallet_id(rng.gen_range(0..wallets));
+                CommandKind::Transfer { source: wallet, destination, currency, amount: edge(&mut rng), description }
+            }
+            67..80 => {
+                let hold_id =
+                    HoldId::parse(&format!("c{}-h{}", self.index, self.holds.len())).expect("a valid hold id");
+                self.holds.push(hold_id);
+                let now = world().now().unix_micros();
+                let expires_at =
+                    rng.gen_bool(0.7).then(|| Timestamp::from_unix_micros(now + rng.gen_range(300_000..=20_000_000)));
+                CommandKind::PlaceHold {
+                    hold_id,
+                    wallet_id: wallet,
+                    currency,
+                    amount: edge(&mut rng),
+                    expires_at,
+                    description,
+                }
+            }
+            80..98 if !self.holds.is_empty() => {
+                let hold_id = self.holds[rng.gen_range(0..self.holds.len())];
+                if rng.gen_bool(0.4) {
+                    CommandKind::VoidHold { hold_id }
+                } else {
+                    let partial = rng.gen_bool(0.4).then(|| amount(rng.gen_range(1..=300)));
+                    let destination = rng.gen_bool(0.5).then(|| wallet_id(rng.gen_range(0..wallets)));
+                    CommandKind::CaptureHold { hold_id, amount: partial, destination, description }
+                }
+            }
+            _ => CommandKind::Credit {
+                wallet_id: wallet,
+                currency,
+                amount: amount(rng.gen_range(1..=1_000)),
+                description,
+            },
+        }
+    }
+
+    /// Submits one command until it is decided, retrying with the same id, up to the liveness bound.
+    async fn perform(&mut self, kind: CommandKind) {
+        let world = world();
+        self.next_op += 1;
+        let id = CommandId((1u128 << 100) | ((self.index as u128) << 32) | u128::from(self.next_op));
+        let command = Command { id, kind };
+        let mut operation =
+            Operation { client: self.index, command: command.clone(), attempts: Vec::new(), decided: None };
+        let give_up = Duration::from_millis(world.swarm.fault_phase_ms + LIVENESS_MS);
+        world.note(format_args!("client {} submit {} {}", self.index, id, command.kind.name()));
+        while world.elapsed() < give_up {
+            let answer: Result<Reply, _> = rpc::call(
+                &self.endpoint,
+                rpc::app_addr(),
+                APP_SERVICE,
+                Link::ClientApp,
+                "submit",
+                command.clone(),
+                ATTEMPT_TIMEOUT,
+            )
+            .await;
+            let attempt = match answer {
+                Ok(Reply::Decided { record, events, replayed }) => {
+                    for event in &events {
+                        let seen = self.seen.entry(event.wallet_id).or_default();
+                        if event.version > seen.version {
+                            seen.balance = event.balance_after;
+                            seen.held = event.held_after;
+                            seen.version = event.version;
+                            if let wallex_engine::EventKind::WalletCreated { overdraft_limit, .. } = &event.kind {
+                                seen.overdraft = overdraft_limit.minor();
+                            }
+                        }
+                    }
+                    let verdict =
+                        record.result.map_or_else(|rejection| rejection.code().to_owned(), |()| "ok".to_owned());
+                    world.note(format_args!(
+                        "client {} answer {id}: tx {} {verdict}{}",
+                        self.index,
+                        record.transaction_id,
+                        if replayed { " (replayed)" } else { "" }
+                    ));
+                    operation.decided = Some((record, events));
+                    Attempt::Decided { replayed }
+                }
+                Ok(Reply::KeyReused { .. }) => Attempt::KeyReused,
+                Ok(Reply::InFlight) => Attempt::InFlight,
+                Ok(Reply::Unavailable(_)) => Attempt::Unavailable,
+                Err(_) => Attempt::Timeout,
+            };
+            let done = matches!(attempt, Attempt::Decided { .. } | Attempt::KeyReused);
+            operation.attempts.push(attempt);
+            if done {
+                break;
+            }
+            let backoff = thread_rng().gen_range(50..=400);
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+        }
+        self.log.push(operation);
+    }
+}
