@@ -43,7 +43,20 @@ struct Finished {
 }
 
 /// Runs `seed` and reports. Deterministic: the same arguments give the same report.
+///
+/// Each seed runs on a thread of its own: std's `HashMap` keys are seeded once per thread (madsim
+/// seeds them from the seed on the first use), so a second seed on the same thread would see other
+/// keys, and madsim's internal maps would iterate in another order.
 pub fn run_seed(seed: u64, profile: Profile, bug: Option<Bug>, keep_trace: bool) -> SeedReport {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| run_seed_on_this_thread(seed, profile, bug, keep_trace))
+            .join()
+            .expect("the runner catches every panic of a seed")
+    })
+}
+
+fn run_seed_on_this_thread(seed: u64, profile: Profile, bug: Option<Bug>, keep_trace: bool) -> SeedReport {
     let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
     runtime.set_time_limit(SIMULATED_TIME_LIMIT);
     planted::plant(bug);

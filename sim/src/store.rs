@@ -202,7 +202,12 @@ async fn handle(request: Request) -> Option<Response> {
             Response::Done(store.save_snapshot(&snapshot).await)
         }
         Request::Journal { after, limit } => Response::Journal(store.journal(after, limit).await),
-        Request::CommandRecords { ids, not_before } => Response::Records(store.command_records(&ids, not_before).await),
+        Request::CommandRecords { ids, not_before } => {
+            let result = store.command_records(&ids, not_before).await;
+            let found = result.as_ref().map_or(0, Vec::len);
+            world.note(format_args!("store idempotency lookup of {} ids: {found} recorded", ids.len()));
+            Response::Records(result)
+        }
         Request::ForgetKeys { before } => Response::Count(store.forget_idempotency_keys(before).await),
         Request::OutboxAfter { after, limit } => Response::Outbox(store.outbox_after(after, limit).await),
         Request::MarkPublished(through) => {

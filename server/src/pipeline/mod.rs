@@ -127,6 +127,8 @@ async fn run_cleanup<S: EventStore, C: Clock>(
 ) {
     loop {
         tokio::select! {
+            // Polled in order, not at random: the simulator replays a seed exactly.
+            biased;
             () = tokio::time::sleep(std::time::Duration::from_millis(interval_ms.max(1))) => {}
             _ = shutdown.changed() => return,
         }

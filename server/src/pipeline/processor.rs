@@ -301,7 +301,7 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
             return;
         }
         let pending = self.answer_forgotten_ids(now, pending).await;
-        self.commit_with_retries(pending).await;
+        self.commit_with_retries(now, pending).await;
     }
 
     /// An `ExpireHolds` command if a hold has lapsed by `now`.
@@ -378,11 +378,13 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
         }
     }
 
-    async fn commit_with_retries(&mut self, mut pending: Vec<(Command, oneshot::Sender<Reply>)>) {
+    /// Decides and commits `pending` at `now`: the time its ids were looked up at, so that an id
+    /// the engine remembered then is still remembered when it decides (time moves during a lookup).
+    async fn commit_with_retries(&mut self, mut now: Timestamp, mut pending: Vec<(Command, oneshot::Sender<Reply>)>) {
         let mut last_error = String::new();
         for attempt in 1..=self.config.commit_attempts.max(1) {
             #[cfg_attr(not(madsim), expect(unused_mut, reason = "only a planted bug mutates it"))]
-            let (mut decided, replays) = self.decide_batch(pending);
+            let (mut decided, replays) = self.decide_batch(now, pending);
             for (record, reply) in replays {
                 let answer = self.replayed(&record).await;
                 let _ = reply.send(answer);
@@ -426,10 +428,11 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
                     tracing::warn!(attempt, batch = decided.len(), %error, "group commit failed; reloading from the store");
                     last_error = error.to_string();
                     self.reload().await;
-                    pending = self.resolve_from_store(decided).await;
+                    now = self.clock.now();
+                    pending = self.resolve_from_store(now, decided).await;
                     // The reload may have taken longer than the engine remembers ids: ask the
                     // store's idempotency records about the rest before deciding them again.
-                    pending = self.answer_forgotten_ids(self.clock.now(), pending).await;
+                    pending = self.answer_forgotten_ids(now, pending).await;
                     if pending.is_empty() {
                         return;
                     }
@@ -448,9 +451,12 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
     /// with their record and the range of their events in `self.commit.events` (and the command, to
     /// decide again if the commit fails), and the retries of committed commands, to be answered
     /// from the store.
-    fn decide_batch(&mut self, pending: Vec<(Command, oneshot::Sender<Reply>)>) -> (Vec<Decided>, Vec<Replay>) {
+    fn decide_batch(
+        &mut self,
+        now: Timestamp,
+        pending: Vec<(Command, oneshot::Sender<Reply>)>,
+    ) -> (Vec<Decided>, Vec<Replay>) {
         self.commit.clear();
-        let now = self.clock.now();
         let mut decided = Vec::with_capacity(pending.len());
         let mut replays = Vec::new();
         let mut events = Vec::new();
@@ -512,11 +518,15 @@ impl<S: EventStore, C: Clock> Processor<S, C> {
 
     /// Answers the commands of a failed batch that the store has anyway (the commit happened);
     /// returns the others, to be decided again.
-    async fn resolve_from_store(&mut self, decided: Vec<Decided>) -> Vec<(Command, oneshot::Sender<Reply>)> {
+    async fn resolve_from_store(
+        &mut self,
+        now: Timestamp,
+        decided: Vec<Decided>,
+    ) -> Vec<(Command, oneshot::Sender<Reply>)> {
         let mut remaining = Vec::with_capacity(decided.len());
         for (DecidedReply { reply, command }, _, _) in decided {
             // The reloaded ledger remembers whatever the store committed.
-            match self.ledger.command(&command.id, self.clock.now()).copied() {
+            match self.ledger.command(&command.id, now).copied() {
                 Some(record) if record.fingerprint == command.kind.fingerprint() => {
                     let answer = self.replayed(&record).await;
                     let _ = reply.send(answer);

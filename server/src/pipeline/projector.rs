@@ -82,6 +82,8 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
         if held.len() >= config.max_held {
             tracing::error!(group = projection.group(), held = held.len(), "events held for a gap that does not fill");
             tokio::select! {
+                // Polled in order, not at random: the simulator replays a seed exactly.
+                biased;
                 () = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => {}
             }

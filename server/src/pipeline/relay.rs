@@ -50,10 +50,20 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut cursor: Option<OutboxPosition> = None;
+    // What the store has marked published: behind `cursor` only while a mark failed.
+    let mut marked: Option<OutboxPosition> = None;
     let backoff = Duration::from_millis(config.retry_backoff_ms);
     loop {
         if *shutdown.borrow() {
             return;
+        }
+        if let Some(through) = cursor.filter(|_| cursor != marked) {
+            // A mark that failed is retried even if nothing new is committed, so the backlog the
+            // store reports drains (a restart would otherwise republish these).
+            match store.mark_published(through).await {
+                Ok(()) => marked = cursor,
+                Err(error) => tracing::warn!(%error, "relay could not mark messages published"),
+            }
         }
         let messages = match store.outbox_after(cursor, config.batch).await {
             Ok(messages) => messages,
@@ -65,6 +75,8 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
         };
         if messages.is_empty() {
             tokio::select! {
+                // Polled in order, not at random: the simulator replays a seed exactly.
+                biased;
                 () = committed.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(config.idle_tick_ms)) => {}
                 _ = shutdown.changed() => {}
@@ -83,6 +95,7 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
         if planted(Bug::PublishedBeforeAck) {
             let last = messages.last().expect("not empty").position;
             cursor = Some(last);
+            marked = cursor;
             let _ = store.mark_published(last).await;
             let _ = bus.publish(&outgoing).await;
             continue;
@@ -99,11 +112,12 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
         if let Some(last) = messages[..prefix].last() {
             stats.published.fetch_add(prefix as u64, Ordering::Relaxed);
             stats.last_ack_latency_us.store(now.saturating_sub(last.committed_at.unix_micros()), Ordering::Relaxed);
-            // Published is published: move on even if marking fails (it is retried with the next
-            // prefix, and a restart republishes, which consumers tolerate).
+            // Published is published: move on even if marking fails (it is retried next round,
+            // and a restart republishes, which consumers tolerate).
             cursor = Some(last.position);
-            if let Err(error) = store.mark_published(last.position).await {
-                tracing::warn!(%error, "relay could not mark messages published");
+            match store.mark_published(last.position).await {
+                Ok(()) => marked = cursor,
+                Err(error) => tracing::warn!(%error, "relay could not mark messages published"),
             }
         }
         #[cfg(madsim)]
