@@ -30,6 +30,8 @@ pub struct BrokerDisk {
     pub committed: BTreeMap<(String, u32), u64>,
     /// Each group's generation; a member from an older one must rejoin.
     pub generations: BTreeMap<String, u64>,
+    /// Keys of the undecodable messages injected into the events topic.
+    pub poisoned: Vec<String>,
 }
 
 impl BrokerDisk {
@@ -40,6 +42,20 @@ impl BrokerDisk {
     /// A consumer crash: the group rebalances, its member must rejoin.
     pub fn rebalance(&mut self, group: &str) {
         *self.generations.entry(group.to_owned()).or_default() += 1;
+    }
+
+    /// Appends a message no consumer can decode; the projectors must dead-letter it.
+    pub fn poison(&mut self) -> String {
+        let key = format!("poison-{}", self.poisoned.len());
+        let partition = InProcessBus::partition_of(&key);
+        let message = BusMessage {
+            key: key.clone(),
+            payload: b"{\"schemaVersion\":1,\"event\":42}".to_vec(),
+            headers: Vec::new(),
+        };
+        self.log(partition).push(message);
+        self.poisoned.push(key.clone());
+        key
     }
 
     pub fn lag(&self, group: &str) -> u64 {

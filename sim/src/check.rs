@@ -52,6 +52,15 @@ pub async fn divergence(world: &World, journal: &[JournalEntry]) -> Option<Strin
     if backlog > 0 {
         return Some(format!("{backlog} outbox messages unpublished"));
     }
+    {
+        let broker = lock(&world.broker);
+        for projection in Projection::ALL {
+            let lag = broker.lag(projection.group());
+            if lag > 0 {
+                return Some(format!("{} has {lag} messages to consume", projection.group()));
+            }
+        }
+    }
     let mut views: BTreeMap<WalletId, WalletView> = BTreeMap::new();
     let mut entries: BTreeMap<(WalletId, u64), LedgerEntry> = BTreeMap::new();
     for event in journal.iter().flat_map(|entry| &entry.events) {
@@ -215,6 +224,21 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
     }
 
     // No loss downstream: every journal event is on the bus; nothing was dead-lettered.
+    checks += check_bus(world, &journal)?;
+
+    // Ordering: each projection applied each wallet's versions in order, each once.
+    checks += check_applied_order(world)?;
+
+    // Convergence (the runner waited for it; this is the verdict).
+    checks += 1;
+    if let Some(difference) = divergence(world, &journal).await {
+        return violated("convergence", difference);
+    }
+    Ok(checks)
+}
+
+fn check_bus(world: &World, journal: &[JournalEntry]) -> Result<u64, Violation> {
+    let mut checks = 0;
     let broker = lock(&world.broker);
     let mut on_bus: BTreeSet<(WalletId, u64, TransactionId)> = BTreeSet::new();
     for message in broker.partitions.values().flatten() {
@@ -222,16 +246,36 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
             Ok(event) => {
                 on_bus.insert((event.wallet_id, event.version, event.transaction_id));
             }
+            Err(_) if broker.poisoned.contains(&message.key) => {}
             Err(error) => return violated("no_loss", format!("an undecodable message is on the bus: {error}")),
         }
     }
-    if let Some(message) = broker.dead_letters.first() {
-        return violated(
-            "no_loss",
-            format!("{} messages dead-lettered, first with headers {:?}", broker.dead_letters.len(), message.headers),
-        );
+    // Each poison message was dead-lettered by each projector (at least once: a crash before the
+    // offset commit dead-letters it again), and nothing else was.
+    for message in &broker.dead_letters {
+        checks += 1;
+        if !broker.poisoned.contains(&message.key) {
+            return violated("no_loss", format!("a real event was dead-lettered: headers {:?}", message.headers));
+        }
+        if !message.headers.iter().any(|(name, value)| name == "dlq-reason" && !value.is_empty()) {
+            return violated("no_loss", format!("a dead letter without its reason: headers {:?}", message.headers));
+        }
     }
-    drop(broker);
+    for key in &broker.poisoned {
+        for projection in Projection::ALL {
+            checks += 1;
+            let dead_lettered = broker.dead_letters.iter().any(|message| {
+                message.key == *key
+                    && message.headers.iter().any(|(name, value)| name == "dlq-group" && value == projection.group())
+            });
+            if !dead_lettered {
+                return violated(
+                    "no_loss",
+                    format!("poison message {key} was never dead-lettered by {}", projection.group()),
+                );
+            }
+        }
+    }
     for event in journal.iter().flat_map(|entry| &entry.events) {
         checks += 1;
         if !on_bus.contains(&(event.wallet_id, event.version, event.transaction_id)) {
@@ -245,7 +289,11 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
         }
     }
 
-    // Ordering: each projection applied each wallet's versions in order, each once.
+    Ok(checks)
+}
+
+fn check_applied_order(world: &World) -> Result<u64, Violation> {
+    let mut checks = 0;
     let tables = lock(&world.projections);
     let mut last: BTreeMap<(Projection, WalletId), u64> = BTreeMap::new();
     for (projection, wallet_id, version) in &tables.applied {
@@ -258,13 +306,6 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
             );
         }
         *previous = *version;
-    }
-    drop(tables);
-
-    // Convergence (the runner waited for it; this is the verdict).
-    checks += 1;
-    if let Some(difference) = divergence(world, &journal).await {
-        return violated("convergence", difference);
     }
     Ok(checks)
 }

@@ -189,7 +189,7 @@ fn run(seeds: u64, start: u64, jobs: usize, profile: Profile, bug: Option<Bug>, 
             bar.println(format!("  reproduce: {}", reproduction(report.seed, profile, bug)));
         }
         bar.set_message(format!("{failures} failed"));
-        if plain && (done % (seeds / 10).max(1) == 0 || done == seeds) {
+        if plain && (done.is_multiple_of((seeds / 10).max(1)) || done == seeds) {
             eprintln!("{done}/{seeds} seeds, {failures} failed, {:.1}s", started.elapsed().as_secs_f64());
         }
         true
@@ -287,7 +287,7 @@ fn canary(max_seeds: u64, jobs: usize, profile: Profile) -> ExitCode {
         }
         match caught {
             Some(report) => {
-                let violation = report.verdict.as_ref().err().expect("a failing seed");
+                let violation = report.verdict.as_ref().expect_err("a failing seed");
                 println!(
                     "  {:<32} caught at seed {:>4} ({} seeds run, {:.1}s): {}",
                     bug.name(),

@@ -133,6 +133,10 @@ async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disr
                 NetSim::current().update_config(|config| config.send_latency = NORMAL_LATENCY);
             }
         }
+        Disruption::Poison => {
+            let key = lock(&world.broker).poison();
+            world.fault("poison_message", format_args!("{key} appended to the events topic"));
+        }
         Disruption::ClockJump => {
             let seconds = rng.gen_range(1..=300);
             world.fault("clock_jump", format_args!("+{seconds}s"));

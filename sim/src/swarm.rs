@@ -63,6 +63,8 @@ pub enum Disruption {
     Partition,
     LatencySpike,
     ClockJump,
+    /// An undecodable message on the events topic.
+    Poison,
 }
 
 /// What one seed drew.
@@ -93,9 +95,9 @@ impl Swarm {
     pub fn draw(profile: Profile) -> Swarm {
         let mut rng = thread_rng();
         let mut swarm = Swarm {
-            clients: rng.gen_range(2..=5),
+            clients: rng.gen_range(2..=8),
             wallets: rng.gen_range(3..=8),
-            fault_phase_ms: rng.gen_range(4_000..=12_000),
+            fault_phase_ms: rng.gen_range(5_000..=30_000),
             think_ms: rng.gen_range(0..=150),
             request_loss_permille: [0; 3],
             response_loss_permille: [0; 3],
@@ -135,10 +137,13 @@ impl Swarm {
                 Disruption::Partition,
                 Disruption::LatencySpike,
                 Disruption::ClockJump,
+                Disruption::Poison,
             ],
             Profile::Calm => &[],
             Profile::Store => &[Disruption::StoreRestart, Disruption::Partition],
-            Profile::Bus => &[Disruption::BrokerOutage, Disruption::ConsumerCrash, Disruption::Partition],
+            Profile::Bus => {
+                &[Disruption::BrokerOutage, Disruption::ConsumerCrash, Disruption::Partition, Disruption::Poison]
+            }
             Profile::Net => &[Disruption::Partition, Disruption::LatencySpike],
             Profile::Crash => &[
                 Disruption::AppKill,

@@ -78,6 +78,13 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
         }
     };
     let mut held: BTreeMap<(WalletId, u64), HeldEvent> = BTreeMap::new();
+    // Per partition, the offset after the last message delivered so far (over every poll): once a
+    // held event is applied, its partition's offset may move up to here even if no new message
+    // arrives on it.
+    let mut delivered: BTreeMap<u32, u64> = BTreeMap::new();
+    // Offsets decided but not yet acknowledged by the bus: retried every round (an idle one too),
+    // or a partition with no new messages would keep its lag, and redeliver after a restart.
+    let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
     while !*shutdown.borrow() {
         if held.len() >= config.max_held {
             tracing::error!(group = projection.group(), held = held.len(), "events held for a gap that does not fill");
@@ -98,13 +105,16 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
             }
         };
         if deliveries.is_empty() {
+            commit_offsets(&mut consumer, projection, &mut uncommitted).await;
             continue;
         }
         // Decode; the undecodable go to the dead-letter topic (retried until it acknowledges).
         let mut incoming = Vec::with_capacity(deliveries.len());
-        let mut next_offsets: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut touched: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
         for delivery in deliveries {
-            next_offsets.insert(delivery.partition, delivery.offset + 1);
+            touched.insert(delivery.partition);
+            let next = delivered.entry(delivery.partition).or_insert(0);
+            *next = (*next).max(delivery.offset + 1);
             match decode_event(&delivery.payload) {
                 Ok(event) => incoming.push(HeldEvent { event, partition: delivery.partition, offset: delivery.offset }),
                 Err(error) => dead_letter(&bus, projection, &delivery, &error.to_string(), &stats, backoff).await,
@@ -131,14 +141,18 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
                     Applied::Projected => {
                         metrics::counter!("wallex_projected_total", "group" => projection.group()).increment(1);
                         stats.projected.fetch_add(1, Ordering::Relaxed);
-                        held.remove(&(event.wallet_id, event.version));
+                        if let Some(item) = held.remove(&(event.wallet_id, event.version)) {
+                            touched.insert(item.partition);
+                        }
                         progressed = true;
                     }
                     Applied::Duplicate => {
                         metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group())
                             .increment(1);
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        held.remove(&(event.wallet_id, event.version));
+                        if let Some(item) = held.remove(&(event.wallet_id, event.version)) {
+                            touched.insert(item.partition);
+                        }
                     }
                     Applied::Gap { .. } => {}
                 }
@@ -152,13 +166,25 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
         stats.held.store(held.len() as u64, Ordering::Relaxed);
         metrics::gauge!("wallex_projection_held_events", "group" => projection.group()).set(held.len() as f64);
         // Never commit past a held event: a restart must redeliver it.
+        let mut next_offsets: BTreeMap<u32, u64> =
+            touched.into_iter().map(|partition| (partition, delivered[&partition])).collect();
         for item in held.values() {
             next_offsets.entry(item.partition).and_modify(|next| *next = (*next).min(item.offset));
         }
-        let offsets: Vec<(u32, u64)> = next_offsets.into_iter().collect();
-        if let Err(error) = consumer.commit(&offsets).await {
-            tracing::warn!(group = projection.group(), %error, "offset commit failed; deliveries will repeat");
-        }
+        uncommitted.extend(next_offsets);
+        commit_offsets(&mut consumer, projection, &mut uncommitted).await;
+    }
+}
+
+/// Commits `uncommitted` offsets; keeps them to retry if the bus does not acknowledge.
+async fn commit_offsets<C: Consumer>(consumer: &mut C, projection: Projection, uncommitted: &mut BTreeMap<u32, u64>) {
+    if uncommitted.is_empty() {
+        return;
+    }
+    let offsets: Vec<(u32, u64)> = uncommitted.iter().map(|(partition, offset)| (*partition, *offset)).collect();
+    match consumer.commit(&offsets).await {
+        Ok(()) => uncommitted.clear(),
+        Err(error) => tracing::warn!(group = projection.group(), %error, "offset commit failed; retrying next round"),
     }
 }
 
