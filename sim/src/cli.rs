@@ -289,10 +289,10 @@ fn canary(max_seeds: u64, jobs: usize, profile: Profile) -> ExitCode {
             Some(report) => {
                 let violation = report.verdict.as_ref().expect_err("a failing seed");
                 println!(
-                    "  {:<32} caught at seed {:>4} ({} seeds run, {:.1}s): {}",
+                    "  {:<32} caught by seed {:>4}: {:>4} seeds to catch ({tried} run, {:.1}s), by {}",
                     bug.name(),
                     report.seed,
-                    tried,
+                    report.seed + 1,
                     bug_started.elapsed().as_secs_f64(),
                     violation.promise
                 );
