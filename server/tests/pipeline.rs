@@ -253,6 +253,31 @@ async fn lost_and_ambiguous_commits_are_resolved_through_the_store_never_guessed
     pipeline.shutdown().await;
 }
 
+/// Found by the simulator: after an ambiguous commit, the reload can outlast the engine's memory of
+/// the batch's ids; the batch must then be resolved from the store's idempotency records, never
+/// decided a second time.
+#[tokio::test]
+async fn an_ambiguous_commit_is_resolved_from_the_store_after_the_engine_forgot_its_ids() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let mut config = PipelineConfig::default();
+    // The engine forgets an id a microsecond after deciding it: only the store can answer retries.
+    config.processor.engine.command_retention_micros = 1;
+    config.processor.retry_backoff_ms = 1;
+    let pipeline = start(&store, &bus, config).await;
+    create_wallets(&pipeline).await;
+    store.fail_commits(&[CommitFault::Ambiguous]);
+    let kind =
+        CommandKind::Credit { wallet_id: wallet(2), currency: Currency::USD, amount: money(5), description: None };
+    let reply = pipeline.commands.submit(Command { id: CommandId(91), kind }).await;
+    let (record, replayed) = decided(&reply);
+    assert!(replayed, "the committed batch is answered from the store: {reply:?}");
+    assert!(record.result.is_ok());
+    let ledger = check_promises(&store, &bus).await;
+    assert_eq!(ledger.wallet(&wallet(2)).unwrap().balance, 10_005, "credited once");
+    assert_eq!(ledger.last_transaction_id(), TransactionId(WALLETS as u64 + 1), "one record, not two");
+    pipeline.shutdown().await;
+}
+
 #[tokio::test]
 async fn commands_fail_cleanly_when_the_store_stays_down() {
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
