@@ -37,9 +37,7 @@ struct StoreState {
     streams: BTreeMap<(WalletId, u64), TransactionId>,
     outbox: BTreeMap<OutboxPosition, OutboxMessage>,
     snapshot: Option<StoredSnapshot>,
-    checkpoints: BTreeMap<(Projection, WalletId), u64>,
-    wallets: BTreeMap<WalletId, WalletView>,
-    ledger: BTreeMap<(WalletId, u64), LedgerEntry>,
+    read_side: ReadSide,
     faults: Vec<CommitFault>,
     commits: u64,
 }
@@ -219,31 +217,19 @@ impl EventStore for MemoryStore {
 impl ProjectionStore for MemoryStore {
     async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
         let mut state = self.lock();
-        let wallets = ProjectionPlan::wallets(events);
-        let checkpoints = wallets
-            .iter()
-            .filter_map(|id| state.checkpoints.get(&(projection, *id)).map(|version| (*id, *version)))
-            .collect();
-        let views = wallets.iter().filter_map(|id| state.wallets.get(id).map(|view| (*id, view.clone()))).collect();
-        let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
-        for view in plan.views {
-            state.wallets.insert(view.wallet_id, view);
-        }
-        for entry in plan.entries {
-            state.ledger.insert((entry.wallet_id, entry.version), entry);
-        }
-        for (wallet_id, version) in plan.checkpoints {
-            state.checkpoints.insert((projection, wallet_id), version);
-        }
-        Ok(plan.verdicts)
+        let plan = state.read_side.plan(projection, events)?;
+        let verdicts = plan.verdicts.clone();
+        state.read_side.write_checkpoints(projection, &plan);
+        state.read_side.write_rows(plan);
+        Ok(verdicts)
     }
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
-        Ok(self.lock().checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0))
+        Ok(self.lock().read_side.projected_version(projection, wallet_id))
     }
 
     async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
-        Ok(self.lock().wallets.get(wallet_id).cloned())
+        Ok(self.lock().read_side.wallets.get(wallet_id).cloned())
     }
 
     async fn wallets(
@@ -252,17 +238,7 @@ impl ProjectionStore for MemoryStore {
         after: Option<&WalletId>,
         limit: usize,
     ) -> Result<Vec<WalletView>, StoreError> {
-        let state = self.lock();
-        let range = match after {
-            Some(after) => state.wallets.range((std::ops::Bound::Excluded(*after), std::ops::Bound::Unbounded)),
-            None => state.wallets.range(..),
-        };
-        Ok(range
-            .map(|(_, view)| view)
-            .filter(|view| owner_id.is_none_or(|owner| view.owner_id == *owner))
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(self.lock().read_side.list_wallets(owner_id, after, limit))
     }
 
     async fn ledger_entries(
@@ -271,15 +247,69 @@ impl ProjectionStore for MemoryStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        let state = self.lock();
-        let before = before.unwrap_or(u64::MAX);
-        Ok(state
-            .ledger
-            .range((*wallet_id, 0)..(*wallet_id, before))
-            .rev()
+        Ok(self.lock().read_side.list_ledger_entries(wallet_id, before, limit))
+    }
+}
+
+/// The read side's tables in memory (checkpoints, read model, ledger entries) and their queries:
+/// the memory store's, and the simulated store's, which writes checkpoints and rows separately when
+/// a bug is planted.
+#[derive(Debug, Default)]
+pub struct ReadSide {
+    pub checkpoints: BTreeMap<(Projection, WalletId), u64>,
+    pub wallets: BTreeMap<WalletId, WalletView>,
+    pub ledger: BTreeMap<(WalletId, u64), LedgerEntry>,
+}
+
+impl ReadSide {
+    /// Plans `events` for `projection` against the current checkpoints and rows.
+    pub fn plan(&self, projection: Projection, events: &[Event]) -> Result<ProjectionPlan, StoreError> {
+        let wallets = ProjectionPlan::wallets(events);
+        let checkpoints = wallets
+            .iter()
+            .filter_map(|id| self.checkpoints.get(&(projection, *id)).map(|version| (*id, *version)))
+            .collect();
+        let views = wallets.iter().filter_map(|id| self.wallets.get(id).map(|view| (*id, view.clone()))).collect();
+        ProjectionPlan::new(projection, events, checkpoints, views)
+    }
+
+    pub fn write_checkpoints(&mut self, projection: Projection, plan: &ProjectionPlan) {
+        for (wallet_id, version) in &plan.checkpoints {
+            self.checkpoints.insert((projection, *wallet_id), *version);
+        }
+    }
+
+    pub fn write_rows(&mut self, plan: ProjectionPlan) {
+        for view in plan.views {
+            self.wallets.insert(view.wallet_id, view);
+        }
+        for entry in plan.entries {
+            self.ledger.insert((entry.wallet_id, entry.version), entry);
+        }
+    }
+
+    pub fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> u64 {
+        self.checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0)
+    }
+
+    /// Wallets ordered by id after `after`, optionally of one owner.
+    pub fn list_wallets(&self, owner_id: Option<&OwnerId>, after: Option<&WalletId>, limit: usize) -> Vec<WalletView> {
+        let range = match after {
+            Some(after) => self.wallets.range((std::ops::Bound::Excluded(*after), std::ops::Bound::Unbounded)),
+            None => self.wallets.range(..),
+        };
+        range
+            .map(|(_, view)| view)
+            .filter(|view| owner_id.is_none_or(|owner| view.owner_id == *owner))
             .take(limit)
-            .map(|(_, e)| e.clone())
-            .collect())
+            .cloned()
+            .collect()
+    }
+
+    /// A wallet's ledger entries, newest first, with versions below `before`.
+    pub fn list_ledger_entries(&self, wallet_id: &WalletId, before: Option<u64>, limit: usize) -> Vec<LedgerEntry> {
+        let before = before.unwrap_or(u64::MAX);
+        self.ledger.range((*wallet_id, 0)..(*wallet_id, before)).rev().take(limit).map(|(_, e)| e.clone()).collect()
     }
 }
 

@@ -73,7 +73,7 @@ pub async fn divergence(world: &World, journal: &[JournalEntry]) -> Option<Strin
     let tables = lock(&world.projections);
     for projection in Projection::ALL {
         for (wallet_id, view) in &views {
-            let projected = tables.checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0);
+            let projected = tables.tables.checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0);
             if projected != view.version {
                 return Some(format!(
                     "{} has {wallet_id} at version {projected}, the journal at {}",
@@ -83,13 +83,16 @@ pub async fn divergence(world: &World, journal: &[JournalEntry]) -> Option<Strin
             }
         }
     }
-    if tables.wallets != views {
-        let differing = views.keys().chain(tables.wallets.keys()).find(|id| views.get(id) != tables.wallets.get(id));
+    if tables.tables.wallets != views {
+        let differing =
+            views.keys().chain(tables.tables.wallets.keys()).find(|id| views.get(id) != tables.tables.wallets.get(id));
         return Some(format!("the read model differs from the journal at wallet {differing:?}"));
     }
-    if tables.ledger != entries {
-        let differing =
-            entries.keys().chain(tables.ledger.keys()).find(|key| entries.get(key) != tables.ledger.get(key));
+    if tables.tables.ledger != entries {
+        let differing = entries
+            .keys()
+            .chain(tables.tables.ledger.keys())
+            .find(|key| entries.get(key) != tables.tables.ledger.get(key));
         return Some(format!("the ledger projection differs from the journal at {differing:?}"));
     }
     None

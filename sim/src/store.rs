@@ -8,7 +8,6 @@
 //! The read side keeps its own tables here, applied through the pipeline's `ProjectionPlan`, and
 //! logs every applied event for the ordering checker.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use madsim::net::Endpoint;
 use madsim::rand::{Rng, thread_rng};
 use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
+use wallex_server::memory::ReadSide;
 use wallex_server::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
     ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
@@ -28,44 +28,21 @@ use crate::world::{lock, world};
 /// How long the app waits for the store before calling the outcome unknown.
 const STORE_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// The read side's tables.
+/// The read side's tables, and every event a projection applied, in the order applied (what the
+/// ordering checker reads).
 #[derive(Debug, Default)]
 pub struct ProjectionTables {
-    pub checkpoints: BTreeMap<(Projection, WalletId), u64>,
-    pub wallets: BTreeMap<WalletId, WalletView>,
-    pub ledger: BTreeMap<(WalletId, u64), LedgerEntry>,
-    /// Every event a projection applied, in the order applied.
+    pub tables: ReadSide,
     pub applied: Vec<(Projection, WalletId, u64)>,
 }
 
 impl ProjectionTables {
-    fn plan(&self, projection: Projection, events: &[Event]) -> Result<ProjectionPlan, StoreError> {
-        let wallets = ProjectionPlan::wallets(events);
-        let checkpoints = wallets
-            .iter()
-            .filter_map(|id| self.checkpoints.get(&(projection, *id)).map(|version| (*id, *version)))
-            .collect();
-        let views = wallets.iter().filter_map(|id| self.wallets.get(id).map(|view| (*id, view.clone()))).collect();
-        ProjectionPlan::new(projection, events, checkpoints, views)
-    }
-
     fn write_checkpoints(&mut self, projection: Projection, events: &[Event], plan: &ProjectionPlan) {
-        for (wallet_id, version) in &plan.checkpoints {
-            self.checkpoints.insert((projection, *wallet_id), *version);
-        }
+        self.tables.write_checkpoints(projection, plan);
         for (event, verdict) in events.iter().zip(&plan.verdicts) {
             if *verdict == Applied::Projected {
                 self.applied.push((projection, event.wallet_id, event.version));
             }
-        }
-    }
-
-    fn write_rows(&mut self, plan: ProjectionPlan) {
-        for view in plan.views {
-            self.wallets.insert(view.wallet_id, view);
-        }
-        for entry in plan.entries {
-            self.ledger.insert((entry.wallet_id, entry.version), entry);
         }
     }
 }
@@ -220,10 +197,10 @@ async fn handle(request: Request) -> Option<Response> {
         }
         Request::Project { projection, events } => {
             let mut tables = lock(&world.projections);
-            let result = tables.plan(projection, &events).map(|plan| {
+            let result = tables.tables.plan(projection, &events).map(|plan| {
                 tables.write_checkpoints(projection, &events, &plan);
                 let verdicts = plan.verdicts.clone();
-                tables.write_rows(plan);
+                tables.tables.write_rows(plan);
                 verdicts
             });
             trace_projection(projection, &events, &result);
@@ -231,7 +208,7 @@ async fn handle(request: Request) -> Option<Response> {
         }
         Request::ProjectCheckpoints { projection, events } => {
             let mut tables = lock(&world.projections);
-            let result = tables.plan(projection, &events).inspect(|plan| {
+            let result = tables.tables.plan(projection, &events).inspect(|plan| {
                 tables.write_checkpoints(projection, &events, plan);
             });
             trace_projection(
@@ -242,33 +219,21 @@ async fn handle(request: Request) -> Option<Response> {
             Response::Plan(result)
         }
         Request::ProjectRows(plan) => {
-            lock(&world.projections).write_rows(plan);
+            lock(&world.projections).tables.write_rows(plan);
             Response::Done(Ok(()))
         }
-        Request::ProjectedVersion { projection, wallet_id } => Response::Version(Ok(lock(&world.projections)
-            .checkpoints
-            .get(&(projection, wallet_id))
-            .copied()
-            .unwrap_or(0))),
-        Request::Wallet(wallet_id) => Response::Wallet(Ok(lock(&world.projections).wallets.get(&wallet_id).cloned())),
+        Request::ProjectedVersion { projection, wallet_id } => {
+            Response::Version(Ok(lock(&world.projections).tables.projected_version(projection, &wallet_id)))
+        }
+        Request::Wallet(wallet_id) => {
+            Response::Wallet(Ok(lock(&world.projections).tables.wallets.get(&wallet_id).cloned()))
+        }
         Request::Wallets { owner_id, after, limit } => {
-            let tables = lock(&world.projections);
-            let views = tables
-                .wallets
-                .values()
-                .filter(|view| after.is_none_or(|after| view.wallet_id > after))
-                .filter(|view| owner_id.is_none_or(|owner| view.owner_id == owner))
-                .take(limit)
-                .cloned()
-                .collect();
-            Response::Wallets(Ok(views))
+            let tables = &lock(&world.projections).tables;
+            Response::Wallets(Ok(tables.list_wallets(owner_id.as_ref(), after.as_ref(), limit)))
         }
         Request::LedgerEntries { wallet_id, before, limit } => {
-            let tables = lock(&world.projections);
-            let before = before.unwrap_or(u64::MAX);
-            let entries =
-                tables.ledger.range((wallet_id, 0)..(wallet_id, before)).rev().take(limit).map(|(_, e)| e.clone());
-            Response::Entries(Ok(entries.collect()))
+            Response::Entries(Ok(lock(&world.projections).tables.list_ledger_entries(&wallet_id, before, limit)))
         }
     };
     Some(response)

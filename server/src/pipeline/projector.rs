@@ -9,7 +9,7 @@
 //! goes to the dead-letter topic with the reason in its headers and is counted; it is never
 //! silently dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub async fn run_projector<S: ProjectionStore, B: Bus>(
         }
         // Decode; the undecodable go to the dead-letter topic (retried until it acknowledges).
         let mut incoming = Vec::with_capacity(deliveries.len());
-        let mut touched: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+        let mut touched: BTreeSet<u32> = BTreeSet::new();
         for delivery in deliveries {
             touched.insert(delivery.partition);
             let next = delivered.entry(delivery.partition).or_insert(0);
