@@ -1,14 +1,18 @@
 //! The embedded default store: everything in one durable SQLite file (WAL, `synchronous=FULL`), so
 //! `wallex serve` works with zero setup and keeps every promise on one machine.
 //!
-//! One group commit is one SQLite transaction: the command records, the events and the outbox
-//! rows, inserted with multi-row statements. The schema lives in `migrations/sqlite/`.
+//! One group commit is one SQLite transaction: the command records, the idempotency keys and the
+//! events, inserted with multi-row statements. The events are the outbox: the relay's cursor
+//! (`outbox_cursor`, one row) marks what is published. The schema lives in `migrations/sqlite/`.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
+use tokio::sync::Mutex;
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Rejection, Timestamp, TransactionId, WalletId};
 
 use crate::pipeline::codec::decode_event;
@@ -26,9 +30,14 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 /// The file inside `--data-dir`.
 pub const DATABASE_FILE: &str = "wallex.sqlite";
 
+/// Readers share a pool (WAL lets them run beside the writer); every write goes through the one
+/// writer connection behind an async mutex. SQLite admits one writer at a time anyway: queueing
+/// writers here, first come first served, replaces its busy handler, which sleeps 1, 2, 5, 10… ms
+/// between retries and put those sleeps straight into the group commit's latency.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: Arc<Mutex<SqliteConnection>>,
 }
 
 impl SqliteStore {
@@ -43,38 +52,51 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(store_error)?;
+        let mut writer = options.connect().await.map_err(store_error)?;
         sqlx::migrate!("../migrations/sqlite")
-            .run(&pool)
+            .run(&mut writer)
             .await
             .map_err(|error| StoreError::Unavailable(format!("migration failed: {error}")))?;
-        Ok(SqliteStore { pool })
-    }
-
-    /// A write transaction that takes SQLite's write lock at BEGIN, so concurrent writers (the
-    /// processor and the projectors) wait in the busy handler instead of failing with SQLITE_BUSY
-    /// when a deferred read transaction tries to upgrade.
-    async fn write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(store_error)?;
+        Ok(SqliteStore { pool, writer: Arc::new(Mutex::new(writer)) })
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    /// Puts back into the outbox every event some projection has not applied yet.
+    /// Puts back into the outbox every event some projection has not applied yet: moves the relay's
+    /// cursor back to just before the oldest such event. Returns how many events wait afterwards.
     ///
     /// The embedded bus lives in memory: events the relay published before a restart but the
-    /// projectors had not applied are gone from it. Re-queuing them at start closes that hole;
-    /// projectors skip whatever they already have. Returns how many were re-queued.
+    /// projectors had not applied are gone from it. Re-publishing from there at start closes that
+    /// hole; projectors skip whatever they already have.
     pub async fn requeue_unprojected(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "INSERT OR IGNORE INTO outbox (transaction_id, idx, wallet_id, payload, committed_at)              SELECT e.transaction_id, e.idx, e.wallet_id, e.payload, c.at FROM events e              JOIN commands c ON c.transaction_id = e.transaction_id              WHERE e.version > MIN(                COALESCE((SELECT version FROM projection_checkpoints p                          WHERE p.projection = 'read-model-projector' AND p.wallet_id = e.wallet_id), 0),                COALESCE((SELECT version FROM projection_checkpoints p                          WHERE p.projection = 'ledger-projector' AND p.wallet_id = e.wallet_id), 0))",
+        let mut writer = self.writer.lock().await;
+        let oldest: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT e.transaction_id, e.idx FROM events e \
+             WHERE e.version > MIN( \
+               COALESCE((SELECT version FROM projection_checkpoints p \
+                         WHERE p.projection = 'read-model-projector' AND p.wallet_id = e.wallet_id), 0), \
+               COALESCE((SELECT version FROM projection_checkpoints p \
+                         WHERE p.projection = 'ledger-projector' AND p.wallet_id = e.wallet_id), 0)) \
+             ORDER BY e.transaction_id, e.idx LIMIT 1",
         )
-        .execute(&self.pool)
+        .fetch_optional(&mut *writer)
         .await
         .map_err(store_error)?;
-        Ok(done.rows_affected())
+        if let Some((transaction, index)) = oldest {
+            sqlx::query(
+                "UPDATE outbox_cursor SET transaction_id = ?1, idx = ?2 WHERE (transaction_id, idx) > (?1, ?2)",
+            )
+            .bind(transaction)
+            .bind(index - 1)
+            .execute(&mut *writer)
+            .await
+            .map_err(store_error)?;
+        }
+        drop(writer);
+        Ok(self.outbox_backlog().await?.0)
     }
 }
 
@@ -85,7 +107,8 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
 
 impl EventStore for SqliteStore {
     async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
-        let mut transaction = self.write().await?;
+        let mut writer = self.writer.lock().await;
+        let mut transaction = writer.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?;
         for chunk in batch.records.chunks(ROWS_PER_STATEMENT) {
             let mut insert: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) ");
@@ -110,8 +133,9 @@ impl EventStore for SqliteStore {
             );
             keys.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
-        // The outbox holds one message per event, in the same order, with its position and its
-        // encoded payload: the event row reuses both instead of encoding again.
+        // One outbox message per event, in the same order, with its position and its encoded
+        // payload: the event rows are the outbox (the relay's cursor walks them), so nothing else is
+        // written per event.
         debug_assert_eq!(batch.events.len(), batch.outbox.len());
         let rows: Vec<_> = batch.events.iter().zip(&batch.outbox).collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -123,18 +147,6 @@ impl EventStore for SqliteStore {
                     .push_bind(event.wallet_id.to_string())
                     .push_bind(int(event.version))
                     .push_bind(message.payload.as_slice());
-            });
-            insert.build().execute(&mut *transaction).await.map_err(store_error)?;
-        }
-        for chunk in batch.outbox.chunks(ROWS_PER_STATEMENT) {
-            let mut insert: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO outbox (transaction_id, idx, wallet_id, payload, committed_at) ");
-            insert.push_values(chunk, |mut row, message| {
-                row.push_bind(int(message.position.transaction_id.0))
-                    .push_bind(i64::from(message.position.index))
-                    .push_bind(message.key.to_string())
-                    .push_bind(message.payload.clone())
-                    .push_bind(int(message.committed_at.unix_micros()));
             });
             insert.build().execute(&mut *transaction).await.map_err(store_error)?;
         }
@@ -156,7 +168,8 @@ impl EventStore for SqliteStore {
     }
 
     async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
-        let mut transaction = self.write().await?;
+        let mut writer = self.writer.lock().await;
+        let mut transaction = writer.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?;
         sqlx::query("INSERT OR REPLACE INTO snapshots (transaction_id, bytes) VALUES (?, ?)")
             .bind(int(snapshot.transaction_id.0))
             .bind(&snapshot.bytes)
@@ -235,7 +248,7 @@ impl EventStore for SqliteStore {
     async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM idempotency_keys WHERE at < ?")
             .bind(int(before.unix_micros()))
-            .execute(&self.pool)
+            .execute(&mut *self.writer.lock().await)
             .await
             .map_err(store_error)?;
         Ok(done.rows_affected())
@@ -248,8 +261,16 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let (transaction, index) = after.map_or((-1, -1), |p| (int(p.transaction_id.0), i64::from(p.index)));
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT transaction_id, idx, wallet_id, payload, committed_at FROM outbox \
-             WHERE (transaction_id, idx) > (?, ?) ORDER BY transaction_id, idx LIMIT ?",
+            // One row comparison against the later of `after` and the cursor, so the scan of the
+            // events' primary key starts there.
+            "WITH start AS ( \
+               SELECT ? AS transaction_id, ? AS idx \
+               UNION ALL SELECT transaction_id, idx FROM outbox_cursor \
+               ORDER BY transaction_id DESC, idx DESC LIMIT 1) \
+             SELECT e.transaction_id, e.idx, e.wallet_id, e.payload, \
+                    (SELECT c.at FROM commands c WHERE c.transaction_id = e.transaction_id) AS committed_at \
+             FROM events e WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM start) \
+             ORDER BY e.transaction_id, e.idx LIMIT ?",
         )
         .bind(transaction)
         .bind(index)
@@ -261,20 +282,29 @@ impl EventStore for SqliteStore {
     }
 
     async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE (transaction_id, idx) <= (?, ?)")
+        sqlx::query("UPDATE outbox_cursor SET transaction_id = ?1, idx = ?2 WHERE (transaction_id, idx) < (?1, ?2)")
             .bind(int(through.transaction_id.0))
             .bind(i64::from(through.index))
-            .execute(&self.pool)
+            .execute(&mut *self.writer.lock().await)
             .await
             .map_err(store_error)?;
         Ok(())
     }
 
     async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS backlog, MIN(committed_at) AS oldest FROM outbox")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(store_error)?;
+        // Commit times never go backwards along the journal: the oldest waiting message is the
+        // first one after the cursor.
+        let row = sqlx::query(
+            "WITH waiting AS ( \
+               SELECT e.transaction_id FROM events e \
+               WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM outbox_cursor)) \
+             SELECT (SELECT COUNT(*) FROM waiting) AS backlog, \
+                    (SELECT c.at FROM commands c WHERE c.transaction_id = (SELECT MIN(transaction_id) FROM waiting)) \
+                    AS oldest",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
         let backlog = uint(row.try_get("backlog").map_err(store_error)?)?;
         let oldest: Option<i64> = row.try_get("oldest").map_err(store_error)?;
         Ok((backlog, oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
@@ -301,7 +331,8 @@ impl ProjectionStore for SqliteStore {
     async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
         let name = projection_name(projection);
         let wallets = ProjectionPlan::wallets(events);
-        let mut transaction = self.write().await?;
+        let mut writer = self.writer.lock().await;
+        let mut transaction = writer.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?;
         let mut checkpoints = std::collections::BTreeMap::new();
         let mut views = std::collections::BTreeMap::new();
         for chunk in wallets.chunks(ROWS_PER_STATEMENT) {
