@@ -44,8 +44,14 @@ pub fn pipeline_config() -> PipelineConfig {
     processor.engine.command_retention_micros = ENGINE_RETENTION_MICROS;
     PipelineConfig {
         processor,
-        relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100 },
-        projector: ProjectorConfig { batch: 64, poll_timeout_ms: 100, retry_backoff_ms: 100, max_held: 10_000 },
+        relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms: 50 },
+        projector: ProjectorConfig {
+            batch: 64,
+            poll_timeout_ms: 100,
+            retry_backoff_ms: 100,
+            max_held: 10_000,
+            linger_ms: 10,
+        },
     }
 }
 

@@ -7,7 +7,10 @@
 //! HDR histograms (open loop measures from each request's scheduled time, so a stall is not hidden),
 //! counts outcomes by status and problem `code` (insufficient funds is an answer, not a failure), and
 //! afterwards checks through the API that the balances add up to the initial balances plus the
-//! acknowledged credits minus the acknowledged debits. `--json` prints one JSON object last.
+//! acknowledged credits minus the acknowledged debits. It also reads the server's own latency
+//! histograms from `/metrics` before and after the run (after the read side settles) and prints
+//! their percentiles for the run alone: commit → broker acknowledgement, projection lag per
+//! projection, group commit time. `--json` prints one JSON object last.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use wallex_benches::{Histograms, bucket_quantile, histogram_delta, parse_histograms};
 
 #[derive(Debug, Parser)]
 #[command(name = "wallex-load", about = "HTTP load generator for Wallex")]
@@ -208,6 +212,40 @@ async fn balance_sum(run: &Run) -> anyhow::Result<i64> {
     Ok(sum)
 }
 
+/// The server's latency histograms (`/metrics`), or none when it does not expose them.
+async fn scrape(run: &Run) -> Histograms {
+    let url = format!("{}/metrics", run.args.url);
+    match run.client.get(url).send().await {
+        Ok(response) => parse_histograms(&response.text().await.unwrap_or_default(), "wallex_"),
+        Err(_) => Histograms::new(),
+    }
+}
+
+/// Sum of a counter's series (every label set) in a Prometheus scrape.
+fn counter_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits (at most 60 s) until the outbox is empty and both projections stopped moving, so the
+/// server-side histograms hold every event of the run.
+async fn until_read_side_settles(run: &Run) {
+    let url = format!("{}/metrics", run.args.url);
+    let mut last = f64::NAN;
+    for _ in 0..300 {
+        let Ok(response) = run.client.get(&url).send().await else { return };
+        let text = response.text().await.unwrap_or_default();
+        let projected = counter_total(&text, "wallex_projected_total");
+        if counter_total(&text, "wallex_outbox_backlog") == 0.0 && projected == last {
+            return;
+        }
+        last = projected;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn percentile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1_000.0
 }
@@ -224,6 +262,8 @@ async fn main() -> anyhow::Result<()> {
     let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros());
     let run = Arc::new(Run { args, client, run_id, tally: Mutex::new(Tally::new()?), sent: AtomicU64::new(0) });
     setup(&run).await?;
+    until_read_side_settles(&run).await;
+    let server_before = scrape(&run).await;
 
     let deadline = run.args.duration.map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let limit = if deadline.is_some() { u64::MAX } else { run.args.operations };
@@ -284,6 +324,8 @@ async fn main() -> anyhow::Result<()> {
         all.add(histogram)?;
     }
     let ops_per_sec = total as f64 / elapsed.as_secs_f64();
+    until_read_side_settles(&run).await;
+    let server = histogram_delta(&server_before, &scrape(&run).await);
 
     // The books must balance: initial + acknowledged credits − acknowledged debits.
     let expected = run.args.initial_balance * i64::try_from(run.args.wallets)? + tally.net;
@@ -306,6 +348,20 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("balances: expected {expected}, found {actual}: {}", if balanced { "ok" } else { "MISMATCH" });
+    // Bucket upper bounds: "p99 ≤ this".
+    let bound_ms = |buckets: &[(f64, u64)], quantile: f64| bucket_quantile(buckets, quantile).map(|s| s * 1_000.0);
+    let shown = |bound: Option<f64>| bound.map_or_else(|| "-".to_owned(), |ms| format!("≤ {ms} ms"));
+    for (series, buckets) in &server {
+        let observations = buckets.last().map_or(0, |&(_, count)| count);
+        if observations > 0 {
+            println!(
+                "  server {series}: {observations} observations, p50 {}, p99 {}, p99.9 {}",
+                shown(bound_ms(buckets, 0.50)),
+                shown(bound_ms(buckets, 0.99)),
+                shown(bound_ms(buckets, 0.999))
+            );
+        }
+    }
     if run.args.json {
         let mut operations = serde_json::Map::new();
         for ((kind, outcome), count) in &tally.outcomes {
@@ -316,6 +372,19 @@ async fn main() -> anyhow::Result<()> {
             json!({"p50": percentile_ms(h, 0.5), "p95": percentile_ms(h, 0.95), "p99": percentile_ms(h, 0.99),
                    "p999": percentile_ms(h, 0.999), "max": h.max() as f64 / 1_000.0})
         };
+        // Server-side latencies of the run (bucket upper bounds; null without observations).
+        let server_json: serde_json::Map<String, Value> = server
+            .iter()
+            .filter(|(_, buckets)| buckets.last().is_some_and(|&(_, count)| count > 0))
+            .map(|(series, buckets)| {
+                let finite = |q| bound_ms(buckets, q).filter(|ms: &f64| ms.is_finite());
+                (
+                    series.clone(),
+                    json!({"count": buckets.last().map_or(0, |b| b.1),
+                    "p50": finite(0.5), "p99": finite(0.99), "p999": finite(0.999)}),
+                )
+            })
+            .collect();
         let per_kind: serde_json::Map<String, Value> =
             tally.latency_us.iter().map(|(k, h)| (k.name().to_owned(), latency(h))).collect();
         println!(
@@ -324,6 +393,7 @@ async fn main() -> anyhow::Result<()> {
                 "ops_per_sec": ops_per_sec, "operations_total": total, "server_errors": server_errors,
                 "transport_errors": transport, "operations": operations, "latency_ms": latency(&all),
                 "latency_ms_by_operation": per_kind, "balances_ok": balanced, "elapsed_s": elapsed.as_secs_f64(),
+                "server_ms": server_json,
             })
         );
     }

@@ -950,11 +950,25 @@ async fn bus_stats<S: EventStore + ProjectionStore>(
     })))
 }
 
+/// Upper bounds of the latency histograms' buckets, in seconds: 0.25 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020, 0.025, 0.030,
+    0.040, 0.050, 0.060, 0.080, 0.100, 0.125, 0.150, 0.200, 0.250, 0.300, 0.400, 0.500, 0.750, 1.0, 2.0, 5.0, 10.0,
+];
+
 /// The process's Prometheus recorder, installed on first use.
 fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        // Latencies are histograms with fixed buckets (not summaries), so a scraper can subtract
+        // two scrapes and read the percentiles of exactly the interval between them.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
+                LATENCY_BUCKETS,
+            )
+            .expect("buckets are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (an embedding application's): then this
         // endpoint shows only what the scrape itself sets.

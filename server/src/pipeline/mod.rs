@@ -73,7 +73,7 @@ impl Pipeline {
         let mut workers = vec![tokio::spawn(relay::run_relay(
             store.clone(),
             bus.clone(),
-            clock,
+            clock.clone(),
             config.relay,
             committed,
             stats.relay.clone(),
@@ -95,6 +95,7 @@ impl Pipeline {
                 projection,
                 store.clone(),
                 bus.clone(),
+                clock.clone(),
                 config.projector,
                 projector_stats,
                 stop.clone(),

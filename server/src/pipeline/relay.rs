@@ -23,11 +23,15 @@ pub struct RelayConfig {
     pub idle_tick_ms: u64,
     /// Pause after a failed publish or store call, in milliseconds.
     pub retry_backoff_ms: u64,
+    /// Most time between two marks of the published position, in milliseconds. Marking is a
+    /// durable write; once per round it doubled the store's transactions. A restart republishes
+    /// what was acknowledged but not yet marked (at most this long's worth), which consumers skip.
+    pub mark_interval_ms: u64,
 }
 
 impl Default for RelayConfig {
     fn default() -> RelayConfig {
-        RelayConfig { batch: 4_096, idle_tick_ms: 250, retry_backoff_ms: 100 }
+        RelayConfig { batch: 4_096, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms: 50 }
     }
 }
 
@@ -53,13 +57,19 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
     // What the store has marked published: behind `cursor` only while a mark failed.
     let mut marked: Option<OutboxPosition> = None;
     let backoff = Duration::from_millis(config.retry_backoff_ms);
+    let mark_interval = Duration::from_millis(config.mark_interval_ms);
+    let mut last_mark = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
+            if let Some(through) = cursor.filter(|_| cursor != marked) {
+                let _ = store.mark_published(through).await;
+            }
             return;
         }
-        if let Some(through) = cursor.filter(|_| cursor != marked) {
-            // A mark that failed is retried even if nothing new is committed, so the backlog the
-            // store reports drains (a restart would otherwise republish these).
+        if let Some(through) = cursor.filter(|_| cursor != marked && last_mark.elapsed() >= mark_interval) {
+            // Also retries a mark that failed, even if nothing new is committed, so the backlog
+            // the store reports drains (a restart would otherwise republish these).
+            last_mark = tokio::time::Instant::now();
             match store.mark_published(through).await {
                 Ok(()) => marked = cursor,
                 Err(error) => tracing::warn!(%error, "relay could not mark messages published"),
@@ -78,7 +88,12 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
                 // Polled in order, not at random: the simulator replays a seed exactly.
                 biased;
                 () = committed.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(config.idle_tick_ms)) => {}
+                // A position still to mark wakes the relay when its interval is up.
+                () = tokio::time::sleep(if cursor == marked {
+                    Duration::from_millis(config.idle_tick_ms)
+                } else {
+                    mark_interval.saturating_sub(last_mark.elapsed())
+                }) => {}
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -112,13 +127,10 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
         if let Some(last) = messages[..prefix].last() {
             stats.published.fetch_add(prefix as u64, Ordering::Relaxed);
             stats.last_ack_latency_us.store(now.saturating_sub(last.committed_at.unix_micros()), Ordering::Relaxed);
-            // Published is published: move on even if marking fails (it is retried next round,
-            // and a restart republishes, which consumers tolerate).
+            // Published is published: move on; the position is marked at the top of a round once
+            // the mark interval is up (a failed mark is retried there, and a restart republishes,
+            // which consumers tolerate).
             cursor = Some(last.position);
-            match store.mark_published(last.position).await {
-                Ok(()) => marked = cursor,
-                Err(error) => tracing::warn!(%error, "relay could not mark messages published"),
-            }
         }
         #[cfg(madsim)]
         if planted(Bug::OutboxCursorSkips) {
