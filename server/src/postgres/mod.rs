@@ -1,8 +1,8 @@
 //! The production store on PostgreSQL (sqlx). Schema: `migrations/postgres/`.
 //!
-//! A group commit is one transaction of three statements whatever the batch size: records,
-//! idempotency keys and events are each inserted with one `INSERT … SELECT FROM UNNEST(arrays)`, so
-//! the cost per command is a few array elements, not a round trip. The events are the outbox: the
+//! A group commit is one statement whatever the batch size: records, idempotency keys and events
+//! are each inserted by an `INSERT … SELECT FROM UNNEST(arrays)` in data-modifying CTEs, so the cost
+//! per command is a few array elements, and per batch one round trip. The events are the outbox: the
 //! relay's cursor (`outbox_cursor`, one row) marks what is published.
 //!
 //! Lookups by a list of keys join `UNNEST($n)` rather than test `= ANY($n)`: sqlx prepares every
@@ -100,56 +100,48 @@ fn event_from(payload: &[u8]) -> Result<Event, StoreError> {
 
 impl EventStore for PostgresStore {
     async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
-        let mut transaction = self.pool.begin().await.map_err(store_error)?;
+        // One statement, so one round trip and its own transaction: the commands, their keys and
+        // their events go in through data-modifying CTEs, all or nothing (the foreign keys are
+        // checked at the end of the statement, when every row is there). Five round trips
+        // (BEGIN, three INSERTs, COMMIT) cost the single writer more than the inserts themselves.
         let records = &batch.records;
-        sqlx::query(
-            "INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[])",
-        )
-        .bind(records.iter().map(|r| int(r.transaction_id.0)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| id_bytes(r.command_id.0)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| id_bytes(r.fingerprint.0)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| int(r.at.unix_micros())).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.result.err().map(Rejection::code)).collect::<Vec<_>>())
-        .execute(&mut *transaction)
-        .await
-        .map_err(store_error)?;
-        // The key is live again for this command, replacing an expired one of the same id.
-        sqlx::query(
-            "INSERT INTO idempotency_keys (command_id, transaction_id, at) \
-             SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[]) \
-             ON CONFLICT (command_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id, at = EXCLUDED.at",
-        )
-        .bind(records.iter().map(|r| id_bytes(r.command_id.0)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| int(r.transaction_id.0)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| int(r.at.unix_micros())).collect::<Vec<_>>())
-        .execute(&mut *transaction)
-        .await
-        .map_err(store_error)?;
         // One outbox message per event, in the same order, with its position and its encoded
         // payload: the event rows are the outbox (the relay's cursor walks them), so nothing else is
         // written per event.
         let events = &batch.events;
         let outbox = &batch.outbox;
         debug_assert_eq!(events.len(), outbox.len());
-        let transaction_ids: Vec<i64> = outbox.iter().map(|m| int(m.position.transaction_id.0)).collect();
-        let indexes: Vec<i32> =
-            outbox.iter().map(|m| i32::try_from(m.position.index).expect("few events per transaction")).collect();
-        let wallet_ids: Vec<String> = outbox.iter().map(|m| m.key.to_string()).collect();
-        let payloads: Vec<&[u8]> = outbox.iter().map(|m| m.payload.as_slice()).collect();
         sqlx::query(
-            "INSERT INTO events (transaction_id, idx, wallet_id, version, payload) \
-             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::bytea[])",
+            "WITH recorded AS ( \
+               INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) \
+               SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[])), \
+             keyed AS ( \
+               INSERT INTO idempotency_keys (command_id, transaction_id, at) \
+               SELECT * FROM UNNEST($2::bytea[], $1::bigint[], $4::bigint[]) \
+               ON CONFLICT (command_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id, at = EXCLUDED.at) \
+             INSERT INTO events (transaction_id, idx, wallet_id, version, payload) \
+             SELECT * FROM UNNEST($6::bigint[], $7::int[], $8::text[], $9::bigint[], $10::bytea[])",
         )
-        .bind(&transaction_ids)
-        .bind(&indexes)
-        .bind(&wallet_ids)
+        // The key is live again for this command, replacing an expired one of the same id.
+        .bind(records.iter().map(|r| int(r.transaction_id.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| id_bytes(r.command_id.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| id_bytes(r.fingerprint.0)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| int(r.at.unix_micros())).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.result.err().map(Rejection::code)).collect::<Vec<_>>())
+        .bind(outbox.iter().map(|m| int(m.position.transaction_id.0)).collect::<Vec<_>>())
+        .bind(
+            outbox
+                .iter()
+                .map(|m| i32::try_from(m.position.index).expect("few events per transaction"))
+                .collect::<Vec<_>>(),
+        )
+        .bind(outbox.iter().map(|m| m.key.to_string()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| int(e.version)).collect::<Vec<_>>())
-        .bind(&payloads)
-        .execute(&mut *transaction)
+        .bind(outbox.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>())
+        .execute(&self.pool)
         .await
         .map_err(store_error)?;
-        transaction.commit().await.map_err(store_error)
+        Ok(())
     }
 
     async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
