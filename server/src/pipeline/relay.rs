@@ -115,7 +115,11 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
             let _ = bus.publish(&outgoing).await;
             continue;
         }
+        // How long the bus takes to acknowledge one round: with rounds back to back, most of the
+        // commit → acknowledgement latency.
+        let publish_started = tokio::time::Instant::now();
         let acknowledged = bus.publish(&outgoing).await;
+        metrics::histogram!("wallex_relay_publish_seconds").record(publish_started.elapsed().as_secs_f64());
         let prefix = acknowledged.iter().take_while(|ack| ack.is_ok()).count();
         let now = clock.now().unix_micros();
         for message in &messages[..prefix] {
