@@ -162,3 +162,26 @@ impl OutboxRow {
         })
     }
 }
+
+/// How many events wait after the relay's cursor, and the commit time of the first of them; the
+/// same text on both SQL stores. Commit times never go backwards along the journal, so the first
+/// waiting message is the oldest.
+pub(crate) const OUTBOX_BACKLOG: &str = "WITH waiting AS ( \
+       SELECT e.transaction_id FROM events e \
+       WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM outbox_cursor)) \
+     SELECT (SELECT COUNT(*) FROM waiting) AS backlog, \
+            (SELECT c.at FROM commands c WHERE c.transaction_id = (SELECT MIN(transaction_id) FROM waiting)) \
+            AS oldest";
+
+/// A row of [`OUTBOX_BACKLOG`].
+#[derive(sqlx::FromRow)]
+pub(crate) struct BacklogRow {
+    pub backlog: i64,
+    pub oldest: Option<i64>,
+}
+
+impl BacklogRow {
+    pub(crate) fn into_backlog(self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        Ok((uint(self.backlog)?, self.oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
+    }
+}

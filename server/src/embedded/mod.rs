@@ -21,7 +21,8 @@ use crate::ports::{
     ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
 use crate::sql::{
-    EntryRow, OutboxRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int, store_error, uint,
+    BacklogRow, EntryRow, OUTBOX_BACKLOG, OutboxRow, RecordRow, WalletRow, corrupt, direction_name, id_bytes, int,
+    store_error, uint,
 };
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound parameters per statement).
@@ -292,22 +293,8 @@ impl EventStore for SqliteStore {
     }
 
     async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
-        // Commit times never go backwards along the journal: the oldest waiting message is the
-        // first one after the cursor.
-        let row = sqlx::query(
-            "WITH waiting AS ( \
-               SELECT e.transaction_id FROM events e \
-               WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM outbox_cursor)) \
-             SELECT (SELECT COUNT(*) FROM waiting) AS backlog, \
-                    (SELECT c.at FROM commands c WHERE c.transaction_id = (SELECT MIN(transaction_id) FROM waiting)) \
-                    AS oldest",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let backlog = uint(row.try_get("backlog").map_err(store_error)?)?;
-        let oldest: Option<i64> = row.try_get("oldest").map_err(store_error)?;
-        Ok((backlog, oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
+        let row: BacklogRow = sqlx::query_as(OUTBOX_BACKLOG).fetch_one(&self.pool).await.map_err(store_error)?;
+        row.into_backlog()
     }
 
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
