@@ -31,8 +31,12 @@ impl Clock for SimClock {
 }
 
 /// The pipeline's configuration in the simulator: small pages and frequent snapshots, so recovery
-/// paths run often.
+/// paths run often; the relay's and projectors' pacing as the seed's swarm drew it.
 pub fn pipeline_config() -> PipelineConfig {
+    let (mark_interval_ms, linger_ms) = {
+        let world = world();
+        (world.swarm.relay_mark_interval_ms, world.swarm.projector_linger_ms)
+    };
     let mut processor = ProcessorConfig {
         max_batch: 64,
         snapshot_every_events: 40,
@@ -44,13 +48,13 @@ pub fn pipeline_config() -> PipelineConfig {
     processor.engine.command_retention_micros = ENGINE_RETENTION_MICROS;
     PipelineConfig {
         processor,
-        relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms: 50 },
+        relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms },
         projector: ProjectorConfig {
             batch: 64,
             poll_timeout_ms: 100,
             retry_backoff_ms: 100,
             max_held: 10_000,
-            linger_ms: 10,
+            linger_ms,
         },
     }
 }

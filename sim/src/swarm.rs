@@ -88,6 +88,10 @@ pub struct Swarm {
     pub disruptions: Vec<Disruption>,
     /// Mean pause between discrete faults.
     pub disruption_interval_ms: u64,
+    /// The relay's `mark_interval_ms`: how much a restart may republish.
+    pub relay_mark_interval_ms: u64,
+    /// The projectors' `linger_ms`: how far apart their transactions start.
+    pub projector_linger_ms: u64,
 }
 
 impl Swarm {
@@ -105,6 +109,8 @@ impl Swarm {
             produce_duplicate_permille: 0,
             disruptions: Vec::new(),
             disruption_interval_ms: rng.gen_range(300..=2_500),
+            relay_mark_interval_ms: 0,
+            projector_linger_ms: 0,
         };
         let on = |rng: &mut madsim::rand::GlobalRng| profile != Profile::Swarm || rng.gen_bool(0.5);
         let rate = |rng: &mut madsim::rand::GlobalRng, max: u32| rng.gen_range(1..=max);
@@ -158,6 +164,9 @@ impl Swarm {
                 swarm.disruptions.push(*disruption);
             }
         }
+        // Pacing knobs, drawn last so the draws above stay what they were for every seed.
+        swarm.relay_mark_interval_ms = [0, 10, 50, 250][rng.gen_range(0..4)];
+        swarm.projector_linger_ms = [0, 10, 50][rng.gen_range(0..3)];
         swarm
     }
 
@@ -165,7 +174,8 @@ impl Swarm {
     pub fn describe(&self) -> String {
         format!(
             "clients={} wallets={} fault_phase_ms={} think_ms={} request_loss‰={:?} response_loss‰={:?} \
-             ambiguous_commit‰={} produce_duplicate‰={} disruptions={:?} every~{}ms",
+             ambiguous_commit‰={} produce_duplicate‰={} disruptions={:?} every~{}ms relay_mark_ms={} \
+             projector_linger_ms={}",
             self.clients,
             self.wallets,
             self.fault_phase_ms,
@@ -175,7 +185,9 @@ impl Swarm {
             self.ambiguous_commit_permille,
             self.produce_duplicate_permille,
             self.disruptions,
-            self.disruption_interval_ms
+            self.disruption_interval_ms,
+            self.relay_mark_interval_ms,
+            self.projector_linger_ms
         )
     }
 }
