@@ -99,7 +99,8 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
             tokio::select! {
                 // Polled in order, not at random: the simulator replays a seed exactly.
                 biased;
-                _ = shutdown.changed() => continue,
+                // Stopping: go on to the poll, which returns, and the loop's check ends it.
+                _ = shutdown.changed() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
