@@ -212,15 +212,6 @@ async fn balance_sum(run: &Run) -> anyhow::Result<i64> {
     Ok(sum)
 }
 
-/// The server's latency histograms (`/metrics`), or none when it does not expose them.
-async fn scrape(run: &Run) -> Histograms {
-    let url = format!("{}/metrics", run.args.url);
-    match run.client.get(url).send().await {
-        Ok(response) => parse_histograms(&response.text().await.unwrap_or_default(), "wallex_"),
-        Err(_) => Histograms::new(),
-    }
-}
-
 /// Sum of a counter's series (every label set) in a Prometheus scrape.
 fn counter_total(text: &str, name: &str) -> f64 {
     text.lines()
@@ -229,21 +220,24 @@ fn counter_total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Waits (at most 60 s) until the outbox is empty and both projections stopped moving, so the
-/// server-side histograms hold every event of the run.
-async fn until_read_side_settles(run: &Run) {
+/// Waits (at most 60 s) until the outbox is empty and both projections stopped moving, then returns
+/// the server's latency histograms from that last scrape of `/metrics` (none when it has none), so
+/// they hold every event committed so far.
+async fn settled_histograms(run: &Run) -> Histograms {
     let url = format!("{}/metrics", run.args.url);
     let mut last = f64::NAN;
+    let mut text = String::new();
     for _ in 0..300 {
-        let Ok(response) = run.client.get(&url).send().await else { return };
-        let text = response.text().await.unwrap_or_default();
+        let Ok(response) = run.client.get(&url).send().await else { break };
+        text = response.text().await.unwrap_or_default();
         let projected = counter_total(&text, "wallex_projected_total");
         if counter_total(&text, "wallex_outbox_backlog") == 0.0 && projected == last {
-            return;
+            break;
         }
         last = projected;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    parse_histograms(&text, "wallex_")
 }
 
 fn percentile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
@@ -262,8 +256,7 @@ async fn main() -> anyhow::Result<()> {
     let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros());
     let run = Arc::new(Run { args, client, run_id, tally: Mutex::new(Tally::new()?), sent: AtomicU64::new(0) });
     setup(&run).await?;
-    until_read_side_settles(&run).await;
-    let server_before = scrape(&run).await;
+    let server_before = settled_histograms(&run).await;
 
     let deadline = run.args.duration.map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let limit = if deadline.is_some() { u64::MAX } else { run.args.operations };
@@ -324,8 +317,7 @@ async fn main() -> anyhow::Result<()> {
         all.add(histogram)?;
     }
     let ops_per_sec = total as f64 / elapsed.as_secs_f64();
-    until_read_side_settles(&run).await;
-    let server = histogram_delta(&server_before, &scrape(&run).await);
+    let server = histogram_delta(&server_before, &settled_histograms(&run).await);
 
     // The books must balance: initial + acknowledged credits − acknowledged debits.
     let expected = run.args.initial_balance * i64::try_from(run.args.wallets)? + tally.net;
