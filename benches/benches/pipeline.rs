@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wallex_benches::{create_wallets, mix};
 use wallex_engine::{Config, Ledger, Outcome, Timestamp};
-use wallex_server::SystemClock;
-use wallex_server::memory::{InProcessBus, MemoryStore};
-use wallex_server::pipeline::{Pipeline, PipelineConfig, Reply};
-use wallex_server::ports::{Projection, ProjectionStore};
+use wallex_pipeline::SystemClock;
+use wallex_pipeline::bus::InProcessBus;
+use wallex_pipeline::ports::{Projection, ProjectionStore};
+use wallex_pipeline::{Pipeline, PipelineConfig, Reply};
+use wallex_testkit::memory::MemoryStore;
 
 const WALLETS: usize = 10_000;
 const SUBMITTERS: usize = 64;

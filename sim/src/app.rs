@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use madsim::net::Endpoint;
 use wallex_engine::{Command, Timestamp};
-use wallex_server::pipeline::{Pipeline, PipelineConfig, ProcessorConfig, ProjectorConfig, RecoveryError, RelayConfig};
-use wallex_server::ports::Clock;
+use wallex_pipeline::ports::Clock;
+use wallex_pipeline::{
+    Pipeline, PipelineConfig, ProjectorConfig, RecoveryError, RelayConfig, StartError, WriterConfig,
+};
 
 use crate::broker::SimBus;
 use crate::rpc::{self, APP_SERVICE};
@@ -37,17 +39,17 @@ pub fn pipeline_config() -> PipelineConfig {
         let world = world();
         (world.swarm.relay_mark_interval_ms, world.swarm.projector_linger_ms)
     };
-    let mut processor = ProcessorConfig {
+    let mut writer = WriterConfig {
         max_batch: 64,
         snapshot_every_events: 40,
         journal_page: 32,
         retry_backoff_ms: 50,
         idempotency_cleanup_interval_ms: 3_000,
-        ..ProcessorConfig::default()
+        ..WriterConfig::default()
     };
-    processor.engine.command_retention_micros = ENGINE_RETENTION_MICROS;
+    writer.engine.command_retention_micros = ENGINE_RETENTION_MICROS;
     PipelineConfig {
-        processor,
+        writer,
         relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms },
         projector: ProjectorConfig {
             batch: 64,
@@ -66,11 +68,12 @@ pub async fn run_node() {
     let pipeline = loop {
         match Pipeline::start(store.clone(), bus.clone(), SimClock, pipeline_config()).await {
             Ok(pipeline) => break pipeline,
-            Err(RecoveryError::Store(error)) => {
+            Err(StartError::Recovery(RecoveryError::Store(error))) => {
                 world().note(format_args!("app recovery failed: {error}; retrying"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(RecoveryError::Corrupt(reason)) => panic!("the app cannot recover: {reason}"),
+            Err(StartError::Recovery(RecoveryError::Corrupt(reason))) => panic!("the app cannot recover: {reason}"),
+            Err(StartError::Config(error)) => panic!("the simulator's configuration is refused: {error}"),
         }
     };
     world().note(format_args!("app up"));

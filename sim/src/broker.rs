@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use madsim::net::Endpoint;
 use madsim::rand::{Rng, thread_rng};
-use wallex_server::memory::{InProcessBus, PARTITIONS};
-use wallex_server::ports::{Bus, BusError, BusMessage, Consumer, Delivery};
+use wallex_pipeline::bus::{InProcessBus, PARTITIONS};
+use wallex_pipeline::ports::{Bus, BusError, BusMessage, Consumer, Delivery};
 
 use crate::rpc::{self, BROKER_SERVICE};
 use crate::swarm::Link;

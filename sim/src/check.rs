@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use wallex_engine::auditor::{Auditor, Expected};
 use wallex_engine::{Account, Command, CommandId, CommandKind, Currency, EventKind, Ledger, TransactionId, WalletId};
-use wallex_server::pipeline::codec::decode_event;
-use wallex_server::pipeline::processor::SYSTEM_COMMAND_TAG;
-use wallex_server::ports::{EventStore, JournalEntry, LedgerEntry, Projection, WalletView};
+use wallex_pipeline::codec::decode_event;
+use wallex_pipeline::ports::{EventStore, JournalEntry, LedgerEntry, Projection, WalletView};
+use wallex_pipeline::writer::SYSTEM_COMMAND_TAG;
 
 use crate::workload::{Attempt, Operation};
 use crate::world::{World, lock};

@@ -323,7 +323,7 @@ fn conformance() -> ExitCode {
             let app = handle.create_node().name("app").ip(crate::rpc::app_addr().ip()).build();
             app.spawn(async {
                 let endpoint = madsim::net::Endpoint::bind(crate::rpc::app_addr()).await.expect("a free address");
-                wallex_server::conformance::run(crate::store::SimStore::new(std::sync::Arc::new(endpoint))).await;
+                wallex_testkit::conformance::run(crate::store::SimStore::new(std::sync::Arc::new(endpoint))).await;
             })
             .await
             .expect("the suite runs to the end");

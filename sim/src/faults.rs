@@ -11,7 +11,7 @@ use madsim::net::NetSim;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
-use wallex_server::ports::Projection;
+use wallex_pipeline::ports::Projection;
 
 use crate::swarm::Disruption;
 use crate::world::{lock, world};

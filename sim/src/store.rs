@@ -15,11 +15,11 @@ use madsim::net::Endpoint;
 use madsim::rand::{Rng, thread_rng};
 use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
-use wallex_server::memory::ReadSide;
-use wallex_server::ports::{
+use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
     ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
+use wallex_testkit::memory::ReadSide;
 
 use crate::rpc::{self, RpcError, STORE_SERVICE};
 use crate::swarm::Link;

@@ -15,7 +15,7 @@ use wallex_engine::{
     Amount, Command, CommandId, CommandKind, CommandRecord, Currency, Description, Event, HoldId, OwnerId, Timestamp,
     WalletId,
 };
-use wallex_server::pipeline::Reply;
+use wallex_pipeline::Reply;
 
 use crate::rpc::{self, APP_SERVICE};
 use crate::swarm::Link;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use madsim::rand::{Rng, thread_rng};
 use wallex_engine::Timestamp;
 use wallex_engine::planted::Bug;
-use wallex_server::memory::MemoryStore;
+use wallex_testkit::memory::MemoryStore;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::broker::BrokerDisk;

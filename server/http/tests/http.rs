@@ -1,0 +1,401 @@
+//! The REST API through the axum `Router` (`oneshot`), on the in-memory store and bus.
+//!
+//! Covers the original routes and bodies, exact amounts in and out, the idempotency matrix
+//! (replay, other body, concurrent same key), holds, history, pagination, and that bad input of
+//! every kind is a 4xx problem+json that changes nothing (never a 5xx).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use wallex_http::{AppState, router};
+use wallex_pipeline::SystemClock;
+use wallex_pipeline::bus::InProcessBus;
+use wallex_pipeline::{Pipeline, PipelineConfig};
+use wallex_testkit::memory::MemoryStore;
+
+struct Api {
+    router: axum::Router,
+    _pipeline: Pipeline,
+}
+
+async fn api() -> Api {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let state =
+        Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process").with_bus(bus));
+    Api { router: router(state), _pipeline: pipeline }
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    replayed: bool,
+    body: Value,
+}
+
+impl Api {
+    async fn call(&self, method: &str, uri: &str, key: Option<&str>, body: Option<&str>) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request.body(Body::from(body.unwrap_or_default().to_owned())).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            content_type: headers.get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default(),
+            replayed: headers.get("idempotent-replayed").is_some(),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Answer {
+        self.call("POST", uri, None, Some(&body.to_string())).await
+    }
+
+    async fn get(&self, uri: &str) -> Answer {
+        self.call("GET", uri, None, None).await
+    }
+
+    /// Waits (bounded) until the read model shows `wallet` at `version`.
+    async fn projected(&self, wallet: &str, version: u64) -> Value {
+        for _ in 0..300 {
+            let answer = self.get(&format!("/wallets/{wallet}")).await;
+            if answer.status == StatusCode::OK && answer.body["version"] == version {
+                return answer.body;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{wallet} never reached version {version} in the read model");
+    }
+}
+
+fn problem(answer: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(answer.status, status, "{:?}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.body["code"], code, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], status.as_u16());
+}
+
+#[tokio::test]
+async fn the_original_routes_move_money_exactly() {
+    let api = api().await;
+    let created =
+        api.post("/wallets", json!({"walletId": "wallet-123", "ownerId": "user-456", "initialBalance": 100.00})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["balance"], "100.00");
+    assert_eq!(created.body["currency"], "USD", "USD by default");
+    api.post("/wallets", json!({"walletId": "wallet-789", "ownerId": "user-1"})).await;
+
+    let credit =
+        api.post("/wallets/wallet-123/credit", json!({"amount": 50.10, "description": "Deposit from bank"})).await;
+    assert_eq!(credit.status, StatusCode::OK, "{:?}", credit.body);
+    assert_eq!(credit.body["events"][0]["balanceAfter"], "150.10");
+    let debit =
+        api.post("/wallets/wallet-123/debit", json!({"amount": "30.05", "description": "ATM withdrawal"})).await;
+    assert_eq!(debit.body["events"][0]["balanceAfter"], "120.05");
+    let transfer = api
+        .post(
+            "/wallets/wallet-123/transfer",
+            json!({"toWalletId": "wallet-789", "amount": 25, "description": "Payment"}),
+        )
+        .await;
+    assert_eq!(transfer.status, StatusCode::OK, "{:?}", transfer.body);
+    assert_eq!(transfer.body["events"].as_array().unwrap().len(), 2);
+
+    let wallet = api.projected("wallet-123", 4).await;
+    assert_eq!((wallet["balance"].as_str(), wallet["ownerId"].as_str()), (Some("95.05"), Some("user-456")));
+    assert_eq!(api.projected("wallet-789", 2).await["balance"], "25.00");
+    let strong = api.get("/wallets/wallet-123?consistency=strong").await;
+    assert_eq!(strong.body["balance"], "95.05");
+
+    // The ledger: newest first, exact decimal strings, one entry per posting.
+    for _ in 0..300 {
+        if api.get("/ledger/wallet/wallet-123").await.body["items"].as_array().unwrap().len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ledger = api.get("/ledger/wallet/wallet-123").await;
+    let items = ledger.body["items"].as_array().unwrap();
+    let kinds: Vec<_> = items.iter().map(|e| (e["type"].as_str().unwrap(), e["direction"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds,
+        [("transfer_sent", "debit"), ("debited", "debit"), ("credited", "credit"), ("wallet_created", "credit")]
+    );
+    assert_eq!(items[0]["amount"], "25.00");
+    assert_eq!(items[0]["balanceAfter"], "95.05");
+    assert_eq!(items[0]["counterparty"], "wallet-789");
+    let page = api.get("/ledger/wallet/wallet-123?limit=2").await;
+    assert_eq!(page.body["items"].as_array().unwrap().len(), 2);
+    let next = page.body["nextCursor"].as_str().unwrap().to_owned();
+    let rest = api.get(&format!("/ledger/wallet/wallet-123?limit=2&cursor={next}")).await;
+    assert_eq!(rest.body["items"][0]["type"], "credited", "the cursor continues where the page ended");
+    let credits = api.get("/ledger/wallet/wallet-123?type=credited").await;
+    assert_eq!(credits.body["items"].as_array().unwrap().len(), 1);
+
+    // History and balance at a past version.
+    let events = api.get("/wallets/wallet-123/events").await;
+    assert_eq!(events.body["items"].as_array().unwrap().len(), 4);
+    let past = api.get("/wallets/wallet-123/balance?version=2").await;
+    assert_eq!(past.body["balance"], "150.10");
+    problem(&api.get("/wallets/wallet-123/balance?version=99").await, StatusCode::NOT_FOUND, "version_not_found");
+
+    let list = api.get("/wallets?ownerId=user-456").await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    let first = api.get("/wallets?limit=1").await;
+    assert_eq!(first.body["nextCursor"], "wallet-123");
+    let second = api.get("/wallets?limit=1&cursor=wallet-123").await;
+    assert_eq!(second.body["items"][0]["walletId"], "wallet-789");
+}
+
+#[tokio::test]
+async fn rejections_are_problems_with_stable_codes() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "a", "ownerId": "o", "initialBalance": "10"})).await;
+    api.post("/wallets", json!({"walletId": "yen", "ownerId": "o", "currency": "JPY"})).await;
+    problem(
+        &api.post("/wallets/a/debit", json!({"amount": "10.01"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    );
+    problem(&api.post("/wallets/ghost/debit", json!({"amount": 1})).await, StatusCode::NOT_FOUND, "wallet_not_found");
+    problem(
+        &api.post("/wallets", json!({"walletId": "a", "ownerId": "o"})).await,
+        StatusCode::CONFLICT,
+        "wallet_exists",
+    );
+    problem(
+        &api.post("/wallets/a/transfer", json!({"toWalletId": "a", "amount": 1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "same_wallet_transfer",
+    );
+    problem(
+        &api.post("/wallets/a/transfer", json!({"toWalletId": "yen", "amount": 1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "currency_mismatch",
+    );
+    problem(
+        &api.post("/wallets/a/transfer", json!({"toWalletId": "zzz", "amount": 1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "destination_wallet_not_found",
+    );
+    let strong = api.get("/wallets/a?consistency=strong").await;
+    assert_eq!(strong.body["balance"], "10.00", "nothing changed");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_problem_that_changes_nothing() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "a", "ownerId": "o", "initialBalance": 5})).await;
+    let cases: Vec<(&str, &str, StatusCode, &str)> = vec![
+        ("/wallets/a/credit", "{not json", StatusCode::BAD_REQUEST, "malformed_json"),
+        ("/wallets/a/credit", r#"{"amount": 1, "extra": true}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        ("/wallets/a/credit", r#"{"amount": true}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"description": "no amount"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        ("/wallets/a/credit", r#"{"amount": 0.001}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": 1e3}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": -5}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": 0}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": "12abc"}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        (
+            "/wallets/a/credit",
+            r#"{"amount": 99999999999999999999999999999}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        ),
+        ("/wallets/a/credit", r#"{"amount": 1, "currency": "XYZ"}"#, StatusCode::BAD_REQUEST, "unknown_currency"),
+        ("/wallets/bad%20id/credit", r#"{"amount": 1}"#, StatusCode::BAD_REQUEST, "invalid_id"),
+        ("/wallets", r#"{"walletId": "", "ownerId": "o"}"#, StatusCode::BAD_REQUEST, "invalid_id"),
+        (
+            "/wallets",
+            r#"{"walletId": "x", "ownerId": "o", "initialBalance": 1.5, "currency": "JPY"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        ),
+        ("/wallets", r#"[]"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+    ];
+    for (uri, body, status, code) in cases {
+        let answer = api.call("POST", uri, None, Some(body)).await;
+        assert_eq!(
+            (answer.status, answer.body["code"].as_str()),
+            (status, Some(code)),
+            "{uri} {body}: {:?}",
+            answer.body
+        );
+        assert_eq!(answer.content_type, "application/problem+json");
+    }
+    let huge = format!(r#"{{"amount": 1, "description": "{}"}}"#, "x".repeat(70_000));
+    problem(
+        &api.call("POST", "/wallets/a/credit", None, Some(&huge)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let no_type = api
+        .router
+        .clone()
+        .oneshot(Request::post("/wallets/a/credit").body(Body::from(r#"{"amount":1}"#)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(no_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    problem(&api.get("/nope").await, StatusCode::NOT_FOUND, "route_not_found");
+    problem(&api.get("/wallets?limit=0").await, StatusCode::BAD_REQUEST, "invalid_limit");
+    problem(&api.get("/wallets/a?consistency=sometimes").await, StatusCode::BAD_REQUEST, "invalid_query");
+    let key = "k".repeat(300);
+    problem(
+        &api.call("POST", "/wallets/a/credit", Some(&key), Some(r#"{"amount":1}"#)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+    );
+    assert_eq!(api.get("/wallets/a?consistency=strong").await.body["balance"], "5.00", "nothing changed");
+}
+
+#[tokio::test]
+async fn the_idempotency_matrix() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "a", "ownerId": "o", "initialBalance": 100})).await;
+    let body = r#"{"amount": "10.00"}"#;
+    let first = api.call("POST", "/wallets/a/debit", Some("key-1"), Some(body)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(!first.replayed);
+    // Replay: the original status and body, flagged.
+    let replay = api.call("POST", "/wallets/a/debit", Some("key-1"), Some(body)).await;
+    assert_eq!((replay.status, &replay.body), (first.status, &first.body));
+    assert!(replay.replayed);
+    // Same key, other body: 422, nothing changes.
+    let other = api.call("POST", "/wallets/a/debit", Some("key-1"), Some(r#"{"amount": "11.00"}"#)).await;
+    problem(&other, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    // A rejection is replayed too, even after funds arrive.
+    let refused = api.call("POST", "/wallets/a/debit", Some("key-2"), Some(r#"{"amount": 500}"#)).await;
+    problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds");
+    api.post("/wallets/a/credit", json!({"amount": 1000})).await;
+    let again = api.call("POST", "/wallets/a/debit", Some("key-2"), Some(r#"{"amount": 500}"#)).await;
+    assert_eq!((again.status, &again.body), (refused.status, &refused.body));
+    assert!(again.replayed);
+    // Creation replays as 201.
+    let create = r#"{"walletId": "b", "ownerId": "o"}"#;
+    let made = api.call("POST", "/wallets", Some("key-3"), Some(create)).await;
+    let remade = api.call("POST", "/wallets", Some("key-3"), Some(create)).await;
+    assert_eq!((made.status, remade.status), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(made.body, remade.body);
+
+    // Concurrent requests with one key: exactly one effect; the others replay or see 409.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let router = api.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let request = Request::post("/wallets/a/credit")
+                .header("content-type", "application/json")
+                .header("idempotency-key", "key-concurrent")
+                .body(Body::from(r#"{"amount": "1.00"}"#))
+                .unwrap();
+            router.oneshot(request).await.unwrap().status()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::CONFLICT), "{statuses:?}");
+    assert!(statuses.contains(&StatusCode::OK));
+    let balance = api.get("/wallets/a?consistency=strong").await.body["balance"].clone();
+    assert_eq!(balance, "1091.00", "100 - 10 + 1000 + exactly one 1.00");
+}
+
+#[tokio::test]
+async fn holds_reserve_capture_and_void() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "guest", "ownerId": "o", "initialBalance": 300})).await;
+    api.post("/wallets", json!({"walletId": "hotel", "ownerId": "o"})).await;
+    let placed = api
+        .post("/wallets/guest/holds", json!({"holdId": "h1", "amount": "200", "expiresAt": "2999-01-01T00:00:00Z"}))
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{:?}", placed.body);
+    assert_eq!(placed.body["holdId"], "h1");
+    problem(
+        &api.post("/wallets/guest/debit", json!({"amount": 150})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    );
+    let hold = api.get("/holds/h1").await;
+    assert_eq!((hold.body["status"].as_str(), hold.body["amount"].as_str()), (Some("active"), Some("200.00")));
+    let captured = api.post("/holds/h1/capture", json!({"amount": "120.50", "toWalletId": "hotel"})).await;
+    assert_eq!(captured.status, StatusCode::OK, "{:?}", captured.body);
+    assert_eq!(api.get("/holds/h1").await.body["capturedAmount"], "120.50");
+    problem(&api.post("/holds/h1/void", json!({})).await, StatusCode::CONFLICT, "hold_not_active");
+    let strong = api.get("/wallets/guest?consistency=strong").await;
+    assert_eq!((strong.body["balance"].as_str(), strong.body["heldBalance"].as_str()), (Some("179.50"), Some("0.00")));
+    assert_eq!(api.get("/wallets/hotel?consistency=strong").await.body["balance"], "120.50");
+
+    let second = api.post("/wallets/guest/holds", json!({"amount": 50})).await;
+    let hold_id = second.body["holdId"].as_str().unwrap().to_owned();
+    let voided = api.call("POST", &format!("/holds/{hold_id}/void"), None, None).await;
+    assert_eq!(voided.status, StatusCode::OK, "{:?}", voided.body);
+    problem(&api.get("/holds/nope").await, StatusCode::NOT_FOUND, "hold_not_found");
+    problem(
+        &api.post("/wallets/guest/holds", json!({"amount": 1, "expiresAt": "2000-01-01T00:00:00Z"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_expiry",
+    );
+}
+
+#[tokio::test]
+async fn health_answers_with_outbox_and_consumer_figures() {
+    let api = api().await;
+    assert_eq!(api.get("/health").await.body["status"], "ok");
+    assert_eq!(api.get("/health/kafka").await.body["status"], "healthy");
+    api.post("/wallets", json!({"walletId": "a", "ownerId": "o", "initialBalance": 1})).await;
+    api.projected("a", 1).await;
+    let stats = api.get("/health/kafka/stats").await;
+    assert_eq!(stats.status, StatusCode::OK);
+    assert!(stats.body["outbox"]["backlog"].is_u64());
+    assert!(stats.body["consumers"]["read-model-projector"]["projected"].as_u64().unwrap() >= 1);
+    assert!(stats.body["consumers"]["ledger-projector"]["lag"].is_u64(), "{:?}", stats.body);
+    assert_eq!(stats.body["dlq"]["count"], 0);
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text() {
+    let api = api().await;
+    wallex_http::install_metrics();
+    api.post("/wallets", json!({"walletId": "m", "ownerId": "o", "initialBalance": 1})).await;
+    api.projected("m", 1).await;
+    let response = api.router.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for name in
+        ["wallex_commands_total", "wallex_group_commit_seconds", "wallex_outbox_backlog", "wallex_projected_total"]
+    {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let api = api().await;
+    let document = api.get("/openapi.json").await;
+    assert_eq!(document.status, StatusCode::OK);
+    let paths = document.body["paths"].as_object().unwrap();
+    for path in [
+        "/wallets",
+        "/wallets/{id}",
+        "/wallets/{id}/credit",
+        "/wallets/{id}/transfer",
+        "/holds/{id}/capture",
+        "/ledger/wallet/{id}",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    assert!(document.body["components"]["schemas"]["WalletJson"].is_object());
+}

@@ -1,0 +1,316 @@
+//! The single writer: a sans-IO core ([`WriterCore`]) that makes every decision, driven by a short
+//! async loop ([`Writer`]) that does the IO it asks for.
+//!
+//! Commands queue on a bounded channel; the driver takes whatever has queued (up to `max_batch`,
+//! waiting at most `max_batch_wait_us` for more) and hands it to the core as one batch. The core
+//! decides them all and asks for ONE store transaction (records, events, outbox), then releases the
+//! replies. Commits are never concurrent, so a batch forms while the previous one is committing:
+//! the busier the service, the larger the batches, the fewer the fsyncs per command.
+
+mod core;
+mod recovery;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use wallex_engine::{Command, CommandRecord, Event, Hold, Ledger, TransactionId, Wallet};
+
+pub use self::core::{Io, WriterCore};
+pub use self::recovery::{Recovery, RecoveryError, RecoveryStep, recover};
+use crate::ConfigError;
+use crate::ports::{Clock, EventStore};
+
+/// Limits and pacing of the writer; every one has a default.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterConfig {
+    pub engine: wallex_engine::Config,
+    /// Most commands in one group commit.
+    pub max_batch: usize,
+    /// How long to wait for more commands once one arrived; 0 commits as soon as the previous
+    /// commit returned (batches still form while it runs).
+    pub max_batch_wait_us: u64,
+    /// Commands that may wait in the queue; beyond it, submitters wait.
+    pub queue_depth: usize,
+    /// Take a snapshot after this many events since the last one.
+    pub snapshot_every_events: u64,
+    /// Attempts to make one batch durable before answering "unavailable".
+    pub commit_attempts: u32,
+    /// Pause between attempts (and between reload attempts), in milliseconds.
+    pub retry_backoff_ms: u64,
+    /// Journal entries read per page during recovery.
+    pub journal_page: usize,
+    /// How long the store keeps an idempotency key live, in microseconds (24 h by default). The
+    /// engine's own window (`engine.command_retention_micros`) must not be longer.
+    pub idempotency_retention_micros: u64,
+    /// How often expired idempotency keys are deleted from the store, in milliseconds.
+    pub idempotency_cleanup_interval_ms: u64,
+}
+
+impl Default for WriterConfig {
+    fn default() -> WriterConfig {
+        WriterConfig {
+            // The engine remembers ids for ten minutes; the store's idempotency records cover the
+            // rest of the retention (one lookup per batch for ids the engine has forgotten).
+            engine: wallex_engine::Config { command_retention_micros: 10 * 60 * 1_000_000 },
+            max_batch: 1_024,
+            max_batch_wait_us: 0,
+            queue_depth: 16_384,
+            snapshot_every_events: 100_000,
+            commit_attempts: 5,
+            retry_backoff_ms: 50,
+            journal_page: 10_000,
+            idempotency_retention_micros: 24 * 60 * 60 * 1_000_000,
+            idempotency_cleanup_interval_ms: 10 * 60 * 1_000,
+        }
+    }
+}
+
+/// The writer's answer to one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Decided and durable: the command's record and its events (none for a rejection).
+    /// `replayed` says the id was seen before and this is the original answer.
+    Decided { record: CommandRecord, events: Vec<Event>, replayed: bool },
+    /// The id was used before for a command with other content; nothing changed.
+    KeyReused { original: CommandRecord },
+    /// A command with the same id is being decided right now; nothing changed.
+    InFlight,
+    /// The store could not make the command durable: it was not applied. Retry with the same id.
+    Unavailable(String),
+}
+
+/// The most commands one group commit may hold: each is a record, its events and their outbox
+/// messages in one store transaction, and every store binds them in statements sized for this.
+pub const MAX_BATCH_LIMIT: usize = 8_192;
+
+impl WriterConfig {
+    /// Refuses settings that contradict each other or leave the writer unable to work; nothing is
+    /// clamped.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("pipeline.writer.{name}");
+        if self.max_batch == 0 || self.max_batch > MAX_BATCH_LIMIT {
+            return Err(ConfigError::new(
+                field("max_batch"),
+                format!("must be 1..={MAX_BATCH_LIMIT}, not {}", self.max_batch),
+            ));
+        }
+        if self.queue_depth == 0 {
+            return Err(ConfigError::new(field("queue_depth"), "must be at least 1"));
+        }
+        if self.snapshot_every_events == 0 {
+            return Err(ConfigError::new(field("snapshot_every_events"), "must be at least 1"));
+        }
+        if self.commit_attempts == 0 {
+            return Err(ConfigError::new(field("commit_attempts"), "must be at least 1"));
+        }
+        if self.journal_page == 0 {
+            return Err(ConfigError::new(field("journal_page"), "must be at least 1"));
+        }
+        if self.idempotency_cleanup_interval_ms == 0 {
+            return Err(ConfigError::new(field("idempotency_cleanup_interval_ms"), "must be at least 1"));
+        }
+        if self.engine.command_retention_micros > self.idempotency_retention_micros {
+            return Err(ConfigError::new(
+                field("engine_retention_micros"),
+                format!(
+                    "the engine remembers command ids ({} µs) longer than the store keeps idempotency keys \
+                     (pipeline.writer.idempotency_retention_micros, {} µs): a restart would forget what the \
+                     running writer remembers",
+                    self.engine.command_retention_micros, self.idempotency_retention_micros
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+enum Request {
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// A read of the write side, answered between batches (so it sees every acknowledged command).
+    Wallet {
+        wallet_id: wallex_engine::WalletId,
+        reply: oneshot::Sender<Option<Wallet>>,
+    },
+    Hold {
+        hold_id: wallex_engine::HoldId,
+        reply: oneshot::Sender<Option<Hold>>,
+    },
+}
+
+/// The handle the service layer uses to submit commands. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CommandSender {
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Command { command, .. } => write!(f, "Command({})", command.id),
+            Request::Wallet { wallet_id, .. } => write!(f, "Wallet({wallet_id})"),
+            Request::Hold { hold_id, .. } => write!(f, "Hold({hold_id})"),
+        }
+    }
+}
+
+impl CommandSender {
+    /// Submits a command and waits for its durable outcome.
+    pub async fn submit(&self, command: Command) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send(Request::Command { command, reply }).await.is_err() {
+            return Reply::Unavailable("the writer has stopped".to_owned());
+        }
+        answer.await.unwrap_or_else(|_| Reply::Unavailable("the writer has stopped".to_owned()))
+    }
+
+    /// The hold as the write side knows it, after every command acknowledged so far.
+    pub async fn hold(&self, hold_id: wallex_engine::HoldId) -> Option<Option<Hold>> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Hold { hold_id, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// The wallet as the write side knows it, after every command acknowledged so far.
+    pub async fn wallet(&self, wallet_id: wallex_engine::WalletId) -> Option<Option<Wallet>> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Wallet { wallet_id, reply }).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Ids of the commands the writer issues itself (hold expiry) live in their own range.
+pub const SYSTEM_COMMAND_TAG: u128 = 0x5757_0000_0000_0000_0000_0000_0000_0000;
+
+/// The driver: the core, the queue it is fed from, and the store it does IO on.
+#[derive(Debug)]
+pub struct Writer<S, C> {
+    store: S,
+    clock: C,
+    core: WriterCore<oneshot::Sender<Reply>>,
+    config: WriterConfig,
+    requests: mpsc::Receiver<Request>,
+    committed: Arc<Notify>,
+}
+
+impl<S: EventStore, C: Clock> Writer<S, C> {
+    /// Recovers the ledger from `store` and returns the writer with its sender. `committed` is
+    /// notified after every successful commit (the outbox relay waits on it).
+    pub async fn start(
+        store: S,
+        clock: C,
+        config: WriterConfig,
+        committed: Arc<Notify>,
+    ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
+        let ledger = recover(&store, config.engine, config.journal_page).await?;
+        let (sender, requests) = mpsc::channel(config.queue_depth);
+        let core = WriterCore::new(config, ledger);
+        Ok((Writer { store, clock, core, config, requests, committed }, CommandSender { requests: sender }))
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        self.core.ledger()
+    }
+
+    /// Runs until every sender is dropped, then returns the ledger.
+    pub async fn run(mut self) -> Ledger {
+        const IDLE: Duration = Duration::from_secs(1);
+        let mut requests = Vec::with_capacity(self.config.max_batch);
+        loop {
+            // Wake up when a hold lapses, to release it, even if no command arrives.
+            let idle = self
+                .core
+                .until_next_expiry_micros(self.clock.now())
+                .map_or(IDLE, |micros| Duration::from_micros(micros).min(IDLE));
+            match tokio::time::timeout(idle, self.requests.recv()).await {
+                Ok(Some(request)) => requests.push(request),
+                Ok(None) => return self.core.into_ledger(),
+                Err(_elapsed) => {}
+            }
+            self.gather(&mut requests).await;
+            let now = self.clock.now();
+            let mut commands = Vec::with_capacity(requests.len());
+            for request in requests.drain(..) {
+                match request {
+                    // Between batches the core's ledger holds exactly the committed state.
+                    Request::Wallet { wallet_id, reply } => drop(reply.send(self.core.wallet(&wallet_id).cloned())),
+                    Request::Hold { hold_id, reply } => drop(reply.send(self.core.hold(&hold_id).cloned())),
+                    Request::Command { command, reply } => commands.push((command, reply)),
+                }
+            }
+            self.core.handle_batch(now, commands);
+            self.drive().await;
+        }
+    }
+
+    /// Adds whatever else is queued, up to `max_batch` requests, waiting up to `max_batch_wait_us`.
+    async fn gather(&mut self, batch: &mut Vec<Request>) {
+        while batch.len() < self.config.max_batch {
+            match self.requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        if self.config.max_batch_wait_us > 0 && !batch.is_empty() {
+            let deadline = tokio::time::Instant::now() + Duration::from_micros(self.config.max_batch_wait_us);
+            while batch.len() < self.config.max_batch {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(remaining, self.requests.recv()).await {
+                    Ok(Some(request)) => batch.push(request),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Carries out what the core asks until the batch is done, releasing replies as they come.
+    async fn drive(&mut self) {
+        loop {
+            while let Some((reply, answer)) = self.core.poll_reply() {
+                // The caller may have gone; the outcome stands and a retry is answered from the store.
+                let _ = reply.send(answer);
+            }
+            let Some(io) = self.core.poll_io() else { return };
+            match io {
+                Io::LookUpRecords { ids, not_before } => {
+                    let result = self.store.command_records(&ids, not_before).await;
+                    self.core.handle_records(result);
+                }
+                Io::ReadTransaction(transaction_id) => {
+                    let before = TransactionId(transaction_id.0 - 1);
+                    let result = self.store.journal(before, 1).await;
+                    self.core.handle_transaction(result);
+                }
+                Io::Commit => {
+                    let started = tokio::time::Instant::now();
+                    let result = self.store.commit(self.core.batch()).await;
+                    metrics::histogram!("wallex_group_commit_seconds").record(started.elapsed().as_secs_f64());
+                    let committed = result.is_ok();
+                    self.core.handle_commit(result);
+                    if committed {
+                        self.committed.notify_one();
+                    }
+                }
+                Io::SaveSnapshot(snapshot) => {
+                    let result = self.store.save_snapshot(&snapshot).await;
+                    self.core.handle_snapshot_saved(result);
+                }
+                Io::LoadSnapshot => {
+                    let result = self.store.latest_snapshot().await;
+                    self.core.handle_snapshot_loaded(self.clock.now(), result);
+                }
+                Io::ReadJournal { after, limit } => {
+                    let result = self.store.journal(after, limit).await;
+                    self.core.handle_journal(self.clock.now(), result);
+                }
+                Io::Wait { ms } => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    self.core.handle_wait_over();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! What the SQL stores (SQLite and PostgreSQL) share: integer and error conversions, and turning
+//! stored columns back into domain values. Both schemas store the same columns with the same
+//! meaning; only the SQL dialect differs.
+
+use wallex_engine::{
+    CommandId, CommandRecord, Currency, Fingerprint, OwnerId, Rejection, Timestamp, TransactionId, WalletId,
+};
+
+use wallex_pipeline::ports::{Direction, LedgerEntry, OutboxMessage, OutboxPosition, StoreError, WalletView};
+
+/// A driver error as the pipeline sees it: a unique violation means the store refused the write
+/// (nothing was written); anything else means the outcome is unknown.
+pub(crate) fn store_error(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(database) if database.is_unique_violation() => StoreError::Refused(error.to_string()),
+        _ => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("stored data does not decode: {what}"))
+}
+
+/// u64 values (ids, versions, times, amounts) are stored as i64; all of them fit.
+pub(crate) fn int(value: u64) -> i64 {
+    i64::try_from(value).expect("stored integers fit in i64")
+}
+
+pub(crate) fn uint(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(corrupt)
+}
+
+pub(crate) fn id_bytes(id: u128) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+fn id_from(bytes: Vec<u8>, what: &str) -> Result<u128, StoreError> {
+    Ok(u128::from_be_bytes(bytes.try_into().map_err(|_| corrupt(what))?))
+}
+
+/// A stored `commands` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct RecordRow {
+    pub transaction_id: i64,
+    pub command_id: Vec<u8>,
+    pub fingerprint: Vec<u8>,
+    pub at: i64,
+    pub rejection: Option<String>,
+}
+
+impl RecordRow {
+    pub(crate) fn into_record(self) -> Result<CommandRecord, StoreError> {
+        let result = match self.rejection {
+            None => Ok(()),
+            Some(code) => Err(Rejection::from_code(&code).ok_or_else(|| corrupt(format!("rejection {code}")))?),
+        };
+        Ok(CommandRecord {
+            command_id: CommandId(id_from(self.command_id, "command id")?),
+            fingerprint: Fingerprint(id_from(self.fingerprint, "fingerprint")?),
+            at: Timestamp::from_unix_micros(uint(self.at)?),
+            transaction_id: TransactionId(uint(self.transaction_id)?),
+            result,
+        })
+    }
+}
+
+/// A stored `wallets` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct WalletRow {
+    pub wallet_id: String,
+    pub owner_id: String,
+    pub currency: String,
+    pub balance: i64,
+    pub held: i64,
+    pub overdraft_limit: i64,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl WalletRow {
+    pub(crate) fn into_view(self) -> Result<WalletView, StoreError> {
+        Ok(WalletView {
+            wallet_id: WalletId::parse(&self.wallet_id).map_err(corrupt)?,
+            owner_id: OwnerId::parse(&self.owner_id).map_err(corrupt)?,
+            currency: Currency::parse(&self.currency).map_err(corrupt)?,
+            balance: self.balance,
+            held: uint(self.held)?,
+            overdraft_limit: uint(self.overdraft_limit)?,
+            version: uint(self.version)?,
+            created_at: Timestamp::from_unix_micros(uint(self.created_at)?),
+            updated_at: Timestamp::from_unix_micros(uint(self.updated_at)?),
+        })
+    }
+}
+
+/// A stored `ledger_entries` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct EntryRow {
+    pub wallet_id: String,
+    pub version: i64,
+    pub transaction_id: i64,
+    pub entry_type: String,
+    pub direction: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub currency: String,
+    pub counterparty: String,
+    pub description: Option<String>,
+    pub at: i64,
+}
+
+impl EntryRow {
+    pub(crate) fn into_entry(self) -> Result<LedgerEntry, StoreError> {
+        Ok(LedgerEntry {
+            wallet_id: WalletId::parse(&self.wallet_id).map_err(corrupt)?,
+            transaction_id: TransactionId(uint(self.transaction_id)?),
+            version: uint(self.version)?,
+            entry_type: self.entry_type,
+            direction: match self.direction.as_str() {
+                "credit" => Direction::Credit,
+                "debit" => Direction::Debit,
+                other => return Err(corrupt(format!("direction {other}"))),
+            },
+            amount: uint(self.amount)?,
+            balance_after: self.balance_after,
+            currency: Currency::parse(&self.currency).map_err(corrupt)?,
+            counterparty: self.counterparty,
+            description: self.description,
+            at: Timestamp::from_unix_micros(uint(self.at)?),
+        })
+    }
+}
+
+pub(crate) fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Credit => "credit",
+        Direction::Debit => "debit",
+    }
+}
+
+/// A stored `outbox` row (`idx` read as a 64-bit integer on every store).
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    pub transaction_id: i64,
+    pub idx: i64,
+    pub wallet_id: String,
+    pub payload: Vec<u8>,
+    pub committed_at: i64,
+}
+
+impl OutboxRow {
+    pub(crate) fn into_message(self) -> Result<OutboxMessage, StoreError> {
+        Ok(OutboxMessage {
+            position: OutboxPosition {
+                transaction_id: TransactionId(uint(self.transaction_id)?),
+                index: u32::try_from(self.idx).map_err(corrupt)?,
+            },
+            key: WalletId::parse(&self.wallet_id).map_err(corrupt)?,
+            payload: self.payload,
+            committed_at: Timestamp::from_unix_micros(uint(self.committed_at)?),
+        })
+    }
+}
+
+/// How many events wait after the relay's cursor, and the commit time of the first of them; the
+/// same text on both SQL stores. Commit times never go backwards along the journal, so the first
+/// waiting message is the oldest.
+pub(crate) const OUTBOX_BACKLOG: &str = "WITH waiting AS ( \
+       SELECT e.transaction_id FROM events e \
+       WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM outbox_cursor)) \
+     SELECT (SELECT COUNT(*) FROM waiting) AS backlog, \
+            (SELECT c.at FROM commands c WHERE c.transaction_id = (SELECT MIN(transaction_id) FROM waiting)) \
+            AS oldest";
+
+/// A row of [`OUTBOX_BACKLOG`].
+#[derive(sqlx::FromRow)]
+pub(crate) struct BacklogRow {
+    pub backlog: i64,
+    pub oldest: Option<i64>,
+}
+
+impl BacklogRow {
+    pub(crate) fn into_backlog(self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        Ok((uint(self.backlog)?, self.oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
+    }
+}

@@ -1,0 +1,204 @@
+//! The store conformance suite: one set of checks every store adapter must pass (memory, SQLite,
+//! PostgreSQL, the simulator's), so the pipeline can rely on the same semantics from each.
+//!
+//! Call [`run`] with a fresh, empty store. It panics on the first broken promise, naming it.
+
+use wallex_engine::{
+    Amount, Command, CommandId, CommandKind, Config, Currency, Event, Ledger, Outcome, OwnerId, Timestamp,
+    TransactionId, WalletId,
+};
+
+use wallex_pipeline::codec::encode_event;
+use wallex_pipeline::ports::{
+    Applied, CommitBatch, EventStore, OutboxMessage, OutboxPosition, Projection, ProjectionStore, StoreError,
+    StoredSnapshot,
+};
+
+/// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch a processor would commit.
+fn batch(ledger: &mut Ledger, first_id: u64, kinds: Vec<CommandKind>) -> CommitBatch {
+    let mut batch = CommitBatch::default();
+    for (offset, kind) in (0u64..).zip(kinds) {
+        let command = Command { id: CommandId(u128::from(first_id + offset)), kind };
+        let before = batch.events.len();
+        let now = Timestamp::from_unix_micros(1_000 + first_id + offset);
+        let Outcome::Recorded(record) = ledger.execute(now, &command, &mut batch.events) else {
+            panic!("conformance commands are new");
+        };
+        batch.records.push(record);
+        for (index, event) in (0u32..).zip(&batch.events[before..]) {
+            batch.outbox.push(OutboxMessage {
+                position: OutboxPosition { transaction_id: record.transaction_id, index },
+                key: event.wallet_id,
+                payload: encode_event(event),
+                committed_at: record.at,
+            });
+        }
+    }
+    batch
+}
+
+fn wallet(id: &str) -> WalletId {
+    WalletId::parse(id).expect("valid id")
+}
+
+fn create(id: &str, owner: &str, initial: u64) -> CommandKind {
+    CommandKind::CreateWallet {
+        wallet_id: wallet(id),
+        owner_id: OwnerId::parse(owner).expect("valid owner"),
+        currency: Currency::USD,
+        initial_balance: Amount::from_minor(initial).expect("small"),
+        overdraft_limit: Amount::ZERO,
+    }
+}
+
+fn transfer(from: &str, to: &str, amount: u64) -> CommandKind {
+    CommandKind::Transfer {
+        source: wallet(from),
+        destination: wallet(to),
+        currency: Currency::USD,
+        amount: Amount::from_minor(amount).expect("small"),
+        description: None,
+    }
+}
+
+/// Runs every check against `store`, which must be empty.
+pub async fn run<S: EventStore + ProjectionStore>(store: S) {
+    let mut ledger = Ledger::new(Config::default());
+
+    // An empty store.
+    assert_eq!(store.latest_snapshot().await.unwrap(), None, "empty store has no snapshot");
+    assert!(store.journal(TransactionId(0), 10).await.unwrap().is_empty(), "empty store has no journal");
+    assert!(store.outbox_after(None, 10).await.unwrap().is_empty(), "empty store has no outbox");
+
+    // A batch commits whole, and reads back in order.
+    let first = batch(&mut ledger, 1, vec![create("a", "o1", 1_000), create("b", "o2", 0), transfer("a", "b", 250)]);
+    store.commit(&first).await.unwrap();
+    let journal = store.journal(TransactionId(0), 10).await.unwrap();
+    assert_eq!(journal.len(), 3, "journal has every record");
+    assert_eq!(journal.iter().map(|e| e.record).collect::<Vec<_>>(), first.records, "journal keeps records in order");
+    assert_eq!(journal.iter().flat_map(|e| e.events.clone()).collect::<Vec<_>>(), first.events, "journal keeps events");
+    assert_eq!(
+        store.journal(TransactionId(1), 1).await.unwrap()[0].record.transaction_id,
+        TransactionId(2),
+        "journal pages"
+    );
+
+    // Constraints: a command id or a stream version committed twice refuses the whole batch.
+    let mut replay = first.clone();
+    replay.records.truncate(1);
+    replay.events.truncate(1);
+    replay.outbox.truncate(1);
+    assert!(matches!(store.commit(&replay).await, Err(StoreError::Refused(_))), "a committed transaction is refused");
+    let mut clash = batch(&mut ledger, 10, vec![transfer("b", "a", 5)]);
+    clash.events[0].version = 2; // b's version 2 exists already
+    clash.records[0].command_id = CommandId(99);
+    assert!(matches!(store.commit(&clash).await, Err(StoreError::Refused(_))), "duplicate stream version refused");
+    assert_eq!(store.journal(TransactionId(3), 10).await.unwrap(), vec![], "a refused batch writes nothing");
+    // The ledger above decided transaction 4 that the store refused: start again from the store.
+    let mut ledger = Ledger::new(Config::default());
+    for entry in &journal {
+        ledger.replay(&entry.record, &entry.events).unwrap();
+    }
+
+    // Idempotency records: live for their retention, then forgotten (the journal keeps them).
+    let ids = [CommandId(2), CommandId(77), CommandId(3)];
+    let records = store.command_records(&ids, Timestamp::ZERO).await.unwrap();
+    let mut found: Vec<_> = records.iter().map(|r| r.command_id).collect();
+    found.sort();
+    assert_eq!(found, vec![CommandId(2), CommandId(3)], "only committed ids are found");
+    assert_eq!(records.iter().find(|r| r.command_id == CommandId(2)), Some(&first.records[1]), "the whole record");
+    let after_second = Timestamp::from_unix_micros(first.records[1].at.unix_micros() + 1);
+    let live = store.command_records(&ids, after_second).await.unwrap();
+    assert_eq!(live.iter().map(|r| r.command_id).collect::<Vec<_>>(), vec![CommandId(3)], "older keys are not live");
+    assert_eq!(store.forget_idempotency_keys(after_second).await.unwrap(), 2, "keys of commands 1 and 2 forgotten");
+    assert!(store.command_records(&[CommandId(1), CommandId(2)], Timestamp::ZERO).await.unwrap().is_empty(), "gone");
+    assert_eq!(store.journal(TransactionId(0), 10).await.unwrap().len(), 3, "the journal keeps forgotten commands");
+
+    // Outbox: commit order, and marking published hides the prefix.
+    let outbox = store.outbox_after(None, 100).await.unwrap();
+    assert_eq!(outbox, first.outbox, "outbox in commit order");
+    assert_eq!(store.outbox_after(Some(outbox[1].position), 1).await.unwrap(), vec![outbox[2].clone()], "outbox pages");
+    let backlog = outbox.len() as u64;
+    assert_eq!(store.outbox_backlog().await.unwrap(), (backlog, Some(outbox[0].committed_at)), "outbox backlog");
+    store.mark_published(outbox[1].position).await.unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), (backlog - 2, Some(outbox[2].committed_at)), "backlog after");
+    assert_eq!(store.outbox_after(None, 100).await.unwrap(), outbox[2..].to_vec(), "published messages are gone");
+    let mut second = batch(&mut ledger, 20, vec![transfer("b", "a", 50)]);
+    // A forgotten id may be used again, by a new transaction.
+    second.records[0].command_id = CommandId(1);
+    store.commit(&second).await.unwrap();
+    let reused = store.command_records(&[CommandId(1)], Timestamp::ZERO).await.unwrap();
+    assert_eq!(reused, vec![second.records[0]], "the reused id points at its new transaction");
+    let pending = store.outbox_after(Some(outbox[1].position), 100).await.unwrap();
+    assert_eq!(pending.len(), outbox.len() - 2 + second.outbox.len(), "later commits follow in order");
+
+    // Streams.
+    let events: Vec<Event> = store.wallet_events(&wallet("a"), 1, 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "a wallet's events in version order"
+    );
+    assert_eq!(store.wallet_events(&wallet("a"), 2, 2).await.unwrap().len(), 1, "version range is inclusive");
+
+    // Snapshots: the latest wins.
+    let snapshot = StoredSnapshot { transaction_id: ledger.last_transaction_id(), bytes: ledger.encode_snapshot() };
+    store.save_snapshot(&StoredSnapshot { transaction_id: TransactionId(1), bytes: vec![1] }).await.unwrap();
+    store.save_snapshot(&snapshot).await.unwrap();
+    assert_eq!(store.latest_snapshot().await.unwrap(), Some(snapshot), "the latest snapshot is returned");
+
+    // Projections: next version applies, duplicates skip, gaps hold.
+    let all: Vec<Event> = journal.iter().flat_map(|e| e.events.clone()).chain(second.events.clone()).collect();
+    for projection in Projection::ALL {
+        let a_events: Vec<Event> = all.iter().filter(|e| e.wallet_id == wallet("a")).cloned().collect();
+        let gap = store.project(projection, &a_events[1..2]).await.unwrap();
+        assert_eq!(gap, vec![Applied::Gap { projected_version: 0 }], "{projection:?}: a gap is held");
+        let verdicts = store.project(projection, &all).await.unwrap();
+        assert!(verdicts.iter().all(|v| *v == Applied::Projected), "{projection:?}: in-order events apply");
+        let again = store.project(projection, &all[..2]).await.unwrap();
+        assert!(again.iter().all(|v| *v == Applied::Duplicate), "{projection:?}: duplicates are skipped");
+        assert_eq!(store.projected_version(projection, &wallet("a")).await.unwrap(), 3, "{projection:?}: checkpoint");
+    }
+    let a = store.wallet(&wallet("a")).await.unwrap().expect("a is projected");
+    assert_eq!((a.balance, a.version), (800, 3), "read model matches the write side");
+    assert_eq!(a.balance, ledger.wallet(&wallet("a")).unwrap().balance);
+    let listed = store.wallets(None, None, 10).await.unwrap();
+    assert_eq!(listed.iter().map(|w| w.wallet_id.as_str()).collect::<Vec<_>>(), ["a", "b"], "wallets by id");
+    let after_a = store.wallets(None, Some(&wallet("a")), 10).await.unwrap();
+    assert_eq!(after_a.len(), 1, "wallets page after a cursor");
+    let owner = OwnerId::parse("o2").unwrap();
+    assert_eq!(store.wallets(Some(&owner), None, 10).await.unwrap()[0].wallet_id, wallet("b"), "owner filter");
+    let entries = store.ledger_entries(&wallet("a"), None, 10).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.version).collect::<Vec<_>>(), vec![3, 2, 1], "ledger newest first");
+    assert_eq!(entries[1].amount, 250, "ledger amounts");
+    assert_eq!(store.ledger_entries(&wallet("a"), Some(3), 1).await.unwrap()[0].version, 2, "ledger pages by version");
+}
+
+/// The durable stores' `requeue_unprojected` (for a bus that does not outlive the process): on a
+/// fresh `store`, everything published but not applied by both projections is waiting again after
+/// `requeue`, in commit order, and nothing else is.
+pub async fn requeue<S, F, Fut>(store: S, requeue: F)
+where
+    S: EventStore + ProjectionStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<u64, StoreError>>,
+{
+    let mut ledger = Ledger::new(Config::default());
+    let first = batch(&mut ledger, 1, vec![create("a", "o1", 1_000), create("b", "o2", 0), transfer("a", "b", 250)]);
+    store.commit(&first).await.unwrap();
+    let last = first.outbox.last().unwrap().position;
+    store.mark_published(last).await.unwrap();
+    assert_eq!(requeue().await.unwrap(), first.outbox.len() as u64, "nothing projected: everything waits again");
+    store.mark_published(last).await.unwrap();
+
+    // The read model has everything, the ledger only the creations: the transfer's events wait.
+    store.project(Projection::ReadModel, &first.events).await.unwrap();
+    store.project(Projection::Ledger, &first.events[..2]).await.unwrap();
+    assert_eq!(requeue().await.unwrap(), 2, "the transfer's two events wait again");
+    assert_eq!(store.outbox_after(None, 10).await.unwrap(), first.outbox[2..].to_vec(), "in commit order");
+
+    store.mark_published(last).await.unwrap();
+    store.project(Projection::Ledger, &first.events[2..]).await.unwrap();
+    assert_eq!(requeue().await.unwrap(), 0, "fully projected: nothing to requeue");
+    assert!(store.outbox_after(None, 10).await.unwrap().is_empty(), "the outbox stays empty");
+}

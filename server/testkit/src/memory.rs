@@ -1,0 +1,307 @@
+//! The in-memory store: the same transactional semantics and constraints as the durable ones, with
+//! fault switches (`MemoryStore::fail_commits`) so tests can drive the pipeline's failure paths
+//! deterministically. It holds nothing across a process restart, so it serves tests, benches, the
+//! conformance suite and the simulator; no release binary links it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, WalletId};
+use wallex_pipeline::ports::{
+    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+};
+
+/// How an injected commit failure behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitFault {
+    /// Nothing is written and the commit reports `Unavailable`.
+    Lost,
+    /// Everything is written, but the commit reports `Unavailable` (the reply was lost).
+    Ambiguous,
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    records: BTreeMap<TransactionId, CommandRecord>,
+    /// Live idempotency keys.
+    keys: BTreeMap<CommandId, TransactionId>,
+    events: BTreeMap<TransactionId, Vec<Event>>,
+    streams: BTreeMap<(WalletId, u64), TransactionId>,
+    outbox: BTreeMap<OutboxPosition, OutboxMessage>,
+    snapshot: Option<StoredSnapshot>,
+    read_side: ReadSide,
+    faults: Vec<CommitFault>,
+    commits: u64,
+}
+
+/// A store in memory, with PostgreSQL's constraints: command ids and `(wallet, version)` unique,
+/// each batch all or nothing.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<StoreState>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreState> {
+        self.state.lock().expect("the memory store's lock is never poisoned")
+    }
+
+    /// The next `faults.len()` commits fail as described, in order.
+    pub fn fail_commits(&self, faults: &[CommitFault]) {
+        self.lock().faults.extend_from_slice(faults);
+    }
+
+    /// Successful and ambiguous commits so far.
+    pub fn commits(&self) -> u64 {
+        self.lock().commits
+    }
+
+    /// Every committed event, in commit order.
+    pub fn all_events(&self) -> Vec<Event> {
+        self.lock().events.values().flatten().cloned().collect()
+    }
+
+    /// How many outbox messages are not yet marked published.
+    pub fn unpublished(&self) -> usize {
+        self.lock().outbox.len()
+    }
+}
+
+fn refuse(reason: String) -> Result<(), StoreError> {
+    Err(StoreError::Refused(reason))
+}
+
+impl EventStore for MemoryStore {
+    async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let fault = if state.faults.is_empty() { None } else { Some(state.faults.remove(0)) };
+        if fault == Some(CommitFault::Lost) {
+            return Err(StoreError::Unavailable("injected: connection lost before commit".to_owned()));
+        }
+        // Check every constraint before writing anything: all or nothing.
+        for record in &batch.records {
+            if state.records.contains_key(&record.transaction_id) {
+                return refuse(format!("duplicate transaction {}", record.transaction_id));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for event in &batch.events {
+            let key = (event.wallet_id, event.version);
+            if state.streams.contains_key(&key) || !seen.insert(key) {
+                return refuse(format!("duplicate version {} of stream {}", event.version, event.wallet_id));
+            }
+        }
+        for record in &batch.records {
+            state.records.insert(record.transaction_id, *record);
+            state.keys.insert(record.command_id, record.transaction_id);
+        }
+        for event in &batch.events {
+            state.streams.insert((event.wallet_id, event.version), event.transaction_id);
+            state.events.entry(event.transaction_id).or_default().push(event.clone());
+        }
+        for message in &batch.outbox {
+            state.outbox.insert(message.position, message.clone());
+        }
+        state.commits += 1;
+        match fault {
+            Some(CommitFault::Ambiguous) => Err(StoreError::Unavailable("injected: reply to COMMIT lost".to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        Ok(self.lock().snapshot.clone())
+    }
+
+    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.snapshot.as_ref().is_none_or(|kept| kept.transaction_id < snapshot.transaction_id) {
+            state.snapshot = Some(snapshot.clone());
+        }
+        Ok(())
+    }
+
+    async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        let state = self.lock();
+        let after = TransactionId(after.0.saturating_add(1));
+        Ok(state
+            .records
+            .range(after..)
+            .take(limit)
+            .map(|(id, record)| JournalEntry {
+                record: *record,
+                events: state.events.get(id).cloned().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn command_records(
+        &self,
+        ids: &[CommandId],
+        not_before: wallex_engine::Timestamp,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let state = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.keys.get(id))
+            .map(|tx| state.records[tx])
+            .filter(|record| record.at >= not_before)
+            .collect())
+    }
+
+    async fn forget_idempotency_keys(&self, before: wallex_engine::Timestamp) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let StoreState { keys, records, .. } = &mut *state;
+        let count = keys.len();
+        keys.retain(|_, tx| records[tx].at >= before);
+        Ok((count - keys.len()) as u64)
+    }
+
+    async fn outbox_after(
+        &self,
+        after: Option<OutboxPosition>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let state = self.lock();
+        let messages = match after {
+            Some(after) => state
+                .outbox
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .take(limit)
+                .map(|(_, message)| message.clone())
+                .collect(),
+            None => state.outbox.values().take(limit).cloned().collect(),
+        };
+        Ok(messages)
+    }
+
+    async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let kept = state
+            .outbox
+            .split_off(&OutboxPosition { transaction_id: through.transaction_id, index: through.index + 1 });
+        state.outbox = kept;
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<(u64, Option<wallex_engine::Timestamp>), StoreError> {
+        let state = self.lock();
+        Ok((state.outbox.len() as u64, state.outbox.values().next().map(|message| message.committed_at)))
+    }
+
+    async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .streams
+            .range((*wallet_id, from)..=(*wallet_id, to))
+            .filter_map(|((_, version), tx)| {
+                state.events.get(tx)?.iter().find(|event| event.wallet_id == *wallet_id && event.version == *version)
+            })
+            .cloned()
+            .collect())
+    }
+}
+
+impl ProjectionStore for MemoryStore {
+    async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
+        let mut state = self.lock();
+        let plan = state.read_side.plan(projection, events)?;
+        let verdicts = plan.verdicts.clone();
+        state.read_side.write_checkpoints(projection, &plan);
+        state.read_side.write_rows(plan);
+        Ok(verdicts)
+    }
+
+    async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
+        Ok(self.lock().read_side.projected_version(projection, wallet_id))
+    }
+
+    async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        Ok(self.lock().read_side.wallets.get(wallet_id).cloned())
+    }
+
+    async fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        Ok(self.lock().read_side.list_wallets(owner_id, after, limit))
+    }
+
+    async fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(self.lock().read_side.list_ledger_entries(wallet_id, before, limit))
+    }
+}
+
+/// The read side's tables in memory (checkpoints, read model, ledger entries) and their queries:
+/// the memory store's, and the simulated store's, which writes checkpoints and rows separately when
+/// a bug is planted.
+#[derive(Debug, Default)]
+pub struct ReadSide {
+    pub checkpoints: BTreeMap<(Projection, WalletId), u64>,
+    pub wallets: BTreeMap<WalletId, WalletView>,
+    pub ledger: BTreeMap<(WalletId, u64), LedgerEntry>,
+}
+
+impl ReadSide {
+    /// Plans `events` for `projection` against the current checkpoints and rows.
+    pub fn plan(&self, projection: Projection, events: &[Event]) -> Result<ProjectionPlan, StoreError> {
+        let wallets = ProjectionPlan::wallets(events);
+        let checkpoints = wallets
+            .iter()
+            .filter_map(|id| self.checkpoints.get(&(projection, *id)).map(|version| (*id, *version)))
+            .collect();
+        let views = wallets.iter().filter_map(|id| self.wallets.get(id).map(|view| (*id, view.clone()))).collect();
+        ProjectionPlan::new(projection, events, checkpoints, views)
+    }
+
+    pub fn write_checkpoints(&mut self, projection: Projection, plan: &ProjectionPlan) {
+        for (wallet_id, version) in &plan.checkpoints {
+            self.checkpoints.insert((projection, *wallet_id), *version);
+        }
+    }
+
+    pub fn write_rows(&mut self, plan: ProjectionPlan) {
+        for view in plan.views {
+            self.wallets.insert(view.wallet_id, view);
+        }
+        for entry in plan.entries {
+            self.ledger.insert((entry.wallet_id, entry.version), entry);
+        }
+    }
+
+    pub fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> u64 {
+        self.checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0)
+    }
+
+    /// Wallets ordered by id after `after`, optionally of one owner.
+    pub fn list_wallets(&self, owner_id: Option<&OwnerId>, after: Option<&WalletId>, limit: usize) -> Vec<WalletView> {
+        let range = match after {
+            Some(after) => self.wallets.range((std::ops::Bound::Excluded(*after), std::ops::Bound::Unbounded)),
+            None => self.wallets.range(..),
+        };
+        range
+            .map(|(_, view)| view)
+            .filter(|view| owner_id.is_none_or(|owner| view.owner_id == *owner))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// A wallet's ledger entries, newest first, with versions below `before`.
+    pub fn list_ledger_entries(&self, wallet_id: &WalletId, before: Option<u64>, limit: usize) -> Vec<LedgerEntry> {
+        let before = before.unwrap_or(u64::MAX);
+        self.ledger.range((*wallet_id, 0)..(*wallet_id, before)).rev().take(limit).map(|(_, e)| e.clone()).collect()
+    }
+}
