@@ -216,7 +216,7 @@ impl Client {
                 }
                 Ok(Reply::KeyReused { .. }) => Attempt::KeyReused,
                 Ok(Reply::InFlight) => Attempt::InFlight,
-                Ok(Reply::Unavailable(_)) => Attempt::Unavailable,
+                Ok(Reply::Unavailable(_) | Reply::Unconfirmed { .. }) => Attempt::Unavailable,
                 Err(_) => Attempt::Timeout,
             };
             let done = matches!(attempt, Attempt::Decided { .. } | Attempt::KeyReused);

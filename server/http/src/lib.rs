@@ -418,6 +418,10 @@ fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event]) -> serde_j
             tracing::warn!(%reason, "command not applied");
             unavailable().into_response()
         }
+        Reply::Unconfirmed { record, reason } => {
+            tracing::warn!(%reason, transaction = %record.transaction_id, "original answer not read back");
+            unavailable().into_response()
+        }
     }
 }
 

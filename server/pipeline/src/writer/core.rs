@@ -283,9 +283,13 @@ impl<T> WriterCore<T> {
                 Some(entry) if entry.record.transaction_id == record.transaction_id => {
                     Reply::Decided { record, events: entry.events, replayed: true }
                 }
-                _ => Reply::Unavailable(format!("transaction {} is missing from the journal", record.transaction_id)),
+                _ => Reply::Unconfirmed {
+                    record,
+                    reason: format!("transaction {} is missing from the journal", record.transaction_id),
+                },
             },
-            Err(error) => Reply::Unavailable(error.to_string()),
+            // Not "unavailable": that would say the command was not applied, and it was.
+            Err(error) => Reply::Unconfirmed { record, reason: error.to_string() },
         };
         self.reply(reply, answer);
     }

@@ -78,6 +78,10 @@ pub enum Reply {
     InFlight,
     /// The store could not make the command durable: it was not applied. Retry with the same id.
     Unavailable(String),
+    /// The command was decided earlier (`record`), but its original answer could not be read back
+    /// from the store just now. It took effect (or was refused) once; retry with the same id for
+    /// the answer.
+    Unconfirmed { record: CommandRecord, reason: String },
 }
 
 /// The most commands one group commit may hold: each is a record, its events and their outbox
