@@ -47,7 +47,7 @@ pub fn pipeline_config() -> PipelineConfig {
         idempotency_cleanup_interval_ms: 3_000,
         ..WriterConfig::default()
     };
-    writer.engine.command_retention_micros = ENGINE_RETENTION_MICROS;
+    writer.engine_retention_micros = ENGINE_RETENTION_MICROS;
     PipelineConfig {
         writer,
         relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms },

@@ -158,7 +158,7 @@ async fn simulate() -> Finished {
         None => world.note(format_args!("converged")),
         Some(difference) => world.note(format_args!("not converged after {CONVERGENCE_MS}ms: {difference}")),
     }
-    let checks = check::verify(&world, &operations, app::pipeline_config().writer.engine).await;
+    let checks = check::verify(&world, &operations, app::pipeline_config().writer.engine()).await;
     match &checks {
         Ok(count) => world.note(format_args!("VERDICT pass: {count} checks")),
         Err(violation) => world.note(format_args!("VERDICT {violation}")),

@@ -28,7 +28,8 @@ pub use writer::{CommandSender, RecoveryError, Reply, WriterConfig};
 use crate::ports::{Bus, Clock, EventStore, Projection, ProjectionStore};
 
 /// Every knob of the pipeline, each with a default.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     pub writer: WriterConfig,
     pub relay: RelayConfig,

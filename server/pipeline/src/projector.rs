@@ -20,7 +20,8 @@ use wallex_engine::{Event, WalletId};
 use crate::codec::decode_event;
 use crate::ports::{Applied, Bus, BusMessage, Clock, Consumer, Delivery, Projection, ProjectionStore};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProjectorConfig {
     /// Most deliveries taken per poll.
     pub batch: usize,
@@ -77,6 +78,77 @@ struct HeldEvent {
     offset: u64,
 }
 
+/// A projector's bookkeeping between the bus and the store: the events held for a gap, how far
+/// each partition was delivered, and the offsets decided but not yet acknowledged by the bus. No
+/// offset is ever committed past a held event, so a restart redelivers every event not projected.
+#[derive(Debug, Default)]
+pub struct Offsets {
+    held: BTreeMap<(WalletId, u64), HeldEvent>,
+    /// Per partition, the offset after the last message delivered so far (over every poll): once
+    /// a held event is applied, its partition's offset may move up to here even if no new message
+    /// arrives on it.
+    delivered: BTreeMap<u32, u64>,
+    /// Partitions whose offset may have moved since the last `offsets_to_commit`.
+    touched: BTreeSet<u32>,
+    /// Offsets decided but not yet acknowledged by the bus: retried every round (an idle one
+    /// too), or a partition with no new messages would keep its lag and redeliver after a restart.
+    uncommitted: BTreeMap<u32, u64>,
+}
+
+impl Offsets {
+    /// A message arrived (decoded or not: a dead-lettered one is done with once delivered).
+    pub fn delivered(&mut self, partition: u32, offset: u64) {
+        self.touched.insert(partition);
+        let next = self.delivered.entry(partition).or_insert(0);
+        *next = (*next).max(offset + 1);
+    }
+
+    /// Holds `event` until it is projected (or found to be a duplicate).
+    pub fn hold(&mut self, event: Event, partition: u32, offset: u64) {
+        assert!(self.delivered.get(&partition).is_some_and(|next| offset < *next), "held before it was delivered");
+        self.held.insert((event.wallet_id, event.version), HeldEvent { event, partition, offset });
+    }
+
+    /// Every held event, in wallet and version order: what the next projection batch tries.
+    pub fn held_events(&self) -> Vec<Event> {
+        self.held.values().map(|item| item.event.clone()).collect()
+    }
+
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The projection has `event` (applied now, or before): it is no longer held.
+    pub fn settled(&mut self, event: &Event) {
+        if let Some(item) = self.held.remove(&(event.wallet_id, event.version)) {
+            self.touched.insert(item.partition);
+        }
+    }
+
+    /// The offsets to commit now: every touched partition's delivered offset, held back to the
+    /// first held event of the partition, with whatever an earlier commit left unacknowledged.
+    pub fn offsets_to_commit(&mut self) -> Vec<(u32, u64)> {
+        let mut next: BTreeMap<u32, u64> = std::mem::take(&mut self.touched)
+            .into_iter()
+            .map(|partition| (partition, self.delivered[&partition]))
+            .collect();
+        for item in self.held.values() {
+            next.entry(item.partition).and_modify(|offset| *offset = (*offset).min(item.offset));
+        }
+        self.uncommitted.extend(next);
+        for item in self.held.values() {
+            let committed = self.uncommitted.get(&item.partition).copied().unwrap_or(0);
+            assert!(committed <= item.offset, "an offset committed past a held event");
+        }
+        self.uncommitted.iter().map(|(partition, offset)| (*partition, *offset)).collect()
+    }
+
+    /// The bus acknowledged the offsets last returned.
+    pub fn committed(&mut self) {
+        self.uncommitted.clear();
+    }
+}
+
 pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
     projection: Projection,
     store: S,
@@ -99,14 +171,7 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
             }
         }
     };
-    let mut held: BTreeMap<(WalletId, u64), HeldEvent> = BTreeMap::new();
-    // Per partition, the offset after the last message delivered so far (over every poll): once a
-    // held event is applied, its partition's offset may move up to here even if no new message
-    // arrives on it.
-    let mut delivered: BTreeMap<u32, u64> = BTreeMap::new();
-    // Offsets decided but not yet acknowledged by the bus: retried every round (an idle one too),
-    // or a partition with no new messages would keep its lag, and redeliver after a restart.
-    let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut offsets = Offsets::default();
     let linger = Duration::from_millis(config.linger_ms);
     let mut last_apply: Option<tokio::time::Instant> = None;
     while !*shutdown.borrow() {
@@ -119,8 +184,9 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if held.len() >= config.max_held {
-            tracing::error!(group = projection.group(), held = held.len(), "events held for a gap that does not fill");
+        if offsets.held_count() >= config.max_held {
+            let held = offsets.held_count();
+            tracing::error!(group = projection.group(), held, "events held for a gap that does not fill");
             tokio::select! {
                 // Polled in order, not at random: the simulator replays a seed exactly.
                 biased;
@@ -138,28 +204,21 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
             }
         };
         if deliveries.is_empty() {
-            commit_offsets(&mut consumer, projection, &mut uncommitted).await;
+            commit_offsets(&mut consumer, projection, &mut offsets).await;
             continue;
         }
         // Decode; the undecodable go to the dead-letter topic (retried until it acknowledges).
-        let mut incoming = Vec::with_capacity(deliveries.len());
-        let mut touched: BTreeSet<u32> = BTreeSet::new();
         for delivery in deliveries {
-            touched.insert(delivery.partition);
-            let next = delivered.entry(delivery.partition).or_insert(0);
-            *next = (*next).max(delivery.offset + 1);
+            offsets.delivered(delivery.partition, delivery.offset);
             match decode_event(&delivery.payload) {
-                Ok(event) => incoming.push(HeldEvent { event, partition: delivery.partition, offset: delivery.offset }),
+                Ok(event) => offsets.hold(event, delivery.partition, delivery.offset),
                 Err(error) => dead_letter(&bus, projection, &delivery, &error.to_string(), &stats, backoff).await,
             }
         }
         // Apply the new events together with any held ones, until nothing more applies.
-        for item in incoming {
-            held.insert((item.event.wallet_id, item.event.version), item);
-        }
         last_apply = Some(tokio::time::Instant::now());
         loop {
-            let batch: Vec<Event> = held.values().map(|item| item.event.clone()).collect();
+            let batch = offsets.held_events();
             let verdicts = loop {
                 match store.project(projection, &batch).await {
                     Ok(verdicts) => break verdicts,
@@ -181,49 +240,39 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
                         metrics::histogram!("wallex_projection_lag_seconds", "group" => projection.group())
                             .record(lag_us as f64 / 1e6);
                         stats.projected.fetch_add(1, Ordering::Relaxed);
-                        if let Some(item) = held.remove(&(event.wallet_id, event.version)) {
-                            touched.insert(item.partition);
-                        }
+                        offsets.settled(event);
                         progressed = true;
                     }
                     Applied::Duplicate => {
                         metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group())
                             .increment(1);
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        if let Some(item) = held.remove(&(event.wallet_id, event.version)) {
-                            touched.insert(item.partition);
-                        }
+                        offsets.settled(event);
                     }
                     Applied::Gap { .. } => {}
                 }
             }
             // Events of one wallet are in version order in the batch, so one pass applies every
             // contiguous run; another pass is needed only if a gap filled mid-way.
-            if !progressed || held.is_empty() {
+            if !progressed || offsets.held_count() == 0 {
                 break;
             }
         }
-        stats.held.store(held.len() as u64, Ordering::Relaxed);
-        metrics::gauge!("wallex_projection_held_events", "group" => projection.group()).set(held.len() as f64);
-        // Never commit past a held event: a restart must redeliver it.
-        let mut next_offsets: BTreeMap<u32, u64> =
-            touched.into_iter().map(|partition| (partition, delivered[&partition])).collect();
-        for item in held.values() {
-            next_offsets.entry(item.partition).and_modify(|next| *next = (*next).min(item.offset));
-        }
-        uncommitted.extend(next_offsets);
-        commit_offsets(&mut consumer, projection, &mut uncommitted).await;
+        let held = offsets.held_count();
+        stats.held.store(held as u64, Ordering::Relaxed);
+        metrics::gauge!("wallex_projection_held_events", "group" => projection.group()).set(held as f64);
+        commit_offsets(&mut consumer, projection, &mut offsets).await;
     }
 }
 
-/// Commits `uncommitted` offsets; keeps them to retry if the bus does not acknowledge.
-async fn commit_offsets<C: Consumer>(consumer: &mut C, projection: Projection, uncommitted: &mut BTreeMap<u32, u64>) {
-    if uncommitted.is_empty() {
+/// Commits what `offsets` says is due; keeps it to retry if the bus does not acknowledge.
+async fn commit_offsets<C: Consumer>(consumer: &mut C, projection: Projection, offsets: &mut Offsets) {
+    let due = offsets.offsets_to_commit();
+    if due.is_empty() {
         return;
     }
-    let offsets: Vec<(u32, u64)> = uncommitted.iter().map(|(partition, offset)| (*partition, *offset)).collect();
-    match consumer.commit(&offsets).await {
-        Ok(()) => uncommitted.clear(),
+    match consumer.commit(&due).await {
+        Ok(()) => offsets.committed(),
         Err(error) => tracing::warn!(group = projection.group(), %error, "offset commit failed; retrying next round"),
     }
 }

@@ -15,7 +15,8 @@ use crate::ports::{Bus, BusMessage, Clock, EventStore, OutboxPosition};
 #[cfg(madsim)]
 use wallex_engine::planted::{Bug, is_planted as planted};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
     /// Most messages read and published per round.
     pub batch: usize,
@@ -56,6 +57,40 @@ pub struct RelayStats {
     pub last_ack_latency_us: AtomicU64,
 }
 
+/// The relay's bookkeeping: how far the bus has acknowledged (`published`, where the next read
+/// starts) and how far the store has marked (`marked`, where a restart resumes). Both only move
+/// forward, and nothing is marked that the bus has not acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayCursor {
+    published: Option<OutboxPosition>,
+    marked: Option<OutboxPosition>,
+}
+
+impl RelayCursor {
+    /// Where the next outbox read starts after (from the beginning when `None`).
+    pub fn published(&self) -> Option<OutboxPosition> {
+        self.published
+    }
+
+    /// The position the store should mark, if it is behind the bus.
+    pub fn to_mark(&self) -> Option<OutboxPosition> {
+        self.published.filter(|_| self.published != self.marked)
+    }
+
+    /// The bus acknowledged every message through `through`, in commit order.
+    pub fn acknowledged(&mut self, through: OutboxPosition) {
+        assert!(Some(through) > self.published, "the relay cursor never moves back (or stands still on news)");
+        self.published = Some(through);
+    }
+
+    /// The store marked every message through `through` published.
+    pub fn marked(&mut self, through: OutboxPosition) {
+        assert!(Some(through) <= self.published, "nothing is marked before the bus acknowledged it");
+        assert!(Some(through) >= self.marked, "the marked position never moves back");
+        self.marked = Some(through);
+    }
+}
+
 pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
     store: S,
     bus: B,
@@ -65,29 +100,27 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
     stats: Arc<RelayStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut cursor: Option<OutboxPosition> = None;
-    // What the store has marked published: behind `cursor` only while a mark failed.
-    let mut marked: Option<OutboxPosition> = None;
+    let mut cursor = RelayCursor::default();
     let backoff = Duration::from_millis(config.retry_backoff_ms);
     let mark_interval = Duration::from_millis(config.mark_interval_ms);
     let mut last_mark = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
-            if let Some(through) = cursor.filter(|_| cursor != marked) {
+            if let Some(through) = cursor.to_mark() {
                 let _ = store.mark_published(through).await;
             }
             return;
         }
-        if let Some(through) = cursor.filter(|_| cursor != marked && last_mark.elapsed() >= mark_interval) {
+        if let Some(through) = cursor.to_mark().filter(|_| last_mark.elapsed() >= mark_interval) {
             // Also retries a mark that failed, even if nothing new is committed, so the backlog
             // the store reports drains (a restart would otherwise republish these).
             last_mark = tokio::time::Instant::now();
             match store.mark_published(through).await {
-                Ok(()) => marked = cursor,
+                Ok(()) => cursor.marked(through),
                 Err(error) => tracing::warn!(%error, "relay could not mark messages published"),
             }
         }
-        let messages = match store.outbox_after(cursor, config.batch).await {
+        let messages = match store.outbox_after(cursor.published(), config.batch).await {
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(%error, "relay cannot read the outbox");
@@ -101,7 +134,7 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
                 biased;
                 () = committed.notified() => {}
                 // A position still to mark wakes the relay when its interval is up.
-                () = tokio::time::sleep(if cursor == marked {
+                () = tokio::time::sleep(if cursor.to_mark().is_none() {
                     Duration::from_millis(config.idle_tick_ms)
                 } else {
                     mark_interval.saturating_sub(last_mark.elapsed())
@@ -120,9 +153,9 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
             .collect();
         #[cfg(madsim)]
         if planted(Bug::PublishedBeforeAck) {
+            // Bypasses the cursor's own checks, which would stop this bug before the checkers do.
             let last = messages.last().expect("not empty").position;
-            cursor = Some(last);
-            marked = cursor;
+            cursor = RelayCursor { published: Some(last), marked: Some(last) };
             let _ = store.mark_published(last).await;
             let _ = bus.publish(&outgoing).await;
             continue;
@@ -146,11 +179,11 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
             // Published is published: move on; the position is marked at the top of a round once
             // the mark interval is up (a failed mark is retried there, and a restart republishes,
             // which consumers tolerate).
-            cursor = Some(last.position);
+            cursor.acknowledged(last.position);
         }
         #[cfg(madsim)]
         if planted(Bug::OutboxCursorSkips) {
-            cursor = messages.last().map(|message| message.position);
+            cursor.published = messages.last().map(|message| message.position);
         }
         if prefix < messages.len() {
             metrics::counter!("wallex_relay_publish_failures_total").increment(1);

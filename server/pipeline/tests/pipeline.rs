@@ -218,7 +218,7 @@ async fn a_retried_command_takes_effect_once_and_returns_the_original_reply() {
 async fn ids_the_engine_forgot_are_answered_from_the_store() {
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
     let mut config = PipelineConfig::default();
-    config.writer.engine.command_retention_micros = 1; // The engine forgets at once.
+    config.writer.engine_retention_micros = 1; // The engine forgets at once.
     let pipeline = start(&store, &bus, config).await;
     create_wallets(&pipeline).await;
     let debit =
@@ -262,7 +262,7 @@ async fn an_ambiguous_commit_is_resolved_from_the_store_after_the_engine_forgot_
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
     let mut config = PipelineConfig::default();
     // The engine forgets an id a microsecond after deciding it: only the store can answer retries.
-    config.writer.engine.command_retention_micros = 1;
+    config.writer.engine_retention_micros = 1;
     config.writer.retry_backoff_ms = 1;
     let pipeline = start(&store, &bus, config).await;
     create_wallets(&pipeline).await;
@@ -418,7 +418,7 @@ async fn an_idempotency_key_is_reusable_after_its_retention_and_the_cleanup() {
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
     let mut config = PipelineConfig::default();
     config.writer.idempotency_retention_micros = 20_000; // 20 ms
-    config.writer.engine.command_retention_micros = 20_000; // never longer than the store's
+    config.writer.engine_retention_micros = 20_000; // never longer than the store's
     config.writer.idempotency_cleanup_interval_ms = 5;
     let pipeline = start(&store, &bus, config).await;
     create_wallets(&pipeline).await;
@@ -442,7 +442,7 @@ async fn an_engine_retention_longer_than_the_stores_is_refused_at_start_not_clam
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
     let mut config = PipelineConfig::default();
     config.writer.idempotency_retention_micros = 1_000_000;
-    config.writer.engine.command_retention_micros = 2_000_000;
+    config.writer.engine_retention_micros = 2_000_000;
     match Pipeline::start(store.clone(), bus, SystemClock, config).await {
         Err(StartError::Config(error)) => assert_eq!(error.field, "pipeline.writer.engine_retention_micros"),
         Err(other) => panic!("refused for another reason: {other}"),

@@ -67,7 +67,7 @@ fn config() -> WriterConfig {
         idempotency_retention_micros: 3_600_000_000,
         ..WriterConfig::default()
     };
-    config.engine.command_retention_micros = ENGINE_RETENTION_MICROS;
+    config.engine_retention_micros = ENGINE_RETENTION_MICROS;
     config
 }
 
@@ -89,7 +89,7 @@ struct Pair {
 impl Pair {
     fn new(script: BTreeMap<usize, Fault>) -> Pair {
         let store = MemoryStore::new();
-        let ledger = ready(recover(&store, config().engine, config().journal_page)).unwrap();
+        let ledger = ready(recover(&store, config().engine(), config().journal_page)).unwrap();
         Pair {
             core: WriterCore::new(config(), ledger),
             store,
@@ -216,7 +216,7 @@ impl Pair {
     /// Between batches: the store replays to the core's ledger, whose invariants hold, and no
     /// command id is recorded twice.
     fn check_store(&self) {
-        let recovered = ready(recover(&self.store, config().engine, config().journal_page)).unwrap();
+        let recovered = ready(recover(&self.store, config().engine(), config().journal_page)).unwrap();
         let ledger = self.core.ledger();
         ledger.check_invariants().unwrap();
         assert_eq!(recovered.last_transaction_id(), ledger.last_transaction_id());
@@ -515,6 +515,6 @@ fn a_commit_that_keeps_failing_after_reloads_answers_unavailable_after_the_confi
 #[test]
 #[should_panic(expected = "an answer to a question the core did not ask")]
 fn an_answer_to_a_question_not_asked_is_a_bug() {
-    let mut core: WriterCore<u32> = WriterCore::new(config(), Ledger::new(config().engine));
+    let mut core: WriterCore<u32> = WriterCore::new(config(), Ledger::new(config().engine()));
     core.handle_commit(Ok(()));
 }

@@ -382,7 +382,7 @@ impl<T> WriterCore<T> {
     }
 
     fn recovery(&self) -> Box<Recovery> {
-        Box::new(Recovery::new(self.config.engine, self.config.journal_page))
+        Box::new(Recovery::new(self.config.engine(), self.config.journal_page))
     }
 
     /// Asks the store about the ids in `pending` the engine no longer remembers (the store keeps

@@ -13,6 +13,7 @@ mod recovery;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use wallex_engine::{Command, CommandRecord, Event, Hold, Ledger, TransactionId, Wallet};
 
@@ -22,9 +23,12 @@ use crate::ConfigError;
 use crate::ports::{Clock, EventStore};
 
 /// Limits and pacing of the writer; every one has a default.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WriterConfig {
-    pub engine: wallex_engine::Config,
+    /// How long the engine itself remembers command ids, in microseconds; the store's
+    /// idempotency records (`idempotency_retention_micros`) answer older ones.
+    pub engine_retention_micros: u64,
     /// Most commands in one group commit.
     pub max_batch: usize,
     /// How long to wait for more commands once one arrived; 0 commits as soon as the previous
@@ -41,7 +45,7 @@ pub struct WriterConfig {
     /// Journal entries read per page during recovery.
     pub journal_page: usize,
     /// How long the store keeps an idempotency key live, in microseconds (24 h by default). The
-    /// engine's own window (`engine.command_retention_micros`) must not be longer.
+    /// engine's own window (`engine_retention_micros`) must not be longer.
     pub idempotency_retention_micros: u64,
     /// How often expired idempotency keys are deleted from the store, in milliseconds.
     pub idempotency_cleanup_interval_ms: u64,
@@ -52,7 +56,7 @@ impl Default for WriterConfig {
         WriterConfig {
             // The engine remembers ids for ten minutes; the store's idempotency records cover the
             // rest of the retention (one lookup per batch for ids the engine has forgotten).
-            engine: wallex_engine::Config { command_retention_micros: 10 * 60 * 1_000_000 },
+            engine_retention_micros: 10 * 60 * 1_000_000,
             max_batch: 1_024,
             max_batch_wait_us: 0,
             queue_depth: 16_384,
@@ -89,6 +93,11 @@ pub enum Reply {
 pub const MAX_BATCH_LIMIT: usize = 8_192;
 
 impl WriterConfig {
+    /// The engine's own settings.
+    pub fn engine(&self) -> wallex_engine::Config {
+        wallex_engine::Config { command_retention_micros: self.engine_retention_micros }
+    }
+
     /// Refuses settings that contradict each other or leave the writer unable to work; nothing is
     /// clamped.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -114,14 +123,14 @@ impl WriterConfig {
         if self.idempotency_cleanup_interval_ms == 0 {
             return Err(ConfigError::new(field("idempotency_cleanup_interval_ms"), "must be at least 1"));
         }
-        if self.engine.command_retention_micros > self.idempotency_retention_micros {
+        if self.engine_retention_micros > self.idempotency_retention_micros {
             return Err(ConfigError::new(
                 field("engine_retention_micros"),
                 format!(
                     "the engine remembers command ids ({} µs) longer than the store keeps idempotency keys \
                      (pipeline.writer.idempotency_retention_micros, {} µs): a restart would forget what the \
                      running writer remembers",
-                    self.engine.command_retention_micros, self.idempotency_retention_micros
+                    self.engine_retention_micros, self.idempotency_retention_micros
                 ),
             ));
         }
@@ -209,7 +218,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
         config: WriterConfig,
         committed: Arc<Notify>,
     ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
-        let ledger = recover(&store, config.engine, config.journal_page).await?;
+        let ledger = recover(&store, config.engine(), config.journal_page).await?;
         let (sender, requests) = mpsc::channel(config.queue_depth);
         let core = WriterCore::new(config, ledger);
         Ok((Writer { store, clock, core, config, requests, committed }, CommandSender { requests: sender }))
