@@ -34,9 +34,8 @@ pub struct ProjectorConfig {
     pub max_held: usize,
     /// Least time between the starts of two store transactions, in milliseconds: what arrives
     /// meanwhile joins the next one. Under load this trades tens of milliseconds of projection lag
-    /// for far fewer, larger transactions (and fetches from the broker): on the embedded store
-    /// 50 ms instead of 10 took closed-loop throughput from ~3.8k to ~6k ops/s, projection lag p99
-    /// ≤ 80 ms.
+    /// for far fewer, larger transactions (and fetches from the broker); docs/PERFORMANCE.md has
+    /// the measurements behind the default.
     pub linger_ms: u64,
 }
 

@@ -1,21 +1,22 @@
-//! The `wallex` binary: `serve` runs the service, `demo` tours the engine.
+//! The `wallex` binary: `serve` runs the service, `migrate` prepares PostgreSQL, `config` prints
+//! the effective configuration, `demo` tours the engine.
 
+mod config;
 mod demo;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use config::{Config, ConfigArgs};
 use wallex_http::{AppState, router};
 use wallex_kafka::{KafkaBus, KafkaConfig};
 use wallex_pipeline::SystemClock;
 use wallex_pipeline::bus::InProcessBus;
 use wallex_pipeline::ports::{Bus, EventStore, ProjectionStore};
 use wallex_pipeline::{Pipeline, PipelineConfig};
-use wallex_sql::PostgresStore;
-use wallex_sql::SqliteStore;
+use wallex_sql::{PostgresStore, SqliteStore};
 
 #[derive(Debug, Parser)]
 #[command(name = "wallex", version, about = "Wallex: an exact, event-sourced wallet ledger")]
@@ -26,52 +27,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
-    /// Serves the REST API. With DATABASE_URL it stores in PostgreSQL (migrating at start); without,
-    /// in the embedded store: one durable SQLite file in --data-dir. With KAFKA_BROKERS it publishes
-    /// to Kafka; without, to an in-process bus.
-    Serve {
-        /// Address to listen on; the port defaults to $PORT, else 3000.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Where the embedded store keeps its file.
-        #[arg(long, default_value = "wallex-data")]
-        data_dir: PathBuf,
-        /// Most commands in one group commit.
-        #[arg(long, default_value_t = PipelineConfig::default().writer.max_batch)]
-        max_batch: usize,
-        /// The events topic, when KAFKA_BROKERS is set.
-        #[arg(long, default_value = "wallet-events")]
-        kafka_topic: String,
-        /// The dead-letter topic, when KAFKA_BROKERS is set.
-        #[arg(long, default_value = "wallet-events-dlq")]
-        kafka_dlq_topic: String,
-    },
-    /// Applies the PostgreSQL migrations to DATABASE_URL and exits.
-    Migrate,
+    /// Serves the REST API. With a database URL (DATABASE_URL) it stores in PostgreSQL (migrating
+    /// at start); without, in the embedded store: one durable SQLite file in the data directory.
+    /// With Kafka brokers (KAFKA_BROKERS) it publishes to Kafka; without, to an in-process bus.
+    Serve(ConfigArgs),
+    /// Applies the PostgreSQL migrations to the configured database and exits.
+    Migrate(ConfigArgs),
+    /// Prints the effective configuration (defaults, file, environment, flags) as TOML, secrets
+    /// masked, after checking it as `serve` would.
+    Config(ConfigArgs),
     /// Runs a short tour of the ledger engine in memory and prints what it decided.
     Demo,
 }
 
 fn main() -> anyhow::Result<()> {
+    let load = |args: &ConfigArgs| Config::load(args, std::env::vars());
     match Cli::parse().command {
         Commands::Demo => {
             print!("{}", demo::run()?);
             Ok(())
         }
-        Commands::Serve { listen, data_dir, max_batch, kafka_topic, kafka_dlq_topic } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let kafka = std::env::var("KAFKA_BROKERS").ok().map(|brokers| {
-                let mut config = KafkaConfig::new(brokers);
-                config.topic = kafka_topic;
-                config.dead_letter_topic = kafka_dlq_topic;
-                config
-            });
-            runtime.block_on(serve(listen, data_dir, max_batch, kafka))
+        Commands::Config(args) => {
+            print!("{}", load(&args)?.render());
+            Ok(())
         }
-        Commands::Migrate => {
+        Commands::Serve(args) => {
+            let config = load(&args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config))
+        }
+        Commands::Migrate(args) => {
+            let config = load(&args)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
-                let url = std::env::var("DATABASE_URL").context("DATABASE_URL must name the PostgreSQL database")?;
+                let url = config
+                    .store
+                    .database_url
+                    .context("DATABASE_URL (store.database_url) must name the PostgreSQL database")?;
                 let store = PostgresStore::connect(&url).await?;
                 store.close().await;
                 println!("migrations applied");
@@ -81,41 +73,30 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(
-    listen: Option<SocketAddr>,
-    data_dir: PathBuf,
-    max_batch: usize,
-    kafka: Option<KafkaConfig>,
-) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .init();
-    let listen = match listen {
-        Some(listen) => listen,
-        None => {
-            let port = std::env::var("PORT").ok().map(|port| port.parse()).transpose().context("PORT")?.unwrap_or(3000);
-            SocketAddr::from(([0, 0, 0, 0], port))
-        }
-    };
-    let mut config = PipelineConfig::default();
-    config.writer.max_batch = max_batch.max(1);
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => {
-            let store = PostgresStore::connect(&url).await.context("connecting to PostgreSQL")?;
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
+        .context("log.filter")?;
+    tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    let listen = config.http.listen;
+    let kafka = config.kafka();
+    let pipeline = config.pipeline;
+    match &config.store.database_url {
+        Some(url) => {
+            let store = PostgresStore::connect(url).await.context("connecting to PostgreSQL")?;
             tracing::info!("store: postgresql");
             let requeue = store.clone();
-            serve_on(store.clone(), kafka, listen, config, async move { requeue.requeue_unprojected().await }).await?;
+            serve_on(store.clone(), kafka, listen, pipeline, async move { requeue.requeue_unprojected().await })
+                .await?;
             store.close().await;
         }
-        Err(_) => {
-            let store =
-                SqliteStore::open(&data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
+        None => {
+            let data_dir = &config.store.data_dir;
+            let store = SqliteStore::open(data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
             tracing::info!(data_dir = %data_dir.display(), "store: embedded");
             let requeue = store.clone();
-            serve_on(store.clone(), kafka, listen, config, async move { requeue.requeue_unprojected().await }).await?;
+            serve_on(store.clone(), kafka, listen, pipeline, async move { requeue.requeue_unprojected().await })
+                .await?;
             store.close().await;
         }
     }
