@@ -52,6 +52,10 @@ impl KafkaConfig {
     }
 }
 
+/// Messages the producer may hold unacknowledged (librdkafka's `queue.buffering.max.messages`): one
+/// relay round (`pipeline.relay.batch`) is published in one flight and must fit.
+pub const PRODUCER_QUEUE_MESSAGES: usize = 100_000;
+
 fn bus_error(error: impl std::fmt::Display) -> BusError {
     BusError(error.to_string())
 }
@@ -90,6 +94,7 @@ impl KafkaBus {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
+            .set("queue.buffering.max.messages", PRODUCER_QUEUE_MESSAGES.to_string())
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
             .create()
             .map_err(bus_error)?;

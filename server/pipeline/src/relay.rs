@@ -30,9 +30,12 @@ pub struct RelayConfig {
     pub mark_interval_ms: u64,
 }
 
+/// Messages read and published per round, by default.
+pub const DEFAULT_BATCH: usize = 4_096;
+
 impl Default for RelayConfig {
     fn default() -> RelayConfig {
-        RelayConfig { batch: 4_096, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms: 50 }
+        RelayConfig { batch: DEFAULT_BATCH, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms: 50 }
     }
 }
 

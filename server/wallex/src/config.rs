@@ -23,6 +23,10 @@ const ENV_LEVEL_SEPARATOR: &str = "__";
 /// The port when neither the file, `PORT` nor a flag names one.
 pub const DEFAULT_PORT: u16 = 3000;
 
+// One relay round is published in one producer flight: the default must fit the producer's queue
+// (a configured one is checked in `Config::validate`).
+const _: () = assert!(wallex_pipeline::relay::DEFAULT_BATCH <= wallex_kafka::PRODUCER_QUEUE_MESSAGES);
+
 /// Every setting of `wallex serve`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -217,6 +221,15 @@ impl Config {
         }
         if self.bus.topic == self.bus.dead_letter_topic {
             return Err(ConfigError::new("bus.dead_letter_topic", "must differ from bus.topic"));
+        }
+        if self.bus.kafka_brokers.is_some() && self.pipeline.relay.batch > wallex_kafka::PRODUCER_QUEUE_MESSAGES {
+            return Err(ConfigError::new(
+                "pipeline.relay.batch",
+                format!(
+                    "one round is published in one flight and must fit the Kafka producer's queue ({} messages)",
+                    wallex_kafka::PRODUCER_QUEUE_MESSAGES
+                ),
+            ));
         }
         if self.bus.partitions < 1 || self.bus.dead_letter_partitions < 1 {
             return Err(ConfigError::new("bus.partitions", "topics need at least one partition"));
@@ -424,6 +437,7 @@ mod tests {
             ("pipeline.projector.max_held=10", "pipeline.projector.max_held"),
             ("bus.dead_letter_topic=wallet-events", "bus.dead_letter_topic"),
             ("store.database_url=mysql://x", "store.database_url"),
+            ("pipeline.relay.batch=0", "pipeline.relay.batch"),
         ];
         for (assignment, field) in cases {
             let args = ConfigArgs { set: vec![assignment.to_owned()], ..ConfigArgs::default() };
@@ -431,6 +445,11 @@ mod tests {
             let refused = error.downcast_ref::<ConfigError>().unwrap_or_else(|| panic!("{assignment}: {error:#}"));
             assert_eq!(refused.field, field, "{assignment}");
         }
+        // A relay round larger than the producer's queue: fine in-process, refused with Kafka.
+        let args = ConfigArgs { set: vec!["pipeline.relay.batch=200000".to_owned()], ..ConfigArgs::default() };
+        assert!(Config::load(&args, Vec::new()).is_ok());
+        let error = Config::load(&args, env(&[("KAFKA_BROKERS", "127.0.0.1:9092")])).unwrap_err();
+        assert_eq!(error.downcast_ref::<ConfigError>().map(|error| error.field.as_str()), Some("pipeline.relay.batch"));
     }
 
     #[test]
