@@ -9,13 +9,13 @@ use std::cell::Cell;
 /// A bug the simulator can plant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Bug {
-    /// The processor replies to a command before its group commit is durable.
+    /// The writer replies to a command before its group commit is durable.
     AckBeforeCommit,
     /// The relay marks messages published before the broker acknowledged them.
     PublishedBeforeAck,
     /// The projection store writes the checkpoint in one transaction and the rows in another.
     CheckpointOutsideTransaction,
-    /// The processor skips the stored idempotency lookup for ids the engine has forgotten.
+    /// The writer skips the stored idempotency lookup for ids the engine has forgotten.
     IdempotencyLookupSkipped,
     /// The relay's cursor moves past messages the broker did not acknowledge, as a `bigserial`
     /// cursor moves past rows that commit out of order.
