@@ -1,6 +1,8 @@
 //! RFC 9457 problem details: every error the API returns, with a stable `code`.
 //!
-//! `Problem::rejection` is the one place a ledger rejection becomes an HTTP status.
+//! `Problem::rejection` is the one place a ledger rejection becomes an HTTP status. `ProblemBody` is
+//! what is sent and `ProblemJson` what the OpenAPI document says is sent; they sit together here so
+//! they change together.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,6 +77,17 @@ impl Problem {
     }
 }
 
+/// The writer is not taking commands (stopping, or its queue is gone): 503, retry soon.
+pub(crate) fn unavailable() -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the ledger is not accepting commands right now")
+}
+
+/// A store read failed: 503, retry soon. The cause is logged, not shown to the client.
+pub(crate) fn store_problem(error: wallex_pipeline::ports::StoreError) -> Problem {
+    tracing::warn!(%error, "read failed");
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the read model is unavailable right now")
+}
+
 fn describe(rejection: Rejection) -> &'static str {
     match rejection {
         Rejection::IdempotencyKeyReused => "this Idempotency-Key was already used for a different request",
@@ -113,4 +126,19 @@ impl IntoResponse for Problem {
         }
         response
     }
+}
+
+// What the OpenAPI document says every error body is; `ProblemBody` above is what is sent.
+/// The shape of every error body (RFC 9457).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProblemJson {
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Stable machine-readable code, e.g. `insufficient_funds`.
+    code: String,
+    transaction_id: Option<String>,
 }

@@ -2,7 +2,9 @@
 //!
 //! Covers the original routes and bodies, exact amounts in and out, the idempotency matrix
 //! (replay, other body, concurrent same key), holds, history, pagination, and that bad input of
-//! every kind is a 4xx problem+json that changes nothing (never a 5xx).
+//! every kind is a 4xx problem+json that changes nothing (never a 5xx). The handlers read through
+//! `Queries` and take the time from the state's clock, so one test stands a canned read side and a
+//! fixed clock in for the store and the wall clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +14,11 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use wallex_http::{AppState, router};
+use wallex_engine::{Event, OwnerId, Timestamp, WalletId};
+use wallex_http::{AppState, Queries, router};
 use wallex_pipeline::SystemClock;
 use wallex_pipeline::bus::InProcessBus;
+use wallex_pipeline::ports::{Clock, LedgerEntry, StoreError, WalletView};
 use wallex_pipeline::{Pipeline, PipelineConfig};
 use wallex_testkit::memory::MemoryStore;
 
@@ -398,4 +402,92 @@ async fn the_openapi_document_lists_every_route() {
         assert!(paths.contains_key(path), "{path} missing");
     }
     assert!(document.body["components"]["schemas"]["WalletJson"].is_object());
+}
+
+#[tokio::test]
+async fn a_cursor_past_the_last_version_is_an_empty_page_not_a_panic() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "a", "ownerId": "o"})).await;
+    // Any number is a valid cursor; the page after the largest version is simply empty.
+    for cursor in [u64::MAX, u64::MAX - 10] {
+        let page = api.get(&format!("/wallets/a/events?cursor={cursor}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{cursor}: {:?}", page.body);
+        assert_eq!(page.body, json!({"items": [], "nextCursor": null}));
+    }
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_and_a_method_a_route_lacks_are_problems_too() {
+    let api = api().await;
+    // `%FF` decodes to a byte that is not UTF-8: axum's own rejection would be plain text.
+    problem(&api.get("/wallets/%FF").await, StatusCode::BAD_REQUEST, "invalid_id");
+    problem(
+        &api.call("POST", "/wallets/%FF/credit", None, Some(r#"{"amount": 1}"#)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+    );
+    let answer = api.call("DELETE", "/wallets/a", None, None).await;
+    problem(&answer, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let response =
+        api.router.clone().oneshot(Request::get("/wallets/a/credit").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST", "the allowed methods are still named");
+}
+
+/// When the one unpublished outbox message of `OneUnpublished` was committed.
+const COMMITTED_AT_MICROS: u64 = 1_700_000_000_000_000;
+
+/// A read side holding nothing but one unpublished outbox message.
+#[derive(Debug)]
+struct OneUnpublished;
+
+impl Queries for OneUnpublished {
+    async fn wallet(&self, _: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        Ok(None)
+    }
+
+    async fn wallets(
+        &self,
+        _: Option<&OwnerId>,
+        _: Option<&WalletId>,
+        _: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn ledger_entries(&self, _: &WalletId, _: Option<u64>, _: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn wallet_events(&self, _: &WalletId, _: u64, _: u64) -> Result<Vec<Event>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        Ok((1, Some(Timestamp::from_unix_micros(COMMITTED_AT_MICROS))))
+    }
+}
+
+/// A clock that always reads the same instant.
+#[derive(Clone, Copy, Debug)]
+struct FixedClock(Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_age_is_measured_by_the_injected_clock() {
+    // The pipeline only supplies the command sender and the stats; reads go to the canned side.
+    let pipeline =
+        Pipeline::start(MemoryStore::new(), InProcessBus::new(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let clock = FixedClock(Timestamp::from_unix_micros(COMMITTED_AT_MICROS + 1_500_999));
+    let state = AppState::new(pipeline.commands.clone(), OneUnpublished, pipeline.stats.clone(), "in-process")
+        .with_clock(clock);
+    let api = Api { router: router(Arc::new(state)), _pipeline: pipeline };
+    let stats = api.get("/health/kafka/stats").await;
+    assert_eq!(stats.status, StatusCode::OK, "{:?}", stats.body);
+    assert_eq!(stats.body["outbox"], json!({"backlog": 1, "oldestUnpublishedAgeMs": 1_500}), "whole milliseconds");
 }

@@ -1,0 +1,178 @@
+//! Extraction: JSON bodies, query strings, path ids and headers into typed values, every failure a
+//! problem. Ids, amounts, currencies, descriptions and instants are parsed here, and the
+//! `Idempotency-Key` header becomes the command id.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use wallex_engine::{Amount, CommandId, Currency, Description, HoldId, Timestamp, WalletId};
+
+use crate::problem::unavailable;
+use crate::{AppState, DEFAULT_PAGE, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE, Problem};
+
+/// A JSON body whose every failure (syntax, unknown field, wrong type, size, content type) is a
+/// problem+json 4xx.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &St) -> Result<Body<T>, Problem> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(json_problem(&rejection)),
+        }
+    }
+}
+
+/// Query-string parameters whose every failure is a 400 `invalid_query` problem.
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Params<T>, Problem> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Params(value)),
+            Err(rejection) => Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())),
+        }
+    }
+}
+
+/// The `{id}` segment of a path, as text. Its one failure, a segment that is not UTF-8 once
+/// percent-decoded, is a 400 `invalid_id` problem: axum's own rejection is plain text. Handlers
+/// parse the text themselves, so the order of the checks (and of their problems) stays theirs.
+pub(crate) struct PathId(pub(crate) String);
+
+impl<St: Send + Sync> FromRequestParts<St> for PathId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<PathId, Problem> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(PathId(id)),
+            Err(rejection) => Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_id", rejection.body_text())),
+        }
+    }
+}
+
+fn json_problem(rejection: &JsonRejection) -> Problem {
+    let detail = rejection.body_text();
+    match rejection {
+        JsonRejection::JsonSyntaxError(_) => Problem::new(StatusCode::BAD_REQUEST, "malformed_json", detail),
+        JsonRejection::JsonDataError(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail),
+        JsonRejection::MissingJsonContentType(_) => {
+            Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail)
+        }
+        _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("bodies are at most {MAX_BODY_BYTES} bytes"),
+        ),
+        _ => Problem::new(StatusCode::BAD_REQUEST, "invalid_body", detail),
+    }
+}
+
+pub(crate) fn parse_wallet(field: &str, text: &str) -> Result<WalletId, Problem> {
+    WalletId::parse(text).map_err(|error| Problem::field(field, &error))
+}
+
+pub(crate) fn parse_hold(field: &str, text: &str) -> Result<HoldId, Problem> {
+    HoldId::parse(text).map_err(|error| Problem::field(field, &error))
+}
+
+pub(crate) fn parse_description(text: Option<&str>) -> Result<Option<Description>, Problem> {
+    text.map(|text| Description::parse(text).map_err(|error| Problem::field("description", &error))).transpose()
+}
+
+/// An amount from its JSON text: a number literal or a string, parsed exactly in `currency`.
+pub(crate) fn parse_amount(field: &str, raw: &RawValue, currency: Currency, positive: bool) -> Result<Amount, Problem> {
+    let text = raw.get();
+    let text = if text.starts_with('"') {
+        serde_json::from_str::<String>(text)
+            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_amount", format!("{field}: not a string")))?
+    } else {
+        text.to_owned()
+    };
+    let parsed = if positive { Amount::parse_positive(&text, currency) } else { Amount::parse(&text, currency) };
+    parsed.map_err(|error| Problem::field(field, &error))
+}
+
+pub(crate) fn parse_currency(text: Option<&str>) -> Result<Option<Currency>, Problem> {
+    text.map(|code| Currency::parse(code).map_err(|error| Problem::field("currency", &error))).transpose()
+}
+
+/// A hold's `expiresAt`: an RFC 3339 instant, not before 1970 (the ledger's time is unsigned).
+pub(crate) fn parse_expiry(text: Option<&str>) -> Result<Option<Timestamp>, Problem> {
+    text.map(|text| {
+        let instant: jiff::Timestamp = text
+            .parse()
+            .map_err(|error| Problem::new(StatusCode::BAD_REQUEST, "invalid_expiry", format!("expiresAt: {error}")))?;
+        let micros = u64::try_from(instant.as_microsecond())
+            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_expiry", "expiresAt is before 1970"))?;
+        Ok(Timestamp::from_unix_micros(micros))
+    })
+    .transpose()
+}
+
+/// A query's RFC 3339 instant as microseconds since 1970; one before 1970 counts as 1970, which
+/// every ledger entry is at or after.
+pub(crate) fn parse_instant(name: &str, text: Option<&str>) -> Result<Option<u64>, Problem> {
+    text.map(|text| {
+        text.parse::<jiff::Timestamp>()
+            .map(|t| u64::try_from(t.as_microsecond()).unwrap_or(0))
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{name}: {e}")))
+    })
+    .transpose()
+}
+
+/// The page size a list asks for: `DEFAULT_PAGE` when absent, at most `MAX_PAGE`.
+pub(crate) fn page_size(limit: Option<usize>) -> Result<usize, Problem> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        limit @ 1..=MAX_PAGE => Ok(limit),
+        _ => Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_limit", format!("limit must be 1 to {MAX_PAGE}"))),
+    }
+}
+
+/// The command id for a request: derived from its `Idempotency-Key`, or fresh without one.
+pub(crate) fn command_id(headers: &HeaderMap) -> Result<CommandId, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(CommandId(uuid::Uuid::new_v4().as_u128()));
+    };
+    let key = value.to_str().ok().filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES).ok_or_else(
+        || {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"),
+            )
+        },
+    )?;
+    let mut input = b"wallex/idempotency-key/".to_vec();
+    input.extend_from_slice(key.as_bytes());
+    Ok(CommandId(xxhash_rust::xxh3::xxh3_128(&input)))
+}
+
+impl<S> AppState<S> {
+    /// The currency of an existing wallet (the write side knows every acknowledged wallet).
+    async fn currency_of(&self, wallet_id: WalletId) -> Result<Currency, Problem> {
+        if let Some(currency) = self.currencies.read().expect("lock").get(&wallet_id) {
+            return Ok(*currency);
+        }
+        let wallet = self.commands.wallet(wallet_id).await.ok_or_else(unavailable)?;
+        let wallet = wallet.ok_or_else(|| Problem::rejection(wallex_engine::Rejection::WalletNotFound))?;
+        self.currencies.write().expect("lock").insert(wallet_id, wallet.currency);
+        Ok(wallet.currency)
+    }
+
+    /// The currency a request's amount is in: the one it names, or its wallet's.
+    pub(crate) async fn request_currency(&self, named: Option<&str>, wallet_id: WalletId) -> Result<Currency, Problem> {
+        match parse_currency(named)? {
+            Some(currency) => Ok(currency),
+            None => self.currency_of(wallet_id).await,
+        }
+    }
+}

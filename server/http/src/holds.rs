@@ -1,0 +1,93 @@
+//! Holds: place one on a wallet, read it, capture it (in full or in part, optionally to another
+//! wallet) or void it. Holds are read from the write side, which alone knows their status.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use wallex_engine::{Command, CommandKind, HoldId};
+
+use crate::extract::{
+    Body, PathId, command_id, parse_amount, parse_description, parse_expiry, parse_hold, parse_wallet,
+};
+use crate::problem::{ProblemJson, unavailable};
+use crate::reply::respond;
+use crate::wire::{CaptureBody, HoldBody, HoldJson, TransactionJson};
+use crate::{Problem, Queries, Shared};
+
+#[utoipa::path(post, path = "/wallets/{id}/holds", request_body = HoldBody, params(("id" = String, Path)),
+    responses((status = 201, description = "Hold placed", body = TransactionJson), (status = 422, description = "Refused", body = ProblemJson)))]
+pub(crate) async fn place_hold<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    Body(body): Body<HoldBody>,
+) -> Result<Response, Problem> {
+    let command_id = command_id(&headers)?;
+    let wallet_id = parse_wallet("walletId", &id)?;
+    // Without a client hold id, derive one from the command id: a retry names the same hold.
+    let hold_id = match body.hold_id.as_deref() {
+        Some(text) => parse_hold("holdId", text)?,
+        None => HoldId::parse(&format!("hold-{command_id}")).expect("hex ids are valid"),
+    };
+    let expires_at = parse_expiry(body.expires_at.as_deref())?;
+    let description = parse_description(body.description.as_deref())?;
+    let currency = state.request_currency(body.currency.as_deref(), wallet_id).await?;
+    let amount = parse_amount("amount", &body.amount, currency, true)?;
+    let kind = CommandKind::PlaceHold { hold_id, wallet_id, currency, amount, expires_at, description };
+    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, true, |events| {
+        let mut value = TransactionJson::value(events);
+        value["holdId"] = serde_json::Value::String(hold_id.to_string());
+        value
+    }))
+}
+
+#[utoipa::path(get, path = "/holds/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "The hold", body = HoldJson), (status = 404, description = "hold_not_found", body = ProblemJson)))]
+pub(crate) async fn get_hold<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+) -> Result<Json<HoldJson>, Problem> {
+    let hold_id = parse_hold("holdId", &id)?;
+    let hold = state.commands.hold(hold_id).await.ok_or_else(unavailable)?;
+    let hold = hold.ok_or_else(|| Problem::rejection(wallex_engine::Rejection::HoldNotFound))?;
+    Ok(Json(HoldJson::of(&hold)))
+}
+
+#[utoipa::path(post, path = "/holds/{id}/capture", request_body = CaptureBody, params(("id" = String, Path)),
+    responses((status = 200, description = "Captured", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
+pub(crate) async fn capture_hold<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    Body(body): Body<CaptureBody>,
+) -> Result<Response, Problem> {
+    let command_id = command_id(&headers)?;
+    let hold_id = parse_hold("holdId", &id)?;
+    let destination = body.to_wallet_id.as_deref().map(|text| parse_wallet("toWalletId", text)).transpose()?;
+    let description = parse_description(body.description.as_deref())?;
+    // A partial amount is in the hold's currency, which only the write side knows.
+    let amount = match body.amount.as_deref() {
+        Some(raw) if raw.get() != "null" => {
+            let hold = state.commands.hold(hold_id).await.ok_or_else(unavailable)?;
+            let hold = hold.ok_or_else(|| Problem::rejection(wallex_engine::Rejection::HoldNotFound))?;
+            Some(parse_amount("amount", raw, hold.currency, true)?)
+        }
+        _ => None,
+    };
+    let kind = CommandKind::CaptureHold { hold_id, amount, destination, description };
+    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, TransactionJson::value))
+}
+
+#[utoipa::path(post, path = "/holds/{id}/void", params(("id" = String, Path)),
+    responses((status = 200, description = "Voided", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
+pub(crate) async fn void_hold<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let command_id = command_id(&headers)?;
+    let hold_id = parse_hold("holdId", &id)?;
+    let kind = CommandKind::VoidHold { hold_id };
+    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, TransactionJson::value))
+}

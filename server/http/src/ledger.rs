@@ -1,0 +1,76 @@
+//! History: a wallet's ledger entries (newest first, filterable), its events (in version order),
+//! and its balance as of a past version.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use crate::extract::{Params, PathId, page_size, parse_instant, parse_wallet};
+use crate::problem::{ProblemJson, store_problem};
+use crate::wire::{BalanceJson, BalanceQuery, EventJson, EventsQuery, LedgerEntryJson, LedgerQuery, Page};
+use crate::{Problem, Queries, Shared};
+
+#[utoipa::path(get, path = "/ledger/wallet/{id}", params(("id" = String, Path), ("cursor" = Option<u64>, Query), ("limit" = Option<usize>, Query), ("type" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
+    responses((status = 200, description = "Ledger entries, newest first", body = Page<LedgerEntryJson>)))]
+pub(crate) async fn ledger<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+    Params(query): Params<LedgerQuery>,
+) -> Result<Json<Page<LedgerEntryJson>>, Problem> {
+    let wallet_id = parse_wallet("walletId", &id)?;
+    let limit = page_size(query.limit)?;
+    let from = parse_instant("from", query.from.as_deref())?;
+    let to = parse_instant("to", query.to.as_deref())?;
+    let entries = state.store.ledger_entries(&wallet_id, query.cursor, limit).await.map_err(store_problem)?;
+    // Filters narrow the page; the cursor still moves past everything scanned.
+    let items = entries
+        .iter()
+        .filter(|e| query.entry_type.as_deref().is_none_or(|kind| e.entry_type == kind))
+        .filter(|e| from.is_none_or(|from| e.at.unix_micros() >= from))
+        .filter(|e| to.is_none_or(|to| e.at.unix_micros() < to))
+        .map(LedgerEntryJson::of)
+        .collect();
+    Ok(Json(Page::of(&entries, limit, |entry| entry.version.to_string(), items)))
+}
+
+#[utoipa::path(get, path = "/wallets/{id}/events", params(("id" = String, Path), ("cursor" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "The wallet's events in version order", body = Page<EventJson>)))]
+pub(crate) async fn wallet_events<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+    Params(query): Params<EventsQuery>,
+) -> Result<Json<Page<EventJson>>, Problem> {
+    let wallet_id = parse_wallet("walletId", &id)?;
+    let limit = page_size(query.limit)?;
+    // The cursor is the last version seen, and a client may send any number: past the largest
+    // version the page is empty, and the range ends there rather than overflowing.
+    let Some(from) = query.cursor.unwrap_or(0).checked_add(1) else {
+        return Ok(Json(Page { items: Vec::new(), next_cursor: None }));
+    };
+    let to = from.saturating_add(limit as u64 - 1);
+    let events = state.store.wallet_events(&wallet_id, from, to).await.map_err(store_problem)?;
+    if events.is_empty() && from == 1 {
+        return Err(Problem::rejection(wallex_engine::Rejection::WalletNotFound));
+    }
+    let items = events.iter().map(EventJson::of).collect();
+    Ok(Json(Page::of(&events, limit, |event| event.version.to_string(), items)))
+}
+
+#[utoipa::path(get, path = "/wallets/{id}/balance", params(("id" = String, Path), ("version" = u64, Query)),
+    responses((status = 200, description = "The balance as of that version", body = BalanceJson), (status = 404, description = "version_not_found", body = ProblemJson)))]
+pub(crate) async fn balance_at<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+    Params(query): Params<BalanceQuery>,
+) -> Result<Json<BalanceJson>, Problem> {
+    let wallet_id = parse_wallet("walletId", &id)?;
+    let events = state.store.wallet_events(&wallet_id, query.version, query.version).await.map_err(store_problem)?;
+    let event = events.first().ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "version_not_found",
+            format!("{wallet_id} has no version {}", query.version),
+        )
+    })?;
+    Ok(Json(BalanceJson::after(event)))
+}

@@ -1,0 +1,110 @@
+//! Operations: liveness (`/health`), the bus's health and the pipeline's figures
+//! (`/health/kafka`, `/health/kafka/stats`), and Prometheus metrics (`/metrics`, `install_metrics`).
+//! Outbox ages are measured against the state's clock.
+
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use wallex_pipeline::ports::Projection;
+
+use crate::problem::store_problem;
+use crate::{Problem, Queries, Shared};
+
+/// Upper bounds of the latency histograms' buckets, in seconds: 0.25 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.010, 0.012, 0.015, 0.020, 0.025, 0.030,
+    0.040, 0.050, 0.060, 0.080, 0.100, 0.125, 0.150, 0.200, 0.250, 0.300, 0.400, 0.500, 0.750, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// The Prometheus text format's content type, version 0.0.4.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub(crate) async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub(crate) async fn bus_health<S: Queries>(State(state): Shared<S>) -> Json<serde_json::Value> {
+    let failures = state.stats.relay.publish_failures.load(Relaxed);
+    Json(serde_json::json!({
+        "status": "healthy",
+        "bus": state.bus_name,
+        "producer": { "connected": true, "publishFailures": failures },
+    }))
+}
+
+pub(crate) async fn bus_stats<S: Queries>(State(state): Shared<S>) -> Result<Json<serde_json::Value>, Problem> {
+    let (backlog, oldest) = state.store.outbox_backlog().await.map_err(store_problem)?;
+    let now = state.now().unix_micros();
+    let oldest_age_ms = oldest.map(|at| now.saturating_sub(at.unix_micros()) / 1_000);
+    let mut consumers = serde_json::Map::new();
+    let mut dead_lettered = 0;
+    for projection in Projection::ALL {
+        let stats = state.stats.projector(projection);
+        dead_lettered += stats.dead_lettered.load(Relaxed);
+        let lag = match &state.lag {
+            Some(probe) => probe.lag(projection.group()).await.ok(),
+            None => None,
+        };
+        consumers.insert(
+            projection.group().to_owned(),
+            serde_json::json!({
+                "projected": stats.projected.load(Relaxed),
+                "duplicatesSkipped": stats.duplicates.load(Relaxed),
+                "heldForGaps": stats.held.load(Relaxed),
+                "deadLettered": stats.dead_lettered.load(Relaxed),
+                "lag": lag,
+            }),
+        );
+    }
+    Ok(Json(serde_json::json!({
+        "outbox": { "backlog": backlog, "oldestUnpublishedAgeMs": oldest_age_ms },
+        "relay": {
+            "published": state.stats.relay.published.load(Relaxed),
+            "publishFailures": state.stats.relay.publish_failures.load(Relaxed),
+            "lastAckLatencyUs": state.stats.relay.last_ack_latency_us.load(Relaxed),
+        },
+        "consumers": consumers,
+        "dlq": { "count": dead_lettered },
+    })))
+}
+
+/// The process's Prometheus recorder, installed on first use.
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        // Latencies are histograms with fixed buckets (not summaries), so a scraper can subtract
+        // two scrapes and read the percentiles of exactly the interval between them.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+            .expect("buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding application's): then this
+        // endpoint shows only what the scrape itself sets.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Installs the metrics recorder; `serve` calls it before the pipeline starts so nothing is missed.
+pub fn install_metrics() {
+    recorder();
+}
+
+/// `GET /metrics`: Prometheus text format, with the outbox backlog read at scrape time.
+pub(crate) async fn prometheus<S: Queries>(State(state): Shared<S>) -> Response {
+    if let Ok((backlog, oldest)) = state.store.outbox_backlog().await {
+        metrics::gauge!("wallex_outbox_backlog").set(backlog as f64);
+        let now = state.now().unix_micros();
+        let age_us = oldest.map_or(0, |at| now.saturating_sub(at.unix_micros()));
+        metrics::gauge!("wallex_outbox_oldest_age_seconds").set(age_us as f64 / 1e6);
+    }
+    let mut response = recorder().render().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
+    response
+}

@@ -1,0 +1,81 @@
+//! `Queries`: the reads the handlers make of the store, and nothing more.
+//!
+//! Handlers are generic over this port rather than over the pipeline's `EventStore +
+//! ProjectionStore`, so the API cannot reach a write (commands go through the `CommandSender`
+//! alone), and a test can stand a few canned answers in for a whole store. Every store the
+//! pipeline runs on answers these through the blanket impl below.
+
+use std::future::Future;
+
+use wallex_engine::{Event, OwnerId, Timestamp, WalletId};
+use wallex_pipeline::ports::{EventStore, LedgerEntry, ProjectionStore, StoreError, WalletView};
+
+/// The store reads behind the API's GET routes.
+pub trait Queries: Send + Sync + 'static {
+    /// A wallet as the read model shows it (`GET /wallets/{id}`).
+    fn wallet(&self, wallet_id: &WalletId) -> impl Future<Output = Result<Option<WalletView>, StoreError>> + Send;
+
+    /// Wallets ordered by id after `after`, optionally of one owner (`GET /wallets`).
+    fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<WalletView>, StoreError>> + Send;
+
+    /// A wallet's ledger entries, newest first, with versions below `before` (`GET /ledger/wallet/{id}`).
+    fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
+
+    /// A wallet's events with versions in `from..=to` (`/wallets/{id}/events` and `/balance`).
+    fn wallet_events(
+        &self,
+        wallet_id: &WalletId,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// How many outbox messages are unpublished, and when the oldest was committed (health, metrics).
+    fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send;
+}
+
+impl<S: EventStore + ProjectionStore> Queries for S {
+    fn wallet(&self, wallet_id: &WalletId) -> impl Future<Output = Result<Option<WalletView>, StoreError>> + Send {
+        ProjectionStore::wallet(self, wallet_id)
+    }
+
+    fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<WalletView>, StoreError>> + Send {
+        ProjectionStore::wallets(self, owner_id, after, limit)
+    }
+
+    fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send {
+        ProjectionStore::ledger_entries(self, wallet_id, before, limit)
+    }
+
+    fn wallet_events(
+        &self,
+        wallet_id: &WalletId,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
+        EventStore::wallet_events(self, wallet_id, from, to)
+    }
+
+    fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send {
+        EventStore::outbox_backlog(self)
+    }
+}

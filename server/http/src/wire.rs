@@ -1,0 +1,373 @@
+//! The wire: every JSON request body and response shape of the API, the query strings beside
+//! them, and how ledger values render into them (exact decimal strings, RFC 3339 instants). No
+//! other module (and no other crate) knows a JSON field name; the problem body is the one
+//! exception and lives with `Problem`.
+//!
+//! The `ToSchema` derives feed the OpenAPI document, so a doc comment on a shape or a field here
+//! is part of the published document.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use wallex_engine::{Event, EventKind, Hold, HoldStatus, Timestamp, Wallet};
+use wallex_pipeline::ports::{Direction, LedgerEntry, WalletView};
+
+/// An instant as RFC 3339 in UTC, to the microsecond.
+fn time(at: Timestamp) -> String {
+    let micros = i64::try_from(at.unix_micros()).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_microsecond(micros).map_or_else(|_| micros.to_string(), |t| t.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct CreateWalletBody {
+    pub(crate) wallet_id: String,
+    pub(crate) owner_id: String,
+    pub(crate) currency: Option<String>,
+    #[schema(value_type = Option<String>, example = "100.00")]
+    pub(crate) initial_balance: Option<Box<RawValue>>,
+    #[schema(value_type = Option<String>, example = "0")]
+    pub(crate) overdraft_limit: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct MoneyBody {
+    /// A JSON number or a decimal string, exact in the wallet's currency.
+    #[schema(value_type = String, example = "50.00")]
+    pub(crate) amount: Box<RawValue>,
+    pub(crate) currency: Option<String>,
+    pub(crate) description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct TransferBody {
+    pub(crate) to_wallet_id: String,
+    #[schema(value_type = String, example = "25.50")]
+    pub(crate) amount: Box<RawValue>,
+    pub(crate) currency: Option<String>,
+    pub(crate) description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct HoldBody {
+    pub(crate) hold_id: Option<String>,
+    #[schema(value_type = String, example = "40.00")]
+    pub(crate) amount: Box<RawValue>,
+    pub(crate) currency: Option<String>,
+    /// RFC 3339 instant, e.g. `2030-01-01T00:00:00Z`.
+    pub(crate) expires_at: Option<String>,
+    pub(crate) description: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct CaptureBody {
+    #[schema(value_type = Option<String>, example = "35.00")]
+    pub(crate) amount: Option<Box<RawValue>>,
+    pub(crate) to_wallet_id: Option<String>,
+    pub(crate) description: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query strings.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WalletQuery {
+    pub(crate) consistency: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    pub(crate) owner_id: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct LedgerQuery {
+    pub(crate) cursor: Option<u64>,
+    pub(crate) limit: Option<usize>,
+    #[serde(rename = "type")]
+    pub(crate) entry_type: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct EventsQuery {
+    pub(crate) cursor: Option<u64>,
+    pub(crate) limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BalanceQuery {
+    pub(crate) version: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response shapes.
+
+/// A wallet as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub struct WalletJson {
+    pub wallet_id: String,
+    pub owner_id: String,
+    #[schema(value_type = String, example = "USD")]
+    pub currency: &'static str,
+    pub balance: String,
+    pub held_balance: String,
+    pub available_balance: String,
+    pub overdraft_limit: String,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl WalletJson {
+    pub(crate) fn of(view: &WalletView) -> WalletJson {
+        let money = |minor: i128| view.currency.format_minor(minor);
+        WalletJson {
+            wallet_id: view.wallet_id.to_string(),
+            owner_id: view.owner_id.to_string(),
+            currency: view.currency.code(),
+            balance: money(i128::from(view.balance)),
+            held_balance: money(i128::from(view.held)),
+            available_balance: money(i128::from(view.balance) - i128::from(view.held)),
+            overdraft_limit: money(i128::from(view.overdraft_limit)),
+            version: view.version,
+            created_at: time(view.created_at),
+            updated_at: time(view.updated_at),
+        }
+    }
+
+    pub(crate) fn of_wallet(wallet: &Wallet) -> WalletJson {
+        WalletJson::of(&WalletView {
+            wallet_id: wallet.id,
+            owner_id: wallet.owner_id,
+            currency: wallet.currency,
+            balance: wallet.balance,
+            held: wallet.held,
+            overdraft_limit: wallet.overdraft_limit.minor(),
+            version: wallet.version,
+            created_at: wallet.created_at,
+            updated_at: wallet.updated_at,
+        })
+    }
+}
+
+/// One event as the API and the history show it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub struct EventJson {
+    pub wallet_id: String,
+    pub version: u64,
+    pub transaction_id: String,
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "credited")]
+    pub kind: &'static str,
+    #[schema(value_type = String, example = "USD")]
+    pub currency: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    pub balance_after: String,
+    pub held_after: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub at: String,
+}
+
+impl EventJson {
+    pub(crate) fn of(event: &Event) -> EventJson {
+        let money = |minor: i128| event.currency.format_minor(minor);
+        let hold_id = match &event.kind {
+            EventKind::HoldPlaced { hold_id, .. }
+            | EventKind::HoldCaptured { hold_id, .. }
+            | EventKind::CaptureReceived { hold_id, .. }
+            | EventKind::HoldVoided { hold_id, .. }
+            | EventKind::HoldExpired { hold_id, .. } => Some(hold_id.to_string()),
+            _ => None,
+        };
+        let amount = match &event.kind {
+            EventKind::HoldPlaced { amount, .. } => Some(*amount),
+            EventKind::HoldVoided { released, .. } | EventKind::HoldExpired { released, .. } => Some(*released),
+            _ => event.posting.map(|posting| posting.amount),
+        };
+        EventJson {
+            wallet_id: event.wallet_id.to_string(),
+            version: event.version,
+            transaction_id: event.transaction_id.to_string(),
+            kind: event.kind.name(),
+            currency: event.currency.code(),
+            amount: amount.map(|amount| amount.format(event.currency)),
+            source: event.posting.map(|posting| posting.source.to_string()),
+            destination: event.posting.map(|posting| posting.destination.to_string()),
+            hold_id,
+            balance_after: money(i128::from(event.balance_after)),
+            held_after: money(i128::from(event.held_after)),
+            description: event.description.as_ref().map(|d| d.as_str().to_owned()),
+            at: time(event.at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct TransactionJson {
+    transaction_id: String,
+    events: Vec<EventJson>,
+}
+
+impl TransactionJson {
+    /// A command's events as one transaction: the body of every successful command but creation.
+    pub(crate) fn value(events: &[Event]) -> serde_json::Value {
+        let transaction_id = events.first().map(|event| event.transaction_id.to_string()).unwrap_or_default();
+        serde_json::to_value(TransactionJson { transaction_id, events: events.iter().map(EventJson::of).collect() })
+            .expect("serializes")
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct HoldJson {
+    hold_id: String,
+    wallet_id: String,
+    #[schema(value_type = String)]
+    currency: &'static str,
+    amount: String,
+    #[schema(value_type = String, example = "active")]
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    captured_amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    placed_at: String,
+}
+
+impl HoldJson {
+    pub(crate) fn of(hold: &Hold) -> HoldJson {
+        let (status, captured) = match hold.status {
+            HoldStatus::Active => ("active", None),
+            HoldStatus::Captured { captured } => ("captured", Some(captured.format(hold.currency))),
+            HoldStatus::Voided => ("voided", None),
+            HoldStatus::Expired => ("expired", None),
+        };
+        HoldJson {
+            hold_id: hold.id.to_string(),
+            wallet_id: hold.wallet_id.to_string(),
+            currency: hold.currency.code(),
+            amount: hold.amount.format(hold.currency),
+            status,
+            captured_amount: captured,
+            expires_at: hold.expires_at.map(time),
+            placed_at: time(hold.placed_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Page<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page of `items`, shown from the rows `read` with page size `limit`. A full read may have
+    /// more rows after it, so its last row's cursor comes along; a short read ends the list. The
+    /// cursor follows the rows read, not the items shown, which a filter may have thinned.
+    pub(crate) fn of<R>(read: &[R], limit: usize, cursor: impl Fn(&R) -> String, items: Vec<T>) -> Page<T> {
+        let next_cursor = (read.len() == limit).then(|| read.last().map(cursor)).flatten();
+        Page { items, next_cursor }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct LedgerEntryJson {
+    wallet_id: String,
+    transaction_id: String,
+    version: u64,
+    #[serde(rename = "type")]
+    entry_type: String,
+    #[schema(value_type = String, example = "credit")]
+    direction: Direction,
+    amount: String,
+    balance_after: String,
+    #[schema(value_type = String)]
+    currency: &'static str,
+    counterparty: String,
+    description: Option<String>,
+    created_at: String,
+}
+
+impl LedgerEntryJson {
+    pub(crate) fn of(entry: &LedgerEntry) -> LedgerEntryJson {
+        LedgerEntryJson {
+            wallet_id: entry.wallet_id.to_string(),
+            transaction_id: entry.transaction_id.to_string(),
+            version: entry.version,
+            entry_type: entry.entry_type.clone(),
+            direction: entry.direction,
+            amount: entry.currency.format_minor(i128::from(entry.amount)),
+            balance_after: entry.currency.format_minor(i128::from(entry.balance_after)),
+            currency: entry.currency.code(),
+            counterparty: entry.counterparty.clone(),
+            description: entry.description.clone(),
+            created_at: time(entry.at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct BalanceJson {
+    wallet_id: String,
+    version: u64,
+    #[schema(value_type = String)]
+    currency: &'static str,
+    balance: String,
+    held_balance: String,
+    at: String,
+}
+
+impl BalanceJson {
+    /// The wallet's balances right after `event`.
+    pub(crate) fn after(event: &Event) -> BalanceJson {
+        BalanceJson {
+            wallet_id: event.wallet_id.to_string(),
+            version: event.version,
+            currency: event.currency.code(),
+            balance: event.currency.format_minor(i128::from(event.balance_after)),
+            held_balance: event.currency.format_minor(i128::from(event.held_after)),
+            at: time(event.at),
+        }
+    }
+}
