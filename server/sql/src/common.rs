@@ -1,6 +1,8 @@
 //! What the SQL stores (SQLite and PostgreSQL) share: integer and error conversions, and turning
 //! stored columns back into domain values. Both schemas store the same columns with the same
 //! meaning; only the SQL dialect differs.
+//!
+//! The row types are `pub` only because the dialects' hooks return them; this module is private.
 
 use wallex_engine::{
     CommandId, CommandRecord, Currency, Fingerprint, OwnerId, Rejection, Timestamp, TransactionId, WalletId,
@@ -39,8 +41,8 @@ fn id_from(bytes: Vec<u8>, what: &str) -> Result<u128, StoreError> {
 }
 
 /// A stored `commands` row.
-#[derive(sqlx::FromRow)]
-pub(crate) struct RecordRow {
+#[derive(Debug, sqlx::FromRow)]
+pub struct RecordRow {
     pub transaction_id: i64,
     pub command_id: Vec<u8>,
     pub fingerprint: Vec<u8>,
@@ -65,8 +67,8 @@ impl RecordRow {
 }
 
 /// A stored `wallets` row.
-#[derive(sqlx::FromRow)]
-pub(crate) struct WalletRow {
+#[derive(Debug, sqlx::FromRow)]
+pub struct WalletRow {
     pub wallet_id: String,
     pub owner_id: String,
     pub currency: String,
@@ -95,8 +97,8 @@ impl WalletRow {
 }
 
 /// A stored `ledger_entries` row.
-#[derive(sqlx::FromRow)]
-pub(crate) struct EntryRow {
+#[derive(Debug, sqlx::FromRow)]
+pub struct EntryRow {
     pub wallet_id: String,
     pub version: i64,
     pub transaction_id: i64,
@@ -140,8 +142,8 @@ pub(crate) fn direction_name(direction: Direction) -> &'static str {
 }
 
 /// A stored `outbox` row (`idx` read as a 64-bit integer on every store).
-#[derive(sqlx::FromRow)]
-pub(crate) struct OutboxRow {
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
     pub transaction_id: i64,
     pub idx: i64,
     pub wallet_id: String,
@@ -163,19 +165,9 @@ impl OutboxRow {
     }
 }
 
-/// How many events wait after the relay's cursor, and the commit time of the first of them; the
-/// same text on both SQL stores. Commit times never go backwards along the journal, so the first
-/// waiting message is the oldest.
-pub(crate) const OUTBOX_BACKLOG: &str = "WITH waiting AS ( \
-       SELECT e.transaction_id FROM events e \
-       WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM outbox_cursor)) \
-     SELECT (SELECT COUNT(*) FROM waiting) AS backlog, \
-            (SELECT c.at FROM commands c WHERE c.transaction_id = (SELECT MIN(transaction_id) FROM waiting)) \
-            AS oldest";
-
-/// A row of [`OUTBOX_BACKLOG`].
-#[derive(sqlx::FromRow)]
-pub(crate) struct BacklogRow {
+/// A row of the outbox backlog: how many events wait, and when the first of them was committed.
+#[derive(Debug, sqlx::FromRow)]
+pub struct BacklogRow {
     pub backlog: i64,
     pub oldest: Option<i64>,
 }
@@ -184,4 +176,19 @@ impl BacklogRow {
     pub(crate) fn into_backlog(self) -> Result<(u64, Option<Timestamp>), StoreError> {
         Ok((uint(self.backlog)?, self.oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
     }
+}
+
+/// A command record found through its idempotency key, with the key's age.
+#[derive(Debug, sqlx::FromRow)]
+pub struct KeyedRecord {
+    #[sqlx(flatten)]
+    pub record: RecordRow,
+    pub key_at: i64,
+}
+
+/// A stored `projection_checkpoints` row of one projection.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CheckpointRow {
+    pub wallet_id: String,
+    pub version: i64,
 }

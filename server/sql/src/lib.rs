@@ -1,13 +1,14 @@
 //! `wallex-sql`: the SQL stores. PostgreSQL for production, SQLite for the embedded default.
 //!
-//! Both store the same tables with the same meaning. What their logic shares lives once in
-//! [`common`]: row decoding, journal assembly, the projection's read-plan-write skeleton, queries
-//! whose text agrees. Each dialect keeps only what really differs: list binding, the commit
-//! statement, locking and migrations.
+//! Both store the same tables with the same meaning, so one store, [`SqlStore`], serves both: every
+//! statement whose text and meaning agree is written once there, over a dialect that supplies only
+//! what really differs (list binding, the group commit, how writes are serialized, migrations).
 
 mod common;
 pub mod postgres;
 pub mod sqlite;
+mod store;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use store::SqlStore;

@@ -141,11 +141,20 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     );
     assert_eq!(store.wallet_events(&wallet("a"), 2, 2).await.unwrap().len(), 1, "version range is inclusive");
 
-    // Snapshots: the latest wins.
+    // Snapshots: the latest wins. A snapshot is the state after its transaction, which never
+    // changes: the one stored first for a transaction is kept, and an older one changes nothing.
     let snapshot = StoredSnapshot { transaction_id: ledger.last_transaction_id(), bytes: ledger.encode_snapshot() };
-    store.save_snapshot(&StoredSnapshot { transaction_id: TransactionId(1), bytes: vec![1] }).await.unwrap();
+    let first_snapshot = StoredSnapshot { transaction_id: TransactionId(1), bytes: vec![1] };
+    store.save_snapshot(&first_snapshot).await.unwrap();
+    store.save_snapshot(&StoredSnapshot { transaction_id: TransactionId(1), bytes: vec![2] }).await.unwrap();
+    assert_eq!(store.latest_snapshot().await.unwrap(), Some(first_snapshot), "a transaction's first snapshot is kept");
     store.save_snapshot(&snapshot).await.unwrap();
-    assert_eq!(store.latest_snapshot().await.unwrap(), Some(snapshot), "the latest snapshot is returned");
+    assert_eq!(store.latest_snapshot().await.unwrap(), Some(snapshot.clone()), "the latest snapshot is returned");
+    store.save_snapshot(&StoredSnapshot { transaction_id: TransactionId(1), bytes: vec![3] }).await.unwrap();
+    let mut same_transaction = snapshot.clone();
+    same_transaction.bytes.push(0);
+    store.save_snapshot(&same_transaction).await.unwrap();
+    assert_eq!(store.latest_snapshot().await.unwrap(), Some(snapshot), "neither an older nor a second one replaces it");
 
     // Projections: next version applies, duplicates skip, gaps hold.
     let all: Vec<Event> = journal.iter().flat_map(|e| e.events.clone()).chain(second.events.clone()).collect();

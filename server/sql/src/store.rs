@@ -1,0 +1,494 @@
+//! The SQL store, written once over a [`Dialect`]: every statement whose text and meaning agree on
+//! both databases (the journal, snapshots, the outbox, the idempotency keys, the read queries), and
+//! the read-plan-write skeleton of a projection. A dialect supplies only what really differs: the
+//! writer, the group commit, how projection batches are serialized, how a list of keys or rows is
+//! bound, and (in its constructor) the connections and migrations.
+//!
+//! Shared statements number their parameters `$1`, `$2`…: PostgreSQL's syntax, which SQLite reads as
+//! named parameters and sqlx binds by number, so one text serves both.
+//!
+//! The shared code is generic over the sqlx driver. sqlx states what generic code needs as bounds on
+//! other types (`i64: Encode<DB>`, `&mut DB::Connection: Executor`), which every generic impl would
+//! have to repeat; [`Driver`] restates them as bounds on the driver's associated types, which hold
+//! wherever `D: Dialect` does.
+//!
+//! `Dialect` and its helper traits are `pub` only because they bound the public [`SqlStore`]: this
+//! module is private, so no other crate can name or implement them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::DerefMut;
+
+use sqlx::error::BoxDynError;
+use sqlx::pool::Pool;
+use sqlx::query::Query;
+use sqlx::{Arguments, Connection, Database, Encode, Executor, FromRow, IntoArguments, Row, Type};
+use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
+use wallex_pipeline::codec::decode_event;
+use wallex_pipeline::ports::{
+    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+};
+
+use crate::common::{
+    BacklogRow, CheckpointRow, EntryRow, KeyedRecord, OutboxRow, RecordRow, WalletRow, corrupt, int, store_error, uint,
+};
+
+/// A store over one SQL database: PostgreSQL ([`crate::PostgresStore`]) or SQLite
+/// ([`crate::SqliteStore`]).
+#[derive(Debug)]
+pub struct SqlStore<D: Dialect> {
+    /// The readers' connections (and, on PostgreSQL, the writers').
+    pub(crate) pool: Pool<D::Db>,
+    pub(crate) dialect: D,
+}
+
+// Not derived: a derive would require the driver type itself to be `Clone`.
+impl<D: Dialect> Clone for SqlStore<D> {
+    fn clone(&self) -> Self {
+        SqlStore { pool: self.pool.clone(), dialect: self.dialect.clone() }
+    }
+}
+
+/// A connection of `D`'s database.
+pub type Conn<D> = <<D as Dialect>::Db as Database>::Connection;
+
+/// What differs between the SQL databases. A hook runs on the connection it is given: the writer
+/// (inside the caller's transaction, if one is open), or for `keyed_records` a reader.
+pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
+    type Db: Driver;
+
+    /// The statement that begins a write transaction.
+    const BEGIN: &'static str;
+
+    /// The writer's connection, held for as long as one write lasts.
+    type Writer<'a>: DerefMut<Target = Conn<Self>> + Send
+    where
+        Self: 'a;
+
+    /// Waits for the writer's connection.
+    fn writer<'a>(
+        &'a self,
+        pool: &'a Pool<Self::Db>,
+    ) -> impl Future<Output = Result<Self::Writer<'a>, StoreError>> + Send;
+
+    fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// Makes the whole batch durable in one transaction, or nothing of it.
+    fn commit(writer: &mut Conn<Self>, batch: &CommitBatch) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The commands of `ids` that have an idempotency key, with the key's age, in any order.
+    fn keyed_records(
+        reader: &mut Conn<Self>,
+        ids: &[CommandId],
+    ) -> impl Future<Output = Result<Vec<KeyedRecord>, StoreError>> + Send;
+
+    /// Makes any other batch of `projection` wait until this transaction ends.
+    fn lock_projection(
+        transaction: &mut Conn<Self>,
+        projection: Projection,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The checkpoints of projection `name` for those of `wallets` that have one.
+    fn checkpoints(
+        transaction: &mut Conn<Self>,
+        name: &str,
+        wallets: &[WalletId],
+    ) -> impl Future<Output = Result<Vec<CheckpointRow>, StoreError>> + Send;
+
+    /// The read model's rows for those of `wallets` that have one.
+    fn wallet_rows(
+        transaction: &mut Conn<Self>,
+        wallets: &[WalletId],
+    ) -> impl Future<Output = Result<Vec<WalletRow>, StoreError>> + Send;
+
+    /// Writes what `plan` changes for projection `name`: the read model's rows, the ledger's
+    /// entries, the checkpoints.
+    fn write_plan(
+        transaction: &mut Conn<Self>,
+        name: &str,
+        plan: &ProjectionPlan,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A sqlx driver with what the shared statements need of it: connections that run statements,
+/// arguments that take the shared value types, and rows that decode to the shared row types. Each
+/// dialect's driver implements it, which checks that these hold for it.
+pub trait Driver:
+    Database<
+        Connection: Runs<Self>,
+        Arguments: IntoArguments<Self>
+                       + Bind<i64>
+                       + Bind<i32>
+                       + for<'a> Bind<&'a str>
+                       + for<'a> Bind<Option<&'a str>>
+                       + for<'a> Bind<&'a [u8]>,
+        Row: DecodeRow<RecordRow>
+                 + DecodeRow<WalletRow>
+                 + DecodeRow<EntryRow>
+                 + DecodeRow<OutboxRow>
+                 + DecodeRow<BacklogRow>
+                 + DecodeRow<(i64,)>
+                 + DecodeRow<(Vec<u8>,)>
+                 + DecodeRow<(i64, Vec<u8>)>,
+    >
+{
+}
+
+/// A connection as an executor of `DB`'s statements.
+pub trait Runs<DB: Database> {
+    fn run(&mut self) -> impl Executor<'_, Database = DB>;
+}
+
+impl<DB: Database, C> Runs<DB> for C
+where
+    for<'c> &'c mut C: Executor<'c, Database = DB>,
+{
+    fn run(&mut self) -> impl Executor<'_, Database = DB> {
+        self
+    }
+}
+
+/// Arguments that take a `T`.
+pub trait Bind<T> {
+    fn bind(&mut self, value: T) -> Result<(), BoxDynError>;
+}
+
+impl<'t, A: Arguments, T: Encode<'t, A::Database> + Type<A::Database>> Bind<T> for A {
+    fn bind(&mut self, value: T) -> Result<(), BoxDynError> {
+        self.add(value)
+    }
+}
+
+/// A row that decodes to a `T`.
+pub trait DecodeRow<T> {
+    fn decode_row(&self) -> Result<T, StoreError>;
+}
+
+impl<R: Row, T: for<'r> FromRow<'r, R>> DecodeRow<T> for R {
+    fn decode_row(&self) -> Result<T, StoreError> {
+        T::from_row(self).map_err(store_error)
+    }
+}
+
+/// A statement's values, bound in order. A value that does not encode fails the statement.
+struct Values<DB: Database>(Result<DB::Arguments, BoxDynError>);
+
+impl<DB: Driver> Values<DB> {
+    fn new() -> Values<DB> {
+        Values(Ok(DB::Arguments::default()))
+    }
+
+    fn and<T>(mut self, value: T) -> Values<DB>
+    where
+        DB::Arguments: Bind<T>,
+    {
+        if let Ok(arguments) = &mut self.0
+            && let Err(error) = arguments.bind(value)
+        {
+            self.0 = Err(error);
+        }
+        self
+    }
+
+    fn arguments(self) -> Result<DB::Arguments, StoreError> {
+        self.0.map_err(|error| store_error(sqlx::Error::Encode(error)))
+    }
+}
+
+/// A shared statement with its values.
+fn statement<DB: Driver>(
+    sql: &'static str,
+    values: Values<DB>,
+) -> Result<Query<'static, DB, DB::Arguments>, StoreError> {
+    Ok(sqlx::query_with(sql, values.arguments()?))
+}
+
+fn event_from(payload: &[u8]) -> Result<Event, StoreError> {
+    decode_event(payload).map_err(corrupt)
+}
+
+/// A count as a `LIMIT`.
+fn sql_limit(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// An event's index within its transaction, as the `idx` columns store it (PostgreSQL's are
+/// `INT`); no transaction has more events than that.
+fn idx(position: OutboxPosition) -> i32 {
+    i32::try_from(position.index).unwrap_or(i32::MAX)
+}
+
+impl<D: Dialect> SqlStore<D> {
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Puts back into the outbox every event some projection has not applied yet: moves the relay's
+    /// cursor back to just before the oldest such event. Returns how many events wait afterwards.
+    ///
+    /// For a bus that does not outlive the process, like the in-process one: events the relay
+    /// published before a restart but the projectors had not applied are gone from it.
+    /// Re-publishing from there at start closes that hole; projectors skip whatever they already
+    /// have.
+    pub async fn requeue_unprojected(&self) -> Result<u64, StoreError> {
+        // An event waits if its version is past either projection's checkpoint of its wallet; the
+        // cursor only ever moves back.
+        self.write(
+            "UPDATE outbox_cursor SET transaction_id = oldest.transaction_id, idx = oldest.idx \
+             FROM (SELECT e.transaction_id, e.idx - 1 AS idx FROM events e \
+                   WHERE e.version > COALESCE((SELECT p.version FROM projection_checkpoints p \
+                                               WHERE p.projection = $1 AND p.wallet_id = e.wallet_id), 0) \
+                      OR e.version > COALESCE((SELECT p.version FROM projection_checkpoints p \
+                                               WHERE p.projection = $2 AND p.wallet_id = e.wallet_id), 0) \
+                   ORDER BY e.transaction_id, e.idx LIMIT 1) AS oldest \
+             WHERE (oldest.transaction_id, oldest.idx) < (outbox_cursor.transaction_id, outbox_cursor.idx)",
+            Values::new().and(Projection::ReadModel.group()).and(Projection::Ledger.group()),
+        )
+        .await?;
+        Ok(self.outbox_backlog().await?.0)
+    }
+
+    /// The rows of a read, decoded.
+    async fn read<T>(&self, sql: &'static str, values: Values<D::Db>) -> Result<Vec<T>, StoreError>
+    where
+        <D::Db as Database>::Row: DecodeRow<T>,
+    {
+        let mut reader = self.pool.acquire().await.map_err(store_error)?;
+        let rows = statement(sql, values)?.fetch_all(reader.run()).await.map_err(store_error)?;
+        rows.iter().map(DecodeRow::decode_row).collect()
+    }
+
+    /// One write statement on the writer; how many rows it changed.
+    async fn write(&self, sql: &'static str, values: Values<D::Db>) -> Result<u64, StoreError> {
+        let mut writer = self.dialect.writer(&self.pool).await?;
+        let done = statement(sql, values)?.execute(writer.run()).await.map_err(store_error)?;
+        Ok(D::rows_affected(&done))
+    }
+}
+
+impl<D: Dialect> EventStore for SqlStore<D> {
+    async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        let mut writer = self.dialect.writer(&self.pool).await?;
+        D::commit(&mut writer, batch).await
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        let mut rows: Vec<(i64, Vec<u8>)> = self
+            .read("SELECT transaction_id, bytes FROM snapshots ORDER BY transaction_id DESC LIMIT 1", Values::new())
+            .await?;
+        rows.pop()
+            .map(|(transaction_id, bytes)| {
+                Ok(StoredSnapshot { transaction_id: TransactionId(uint(transaction_id)?), bytes })
+            })
+            .transpose()
+    }
+
+    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+        let transaction_id = int(snapshot.transaction_id.0);
+        let mut writer = self.dialect.writer(&self.pool).await?;
+        let mut transaction = writer.begin_with(D::BEGIN).await.map_err(store_error)?;
+        // A snapshot is the state after its transaction, and committed state never changes: one
+        // stored already for this transaction or a later one makes this one redundant, so it is
+        // neither written nor rewritten.
+        statement(
+            "INSERT INTO snapshots (transaction_id, bytes) SELECT $1, $2 \
+             WHERE NOT EXISTS (SELECT 1 FROM snapshots WHERE transaction_id >= $1) \
+             ON CONFLICT (transaction_id) DO NOTHING",
+            Values::new().and(transaction_id).and(snapshot.bytes.as_slice()),
+        )?
+        .execute(transaction.run())
+        .await
+        .map_err(store_error)?;
+        // Older snapshots are never read again.
+        statement("DELETE FROM snapshots WHERE transaction_id < $1", Values::new().and(transaction_id))?
+            .execute(transaction.run())
+            .await
+            .map_err(store_error)?;
+        transaction.commit().await.map_err(store_error)
+    }
+
+    async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        let records: Vec<RecordRow> = self
+            .read(
+                "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands \
+                 WHERE transaction_id > $1 ORDER BY transaction_id LIMIT $2",
+                Values::new().and(int(after.0)).and(sql_limit(limit)),
+            )
+            .await?;
+        let mut entries = records
+            .into_iter()
+            .map(|row| Ok(JournalEntry { record: row.into_record()?, events: Vec::new() }))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(entries) };
+        let payloads: Vec<(Vec<u8>,)> = self
+            .read(
+                "SELECT payload FROM events WHERE transaction_id BETWEEN $1 AND $2 ORDER BY transaction_id, idx",
+                Values::new().and(int(first.record.transaction_id.0)).and(int(last.record.transaction_id.0)),
+            )
+            .await?;
+        // Both lists are in transaction order: each event belongs to the first entry not before it.
+        let mut cursor = 0;
+        for (payload,) in payloads {
+            let event = event_from(&payload)?;
+            while entries[cursor].record.transaction_id < event.transaction_id {
+                cursor += 1;
+            }
+            entries[cursor].events.push(event);
+        }
+        Ok(entries)
+    }
+
+    async fn command_records(
+        &self,
+        ids: &[CommandId],
+        not_before: Timestamp,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut reader = self.pool.acquire().await.map_err(store_error)?;
+        let rows = D::keyed_records(&mut reader, ids).await?;
+        // The age test is applied here, not in SQL: given `k.at >= $2`, a PostgreSQL generic plan
+        // with stale statistics chose the age index and hashed thousands of live keys per lookup.
+        let not_before = int(not_before.unix_micros());
+        rows.into_iter().filter(|row| row.key_at >= not_before).map(|row| row.record.into_record()).collect()
+    }
+
+    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.write("DELETE FROM idempotency_keys WHERE at < $1", Values::new().and(int(before.unix_micros()))).await
+    }
+
+    async fn outbox_after(
+        &self,
+        after: Option<OutboxPosition>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let (transaction_id, index) = after.map_or((-1, -1), |after| (int(after.transaction_id.0), idx(after)));
+        let rows: Vec<OutboxRow> = self
+            .read(
+                // One row comparison against the later of `after` and the cursor, so the scan of the
+                // events' primary key starts there; the commit time is a primary-key lookup per row
+                // (a join may choose to merge from the first command).
+                "WITH start AS ( \
+                   SELECT CAST($1 AS BIGINT) AS transaction_id, CAST($2 AS INTEGER) AS idx \
+                   UNION ALL SELECT transaction_id, idx FROM outbox_cursor \
+                   ORDER BY transaction_id DESC, idx DESC LIMIT 1) \
+                 SELECT e.transaction_id, CAST(e.idx AS BIGINT) AS idx, e.wallet_id, e.payload, \
+                        (SELECT c.at FROM commands c WHERE c.transaction_id = e.transaction_id) AS committed_at \
+                 FROM events e WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM start) \
+                 ORDER BY e.transaction_id, e.idx LIMIT $3",
+                Values::new().and(transaction_id).and(index).and(sql_limit(limit)),
+            )
+            .await?;
+        rows.into_iter().map(OutboxRow::into_message).collect()
+    }
+
+    async fn mark_published(&self, through: OutboxPosition) -> Result<(), StoreError> {
+        self.write(
+            "UPDATE outbox_cursor SET transaction_id = $1, idx = $2 WHERE (transaction_id, idx) < ($1, $2)",
+            Values::new().and(int(through.transaction_id.0)).and(idx(through)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        // Commit times never go backwards along the journal, so the first waiting event is the
+        // oldest.
+        let mut rows: Vec<BacklogRow> = self
+            .read(
+                "WITH waiting AS ( \
+                   SELECT e.transaction_id FROM events e \
+                   WHERE (e.transaction_id, e.idx) > (SELECT transaction_id, idx FROM outbox_cursor)) \
+                 SELECT (SELECT COUNT(*) FROM waiting) AS backlog, \
+                        (SELECT c.at FROM commands c WHERE c.transaction_id = (SELECT MIN(transaction_id) FROM waiting)) \
+                        AS oldest",
+                Values::new(),
+            )
+            .await?;
+        rows.pop().ok_or_else(|| corrupt("no backlog row"))?.into_backlog()
+    }
+
+    async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let payloads: Vec<(Vec<u8>,)> = self
+            .read(
+                "SELECT payload FROM events WHERE wallet_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version",
+                Values::new().and(wallet_id.as_str()).and(int(from)).and(i64::try_from(to).unwrap_or(i64::MAX)),
+            )
+            .await?;
+        payloads.iter().map(|(payload,)| event_from(payload)).collect()
+    }
+}
+
+impl<D: Dialect> ProjectionStore for SqlStore<D> {
+    async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
+        let name = projection.group();
+        let wallets = ProjectionPlan::wallets(events);
+        let mut writer = self.dialect.writer(&self.pool).await?;
+        let mut transaction = writer.begin_with(D::BEGIN).await.map_err(store_error)?;
+        D::lock_projection(&mut transaction, projection).await?;
+        let mut checkpoints = BTreeMap::new();
+        for row in D::checkpoints(&mut transaction, name, &wallets).await? {
+            checkpoints.insert(WalletId::parse(&row.wallet_id).map_err(corrupt)?, uint(row.version)?);
+        }
+        let mut views = BTreeMap::new();
+        if projection == Projection::ReadModel {
+            for row in D::wallet_rows(&mut transaction, &wallets).await? {
+                let view = row.into_view()?;
+                views.insert(view.wallet_id, view);
+            }
+        }
+        let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
+        D::write_plan(&mut transaction, name, &plan).await?;
+        transaction.commit().await.map_err(store_error)?;
+        Ok(plan.verdicts)
+    }
+
+    async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
+        let mut rows: Vec<(i64,)> = self
+            .read(
+                "SELECT version FROM projection_checkpoints WHERE projection = $1 AND wallet_id = $2",
+                Values::new().and(projection.group()).and(wallet_id.as_str()),
+            )
+            .await?;
+        rows.pop().map_or(Ok(0), |(version,)| uint(version))
+    }
+
+    async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        let mut rows: Vec<WalletRow> =
+            self.read("SELECT * FROM wallets WHERE wallet_id = $1", Values::new().and(wallet_id.as_str())).await?;
+        rows.pop().map(WalletRow::into_view).transpose()
+    }
+
+    async fn wallets(
+        &self,
+        owner_id: Option<&OwnerId>,
+        after: Option<&WalletId>,
+        limit: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        let rows: Vec<WalletRow> = self
+            .read(
+                "SELECT * FROM wallets WHERE (CAST($1 AS TEXT) IS NULL OR owner_id = $1) AND wallet_id > $2 \
+                 ORDER BY wallet_id LIMIT $3",
+                Values::new()
+                    .and(owner_id.map(OwnerId::as_str))
+                    .and(after.map_or("", WalletId::as_str))
+                    .and(sql_limit(limit)),
+            )
+            .await?;
+        rows.into_iter().map(WalletRow::into_view).collect()
+    }
+
+    async fn ledger_entries(
+        &self,
+        wallet_id: &WalletId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows: Vec<EntryRow> = self
+            .read(
+                "SELECT * FROM ledger_entries WHERE wallet_id = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
+                Values::new().and(wallet_id.as_str()).and(before.map_or(i64::MAX, int)).and(sql_limit(limit)),
+            )
+            .await?;
+        rows.into_iter().map(EntryRow::into_entry).collect()
+    }
+}
