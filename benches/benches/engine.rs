@@ -37,7 +37,7 @@ fn execute(c: &mut Criterion) {
             let mut cursor = 0;
             let mut events = Vec::with_capacity(2 * BATCH);
             b.iter(|| {
-                // One batch, as the command processor hands it over: fresh ids, then execute in order.
+                // One batch, as the writer hands it over: fresh ids, then execute in order.
                 let batch = &mut commands[cursor..cursor + BATCH];
                 cursor = (cursor + BATCH) % MIX_COMMANDS;
                 for command in batch.iter_mut() {

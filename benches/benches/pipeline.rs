@@ -1,5 +1,5 @@
 //! Pipeline benches on the in-memory store and bus: how many commands per second go through group
-//! commit (the processor, the engine and one store transaction per batch, with 64 concurrent
+//! commit (the writer, the engine and one store transaction per batch, with 64 concurrent
 //! submitters), and how many events per second a projection applies.
 //!
 //! Run with `cargo bench -p wallex-benches --bench pipeline`. These isolate the pipeline's own cost;

@@ -10,7 +10,7 @@ use wallex_pipeline::Reply;
 use crate::Problem;
 use crate::problem::unavailable;
 
-/// The HTTP answer to a processor reply. A replay renders exactly as the original did.
+/// The HTTP answer to a writer reply. A replay renders exactly as the original did.
 pub(crate) fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event]) -> serde_json::Value) -> Response {
     match reply {
         Reply::Decided { record, events, replayed } => {

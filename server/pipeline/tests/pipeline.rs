@@ -1,7 +1,7 @@
 //! The pipeline end to end on the in-memory store and the in-process bus: group commit, retries,
 //! failed and ambiguous commits, recovery, relay, projections, duplicates and poison messages.
 //!
-//! Every test drives real concurrency (several submitting tasks, the processor, the relay and two
+//! Every test drives real concurrency (several submitting tasks, the writer, the relay and two
 //! projectors as tokio tasks) and then checks the promises against the store, the bus log and the
 //! projections, not against anything the pipeline reports about itself.
 
@@ -385,7 +385,7 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_with_its_reason() {
 }
 
 #[tokio::test]
-async fn lapsed_holds_are_released_by_the_processor_itself() {
+async fn lapsed_holds_are_released_by_the_writer_itself() {
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
     let pipeline = start(&store, &bus, PipelineConfig::default()).await;
     create_wallets(&pipeline).await;

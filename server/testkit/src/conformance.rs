@@ -14,7 +14,7 @@ use wallex_pipeline::ports::{
     StoredSnapshot,
 };
 
-/// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch a processor would commit.
+/// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch the writer would commit.
 fn batch(ledger: &mut Ledger, first_id: u64, kinds: Vec<CommandKind>) -> CommitBatch {
     let mut batch = CommitBatch::default();
     for (offset, kind) in (0u64..).zip(kinds) {
