@@ -222,7 +222,7 @@ impl<T> WriterCore<T> {
         let (asked, io) = if let Some((record, _)) = self.replays.front() {
             (Asked::Transaction, Io::ReadTransaction(record.transaction_id))
         } else {
-            match &self.phase {
+            match &mut self.phase {
                 Phase::Idle => return None,
                 Phase::LookingUp { now, ids, .. } => {
                     let not_before = Timestamp::from_unix_micros(
@@ -231,7 +231,14 @@ impl<T> WriterCore<T> {
                     (Asked::Records, Io::LookUpRecords { ids: ids.clone(), not_before })
                 }
                 Phase::Committing { .. } => (Asked::Commit, Io::Commit),
-                Phase::Snapshotting { snapshot } => (Asked::SaveSnapshot, Io::SaveSnapshot(snapshot.clone())),
+                // Handed over, not copied: a snapshot holds the whole ledger.
+                Phase::Snapshotting { snapshot } => (
+                    Asked::SaveSnapshot,
+                    Io::SaveSnapshot(StoredSnapshot {
+                        transaction_id: snapshot.transaction_id,
+                        bytes: std::mem::take(&mut snapshot.bytes),
+                    }),
+                ),
                 Phase::Reloading { recovery, .. } => match recovery.poll() {
                     RecoveryStep::LoadSnapshot => (Asked::LoadSnapshot, Io::LoadSnapshot),
                     RecoveryStep::ReadJournal { after, limit } => (Asked::Journal, Io::ReadJournal { after, limit }),
