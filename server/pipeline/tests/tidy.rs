@@ -1,7 +1,7 @@
 //! Architecture checks: the pipeline names no adapter, the simulator links none, and no release
 //! binary links test-only code.
 //!
-//! These ask Cargo itself (`cargo tree`, offline, from the lockfile) for the resolved dependency
+//! These ask Cargo itself (`cargo tree`, from the lockfile) for the resolved dependency
 //! graphs, so a dependency that arrives transitively (through a new crate in between) is caught as
 //! surely as one written into a manifest. The source checks read the pipeline's own files.
 
@@ -26,7 +26,7 @@ fn graph(package: &str, rustflags: &str, edges: &str) -> Vec<String> {
     let output = Command::new(cargo)
         .current_dir(workspace())
         .env("RUSTFLAGS", rustflags)
-        .args(["tree", "--locked", "--offline", "--prefix", "none", "-e", edges, "-p", package])
+        .args(["tree", "--locked", "--prefix", "none", "-e", edges, "-p", package])
         .args(["-f", "{p} {f}"])
         .output()
         .expect("cargo runs");
