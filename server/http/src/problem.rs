@@ -9,6 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use wallex_engine::{ParseError, Rejection};
 
+/// What a 503 tells a client to wait before retrying, in seconds: the writer reloads and retries a
+/// failed commit within about this long.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 /// A problem response: `application/problem+json`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -122,7 +126,7 @@ impl IntoResponse for Problem {
         let mut response = (self.status, bytes).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         response
     }

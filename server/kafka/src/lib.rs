@@ -52,6 +52,13 @@ impl KafkaConfig {
     }
 }
 
+/// How long topic creation at start may take before it counts as failed.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dead letter may wait in the producer's queue (it is retried until acknowledged).
+pub const DEAD_LETTER_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the consumer-lag probe waits for the broker's answer.
+pub const LAG_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Messages the producer may hold unacknowledged (librdkafka's `queue.buffering.max.messages`): one
 /// relay round (`pipeline.relay.batch`) is published in one flight and must fit.
 pub const PRODUCER_QUEUE_MESSAGES: usize = 100_000;
@@ -81,7 +88,7 @@ impl KafkaBus {
             NewTopic::new(&config.topic, config.partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&config.dead_letter_topic, config.dead_letter_partitions, TopicReplication::Fixed(1)),
         ];
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         for result in admin.create_topics(&topics, &options).await.map_err(bus_error)? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -140,7 +147,7 @@ impl Bus for KafkaBus {
 
     async fn publish_dead_letter(&self, message: BusMessage) -> Result<(), BusError> {
         let record = KafkaBus::record(&self.config.dead_letter_topic, &message);
-        self.producer.send(record, Duration::from_secs(10)).await.map(|_| ()).map_err(|(error, _)| bus_error(error))
+        self.producer.send(record, DEAD_LETTER_QUEUE_TIMEOUT).await.map(|_| ()).map_err(|(error, _)| bus_error(error))
     }
 
     async fn lag(&self, group: &str) -> Result<u64, BusError> {
@@ -157,7 +164,7 @@ impl Bus for KafkaBus {
                 .set("enable.auto.commit", "false")
                 .create()
                 .map_err(bus_error)?;
-            let timeout = Duration::from_secs(5);
+            let timeout = LAG_PROBE_TIMEOUT;
             let mut list = TopicPartitionList::new();
             for partition in 0..partitions {
                 list.add_partition(&topic, partition);

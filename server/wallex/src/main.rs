@@ -104,6 +104,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a stopping server waits for the broker to acknowledge what the relay handed the producer.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `store` on Kafka when configured, else on the in-process bus; that bus starts empty, so
 /// first `requeue` puts back into the outbox whatever a projection had not applied.
 async fn serve_on<S: EventStore + ProjectionStore>(
@@ -134,7 +137,7 @@ async fn run_on_kafka<S: EventStore + ProjectionStore>(
     tracing::info!(%brokers, "bus: kafka");
     run(store, bus.clone(), "kafka", listen, config).await?;
     // Whatever the relay handed the producer is acknowledged (or failed) before exit.
-    bus.flush(std::time::Duration::from_secs(10))?;
+    bus.flush(FLUSH_TIMEOUT)?;
     Ok(())
 }
 
