@@ -28,6 +28,12 @@ pub(crate) fn int(value: u64) -> i64 {
     i64::try_from(value).expect("stored integers fit in i64")
 }
 
+/// A bound of a query (a version or position a caller names, not a value being stored): past the
+/// largest stored integer it bounds nothing, so it saturates rather than fails.
+pub(crate) fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn uint(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(corrupt)
 }

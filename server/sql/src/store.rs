@@ -31,7 +31,8 @@ use wallex_pipeline::ports::{
 };
 
 use crate::common::{
-    BacklogRow, CheckpointRow, EntryRow, KeyedRecord, OutboxRow, RecordRow, WalletRow, corrupt, int, store_error, uint,
+    BacklogRow, CheckpointRow, EntryRow, KeyedRecord, OutboxRow, RecordRow, WalletRow, bound, corrupt, int,
+    store_error, uint,
 };
 
 /// A store over one SQL database: PostgreSQL ([`crate::PostgresStore`]) or SQLite
@@ -411,7 +412,7 @@ impl<D: Dialect> EventStore for SqlStore<D> {
         let payloads: Vec<(Vec<u8>,)> = self
             .read(
                 "SELECT payload FROM events WHERE wallet_id = $1 AND version BETWEEN $2 AND $3 ORDER BY version",
-                Values::new().and(wallet_id.as_str()).and(int(from)).and(i64::try_from(to).unwrap_or(i64::MAX)),
+                Values::new().and(wallet_id.as_str()).and(bound(from)).and(bound(to)),
             )
             .await?;
         payloads.iter().map(|(payload,)| event_from(payload)).collect()
@@ -486,7 +487,7 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
         let rows: Vec<EntryRow> = self
             .read(
                 "SELECT * FROM ledger_entries WHERE wallet_id = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
-                Values::new().and(wallet_id.as_str()).and(before.map_or(i64::MAX, int)).and(sql_limit(limit)),
+                Values::new().and(wallet_id.as_str()).and(before.map_or(i64::MAX, bound)).and(sql_limit(limit)),
             )
             .await?;
         rows.into_iter().map(EntryRow::into_entry).collect()

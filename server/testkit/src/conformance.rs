@@ -140,6 +140,9 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
         "a wallet's events in version order"
     );
     assert_eq!(store.wallet_events(&wallet("a"), 2, 2).await.unwrap().len(), 1, "version range is inclusive");
+    // A range past the largest version a store can hold is empty, not an error or a panic.
+    assert!(store.wallet_events(&wallet("a"), u64::MAX - 1, u64::MAX).await.unwrap().is_empty());
+    assert_eq!(store.wallet_events(&wallet("a"), 1, u64::MAX).await.unwrap().len(), events.len());
 
     // Snapshots: the latest wins. A snapshot is the state after its transaction, which never
     // changes: the one stored first for a transaction is kept, and an older one changes nothing.
@@ -181,6 +184,8 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     assert_eq!(entries.iter().map(|e| e.version).collect::<Vec<_>>(), vec![3, 2, 1], "ledger newest first");
     assert_eq!(entries[1].amount, 250, "ledger amounts");
     assert_eq!(store.ledger_entries(&wallet("a"), Some(3), 1).await.unwrap()[0].version, 2, "ledger pages by version");
+    // A bound past the largest version a store can hold means every entry.
+    assert_eq!(store.ledger_entries(&wallet("a"), Some(u64::MAX), 10).await.unwrap(), entries);
 }
 
 /// The durable stores' `requeue_unprojected` (for a bus that does not outlive the process): on a
