@@ -10,7 +10,7 @@ use crate::problem::{ProblemJson, store_problem};
 use crate::wire::{BalanceJson, BalanceQuery, EventJson, EventsQuery, LedgerEntryJson, LedgerQuery, Page};
 use crate::{Problem, Queries, Shared};
 
-#[utoipa::path(get, path = "/ledger/wallet/{id}", params(("id" = String, Path), ("cursor" = Option<u64>, Query), ("limit" = Option<usize>, Query), ("type" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
+#[utoipa::path(get, path = "/ledger/wallet/{id}", params(("id" = String, Path), ("cursor" = Option<i64>, Query, minimum = 0, description = "The last version seen"), ("limit" = Option<usize>, Query), ("type" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
     responses((status = 200, description = "Ledger entries, newest first", body = Page<LedgerEntryJson>)))]
 pub(crate) async fn ledger<S: Queries>(
     State(state): Shared<S>,
@@ -33,7 +33,7 @@ pub(crate) async fn ledger<S: Queries>(
     Ok(Json(Page::of(&entries, limit, |entry| entry.version.to_string(), items)))
 }
 
-#[utoipa::path(get, path = "/wallets/{id}/events", params(("id" = String, Path), ("cursor" = Option<u64>, Query), ("limit" = Option<usize>, Query)),
+#[utoipa::path(get, path = "/wallets/{id}/events", params(("id" = String, Path), ("cursor" = Option<i64>, Query, minimum = 0, description = "The last version seen"), ("limit" = Option<usize>, Query)),
     responses((status = 200, description = "The wallet's events in version order", body = Page<EventJson>)))]
 pub(crate) async fn wallet_events<S: Queries>(
     State(state): Shared<S>,
@@ -56,7 +56,7 @@ pub(crate) async fn wallet_events<S: Queries>(
     Ok(Json(Page::of(&events, limit, |event| event.version.to_string(), items)))
 }
 
-#[utoipa::path(get, path = "/wallets/{id}/balance", params(("id" = String, Path), ("version" = u64, Query)),
+#[utoipa::path(get, path = "/wallets/{id}/balance", params(("id" = String, Path), ("version" = i64, Query, minimum = 0)),
     responses((status = 200, description = "The balance as of that version", body = BalanceJson), (status = 404, description = "version_not_found", body = ProblemJson)))]
 pub(crate) async fn balance_at<S: Queries>(
     State(state): Shared<S>,

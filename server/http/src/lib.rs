@@ -149,6 +149,8 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
         })
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Inside the trace layer, so the trace records the 500 a panic became.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(problem::panicked))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

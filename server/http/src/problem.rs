@@ -146,3 +146,16 @@ pub(crate) struct ProblemJson {
     code: String,
     transaction_id: Option<String>,
 }
+
+/// What a panic in a handler becomes: a logged 500 problem, never a reset connection. A panic is a
+/// bug (an invariant broke), so it is logged as an error with its message.
+pub(crate) fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    tracing::error!(panic = %message, "a request handler panicked");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the server failed to answer this request")
+        .into_response()
+}

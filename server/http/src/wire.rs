@@ -95,9 +95,26 @@ pub(crate) struct ListQuery {
     pub(crate) limit: Option<usize>,
 }
 
+/// The largest version or cursor a query may name: stores keep them as signed 64-bit integers, so a
+/// larger one names nothing that can exist and is refused as a bad query.
+pub const MAX_QUERY_VERSION: u64 = i64::MAX.unsigned_abs();
+
+fn version<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    if value > MAX_QUERY_VERSION {
+        return Err(serde::de::Error::custom(format!("{value} is past the largest version, {MAX_QUERY_VERSION}")));
+    }
+    Ok(value)
+}
+
+fn optional_version<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    version(deserializer).map(Some)
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct LedgerQuery {
+    #[serde(default, deserialize_with = "optional_version")]
     pub(crate) cursor: Option<u64>,
     pub(crate) limit: Option<usize>,
     #[serde(rename = "type")]
@@ -109,6 +126,7 @@ pub(crate) struct LedgerQuery {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct EventsQuery {
+    #[serde(default, deserialize_with = "optional_version")]
     pub(crate) cursor: Option<u64>,
     pub(crate) limit: Option<usize>,
 }
@@ -116,6 +134,7 @@ pub(crate) struct EventsQuery {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BalanceQuery {
+    #[serde(deserialize_with = "version")]
     pub(crate) version: u64,
 }
 

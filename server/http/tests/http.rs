@@ -405,15 +405,71 @@ async fn the_openapi_document_lists_every_route() {
 }
 
 #[tokio::test]
-async fn a_cursor_past_the_last_version_is_an_empty_page_not_a_panic() {
+async fn versions_and_cursors_past_what_a_store_holds_are_invalid_queries_not_panics() {
     let api = api().await;
-    api.post("/wallets", json!({"walletId": "a", "ownerId": "o"})).await;
-    // Any number is a valid cursor; the page after the largest version is simply empty.
-    for cursor in [u64::MAX, u64::MAX - 10] {
-        let page = api.get(&format!("/wallets/a/events?cursor={cursor}")).await;
-        assert_eq!(page.status, StatusCode::OK, "{cursor}: {:?}", page.body);
-        assert_eq!(page.body, json!({"items": [], "nextCursor": null}));
+    api.post("/wallets", json!({"walletId": "w", "ownerId": "o"})).await;
+    // Each of these crashed a handler on the SQL stores (an overflow, or a version that does not
+    // fit a signed 64-bit column): the client got a reset connection.
+    for path in [
+        "/wallets/w/events?cursor=18446744073709551615",
+        "/wallets/w/events?cursor=18446744073709551600",
+        "/wallets/w/balance?version=9223372036854775808",
+        "/ledger/wallet/w?cursor=9223372036854775808",
+        "/wallets/w/events?cursor=99999999999999999999999",
+        "/ledger/wallet/w?cursor=-1",
+    ] {
+        problem(&api.get(path).await, StatusCode::BAD_REQUEST, "invalid_query");
     }
+    // The largest version a store can hold is a valid cursor: the page after it is empty.
+    let page = api.get("/wallets/w/events?cursor=9223372036854775807").await;
+    assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+    assert_eq!(page.body, json!({"items": [], "nextCursor": null}));
+    let page = api.get("/ledger/wallet/w?cursor=9223372036854775807").await;
+    assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+}
+
+/// Reads that panic, as a bug in a store or a handler would.
+#[derive(Debug)]
+struct Panicking;
+
+impl Queries for Panicking {
+    async fn wallet(&self, _: &WalletId) -> Result<Option<WalletView>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
+    async fn wallets(
+        &self,
+        _: Option<&OwnerId>,
+        _: Option<&WalletId>,
+        _: usize,
+    ) -> Result<Vec<WalletView>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
+    async fn ledger_entries(&self, _: &WalletId, _: Option<u64>, _: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
+    async fn wallet_events(&self, _: &WalletId, _: u64, _: u64) -> Result<Vec<Event>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
+    async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
+        panic!("a planted bug in a read")
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_answers_a_500_problem_not_a_reset_connection() {
+    let pipeline =
+        Pipeline::start(MemoryStore::new(), InProcessBus::new(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let state = AppState::new(pipeline.commands.clone(), Panicking, pipeline.stats.clone(), "in-process");
+    let api = Api { router: router(Arc::new(state)), _pipeline: pipeline };
+    for path in ["/wallets/w", "/wallets", "/ledger/wallet/w", "/wallets/w/events", "/health/kafka/stats"] {
+        problem(&api.get(path).await, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
+    }
+    // The router still serves after the panics.
+    problem(&api.get("/no/such/route").await, StatusCode::NOT_FOUND, "route_not_found");
 }
 
 #[tokio::test]
