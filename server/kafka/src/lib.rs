@@ -220,21 +220,17 @@ impl std::fmt::Debug for KafkaConsumer {
 
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, timeout_ms: u64) -> Result<Vec<Delivery>, BusError> {
-        let mut deliveries = Vec::new();
-        let mut wait = Duration::from_millis(timeout_ms);
-        while deliveries.len() < max {
-            let Ok(received) = tokio::time::timeout(wait, self.consumer.recv()).await else { break };
-            let message = received.map_err(bus_error)?;
-            deliveries.push(Delivery {
+        let consumer = &self.consumer;
+        collect(max, Duration::from_millis(timeout_ms), || async {
+            let message = consumer.recv().await.map_err(bus_error)?;
+            Ok(Delivery {
                 partition: u32::try_from(message.partition()).map_err(bus_error)?,
                 offset: u64::try_from(message.offset()).map_err(bus_error)?,
                 key: message.key().map(|key| String::from_utf8_lossy(key).into_owned()).unwrap_or_default(),
                 payload: message.payload().unwrap_or_default().to_vec(),
-            });
-            // After the first message, take only what is already there.
-            wait = Duration::from_millis(1);
-        }
-        Ok(deliveries)
+            })
+        })
+        .await
     }
 
     async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), BusError> {
@@ -251,5 +247,75 @@ impl Consumer for KafkaConsumer {
             .await
             .map_err(bus_error)?
             .map_err(bus_error)
+    }
+}
+
+/// Up to `max` deliveries from `receive`: waits up to `first_wait` for the first, then takes only
+/// what is already there. An error after some deliveries ends the poll with those deliveries (they
+/// were received: dropping them would skip them until a restart); the error is logged and the next
+/// poll meets it again if it persists. An error before any delivery is the poll's error.
+async fn collect<F, Fut>(max: usize, first_wait: Duration, mut receive: F) -> Result<Vec<Delivery>, BusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Delivery, BusError>>,
+{
+    let mut deliveries = Vec::new();
+    let mut wait = first_wait;
+    while deliveries.len() < max {
+        let Ok(received) = tokio::time::timeout(wait, receive()).await else { break };
+        match received {
+            Ok(delivery) => deliveries.push(delivery),
+            Err(error) if deliveries.is_empty() => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, received = deliveries.len(), "consumer error after some messages; keeping them");
+                break;
+            }
+        }
+        // After the first message, take only what is already there.
+        wait = NEXT_MESSAGE_WAIT;
+    }
+    Ok(deliveries)
+}
+
+/// How long a poll waits for each message after the first: only for what is already there.
+const NEXT_MESSAGE_WAIT: Duration = Duration::from_millis(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(offset: u64) -> Delivery {
+        Delivery { partition: 0, offset, key: "w".to_owned(), payload: Vec::new() }
+    }
+
+    /// A scripted consumer: each call answers the next result.
+    async fn poll(script: Vec<Result<Delivery, BusError>>, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let script = std::sync::Mutex::new(std::collections::VecDeque::from(script));
+        collect(max, Duration::from_millis(50), || {
+            let next = script.lock().unwrap().pop_front();
+            async move {
+                match next {
+                    Some(result) => result,
+                    // Nothing more arrives within the poll.
+                    None => std::future::pending().await,
+                }
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_error_after_some_messages_keeps_the_messages() {
+        let failure = BusError("broker transport failure".to_owned());
+        let error = || Err(failure.clone());
+        let got = poll(vec![Ok(delivery(1)), Ok(delivery(2)), error(), Ok(delivery(3))], 10).await;
+        assert_eq!(got, Ok(vec![delivery(1), delivery(2)]), "what arrived before the error is returned");
+        assert_eq!(
+            poll(vec![error(), Ok(delivery(1))], 10).await,
+            Err(failure.clone()),
+            "an error first is the poll's error"
+        );
+        assert_eq!(poll(vec![Ok(delivery(1)), Ok(delivery(2))], 1).await, Ok(vec![delivery(1)]), "at most max");
+        assert_eq!(poll(Vec::new(), 10).await, Ok(Vec::new()), "nothing within the wait: empty");
     }
 }
