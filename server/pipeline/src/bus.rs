@@ -1,30 +1,64 @@
 //! The in-process bus: the embedded default's bus, and the one tests, benches and the simulated
 //! broker build on. The events topic is `PARTITIONS` keyed logs with consumer groups and committed
-//! offsets, and a dead-letter list. Messages live as long as the process.
+//! offsets, and a dead-letter list.
+//!
+//! A message is kept until every consumer group the bus knows (the projections' groups from the
+//! start, and any that joined) has committed past it, then dropped: the retained log is what some
+//! group has not committed yet, not everything ever published (at thousands of operations a second
+//! that would be gigabytes an hour). A group unknown until it joins starts at the oldest retained
+//! message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::ports::{Bus, BusError, BusMessage, Consumer, Delivery};
+use crate::ports::{Bus, BusError, BusMessage, Consumer, Delivery, Projection};
 
 /// Partitions of the events topic, as in production.
 pub const PARTITIONS: u32 = 10;
 
+/// One partition's retained messages: offsets `base..base + messages.len()`.
+#[derive(Clone, Debug, Default)]
+struct Partition {
+    base: u64,
+    messages: VecDeque<(String, Vec<u8>)>,
+}
+
+impl Partition {
+    fn end(&self) -> u64 {
+        self.base + self.messages.len() as u64
+    }
+
+    fn push(&mut self, message: (String, Vec<u8>)) {
+        self.messages.push_back(message);
+    }
+
+    /// Drops every message before `offset`.
+    fn truncate_before(&mut self, offset: u64) {
+        while self.base < offset && self.messages.pop_front().is_some() {
+            self.base += 1;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct BusState {
-    partitions: Vec<Vec<(String, Vec<u8>)>>,
+    partitions: Vec<Partition>,
     dead_letters: Vec<BusMessage>,
+    /// Every group that ever joined: a message is dropped only once all of them committed past it.
+    groups: BTreeSet<String>,
     committed: BTreeMap<(String, u32), u64>,
+    /// Keep every message, for tests that inspect the whole log.
+    recording: bool,
     failing_publishes: u32,
     duplicate_deliveries: bool,
 }
 
 /// An in-process bus: the events topic as `PARTITIONS` keyed logs, consumer groups with committed
-/// offsets, and a dead-letter list. Messages live as long as the process.
+/// offsets, and a dead-letter list. It retains what some group has not committed.
 #[derive(Clone, Debug)]
 pub struct InProcessBus {
     state: Arc<Mutex<BusState>>,
@@ -32,15 +66,40 @@ pub struct InProcessBus {
 }
 
 impl Default for InProcessBus {
+    /// A bus for the pipeline: it retains messages for both projections' groups from the start,
+    /// whichever joins first (a group the bus had not yet seen would lose what another committed).
     fn default() -> InProcessBus {
-        let state = BusState { partitions: vec![Vec::new(); PARTITIONS as usize], ..BusState::default() };
-        InProcessBus { state: Arc::new(Mutex::new(state)), arrived: Arc::new(Notify::new()) }
+        InProcessBus::with_groups(&Projection::ALL.map(Projection::group))
     }
 }
 
 impl InProcessBus {
     pub fn new() -> InProcessBus {
         InProcessBus::default()
+    }
+
+    /// A bus that retains every message until each of `groups` (and any group that joins later)
+    /// has committed past it.
+    pub fn with_groups(groups: &[&str]) -> InProcessBus {
+        let state = BusState {
+            partitions: vec![Partition::default(); PARTITIONS as usize],
+            groups: groups.iter().map(|group| (*group).to_owned()).collect(),
+            ..BusState::default()
+        };
+        InProcessBus { state: Arc::new(Mutex::new(state)), arrived: Arc::new(Notify::new()) }
+    }
+
+    /// A bus that keeps every message, so a test can read the whole log with [`InProcessBus::log`].
+    #[cfg(feature = "faults")]
+    pub fn recording() -> InProcessBus {
+        let bus = InProcessBus::default();
+        bus.lock().recording = true;
+        bus
+    }
+
+    /// How many messages the events topic retains, over all partitions.
+    pub fn retained(&self) -> u64 {
+        self.lock().partitions.iter().map(|partition| partition.messages.len() as u64).sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, BusState> {
@@ -77,9 +136,10 @@ impl InProcessBus {
         self.lock().dead_letters.clone()
     }
 
-    /// Every message on the events topic, per partition, in offset order.
+    /// Every retained message on the events topic, per partition, in offset order: all of them on
+    /// a [`InProcessBus::recording`] bus.
     pub fn log(&self) -> Vec<Vec<(String, Vec<u8>)>> {
-        self.lock().partitions.clone()
+        self.lock().partitions.iter().map(|partition| partition.messages.iter().cloned().collect()).collect()
     }
 }
 
@@ -120,16 +180,21 @@ impl Bus for InProcessBus {
         let state = self.lock();
         Ok((0..PARTITIONS)
             .map(|partition| {
-                let end = state.partitions[partition as usize].len() as u64;
+                let end = state.partitions[partition as usize].end();
                 end.saturating_sub(state.committed.get(&(group.to_owned(), partition)).copied().unwrap_or(0))
             })
             .sum())
     }
 
     async fn consumer(&self, group: &str) -> Result<InProcessConsumer, BusError> {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.groups.insert(group.to_owned());
+        // From the group's committed offset, or the oldest message still retained.
         let positions = (0..PARTITIONS)
-            .map(|partition| state.committed.get(&(group.to_owned(), partition)).copied().unwrap_or(0))
+            .map(|partition| {
+                let committed = state.committed.get(&(group.to_owned(), partition)).copied().unwrap_or(0);
+                committed.max(state.partitions[partition as usize].base)
+            })
             .collect();
         Ok(InProcessConsumer { bus: self.clone(), group: group.to_owned(), positions })
     }
@@ -150,8 +215,11 @@ impl InProcessConsumer {
         let mut deliveries = Vec::new();
         for (partition, log) in state.partitions.iter().enumerate() {
             let position = &mut self.positions[partition];
+            // Never behind what is retained: the group's commits are at or before its position.
+            assert!(*position >= log.base, "a consumer's position was truncated away");
             while deliveries.len() < max {
-                let Some((key, payload)) = log.get(usize::try_from(*position).expect("offsets fit")) else { break };
+                let index = usize::try_from(*position - log.base).expect("offsets fit");
+                let Some((key, payload)) = log.messages.get(index) else { break };
                 deliveries.push(Delivery {
                     partition: u32::try_from(partition).expect("few partitions"),
                     offset: *position,
@@ -181,6 +249,17 @@ impl Consumer for InProcessConsumer {
         let mut state = self.bus.lock();
         for (partition, next) in offsets {
             state.committed.insert((self.group.clone(), *partition), *next);
+            if state.recording {
+                continue;
+            }
+            // What every group committed past is delivered everywhere it will ever be needed.
+            let everyone = state
+                .groups
+                .iter()
+                .map(|group| state.committed.get(&(group.clone(), *partition)).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+            state.partitions[*partition as usize].truncate_before(everyone);
         }
         Ok(())
     }

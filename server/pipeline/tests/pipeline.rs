@@ -170,7 +170,7 @@ async fn check_promises(store: &MemoryStore, bus: &InProcessBus) -> Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_command_is_committed_once_published_in_order_and_projected() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let pipeline = start(&store, &bus, PipelineConfig::default()).await;
     create_wallets(&pipeline).await;
     let replies = run_clients(&pipeline, 6, 150).await;
@@ -191,7 +191,7 @@ async fn every_acknowledged_command_is_committed_once_published_in_order_and_pro
 
 #[tokio::test]
 async fn a_retried_command_takes_effect_once_and_returns_the_original_reply() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let pipeline = start(&store, &bus, PipelineConfig::default()).await;
     create_wallets(&pipeline).await;
     let debit =
@@ -216,7 +216,7 @@ async fn a_retried_command_takes_effect_once_and_returns_the_original_reply() {
 
 #[tokio::test]
 async fn ids_the_engine_forgot_are_answered_from_the_store() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let mut config = PipelineConfig::default();
     config.writer.engine_retention_micros = 1; // The engine forgets at once.
     let pipeline = start(&store, &bus, config).await;
@@ -234,7 +234,7 @@ async fn ids_the_engine_forgot_are_answered_from_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_and_ambiguous_commits_are_resolved_through_the_store_never_guessed() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let pipeline = start(&store, &bus, PipelineConfig::default()).await;
     create_wallets(&pipeline).await;
     store.fail_commits(&[CommitFault::Lost, CommitFault::Ambiguous, CommitFault::Ambiguous, CommitFault::Lost]);
@@ -259,7 +259,7 @@ async fn lost_and_ambiguous_commits_are_resolved_through_the_store_never_guessed
 /// decided a second time.
 #[tokio::test]
 async fn an_ambiguous_commit_is_resolved_from_the_store_after_the_engine_forgot_its_ids() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let mut config = PipelineConfig::default();
     // The engine forgets an id a microsecond after deciding it: only the store can answer retries.
     config.writer.engine_retention_micros = 1;
@@ -281,7 +281,7 @@ async fn an_ambiguous_commit_is_resolved_from_the_store_after_the_engine_forgot_
 
 #[tokio::test]
 async fn commands_fail_cleanly_when_the_store_stays_down() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let mut config = PipelineConfig::default();
     config.writer.commit_attempts = 3;
     config.writer.retry_backoff_ms = 1;
@@ -302,7 +302,7 @@ async fn commands_fail_cleanly_when_the_store_stays_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_from_snapshot_and_journal_reproduces_the_ledger() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let mut config = PipelineConfig::default();
     config.writer.snapshot_every_events = 40;
     let pipeline = start(&store, &bus, config).await;
@@ -340,7 +340,7 @@ async fn recovery_from_snapshot_and_journal_reproduces_the_ledger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_deliveries_and_refused_publishes_change_nothing() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let pipeline = start(&store, &bus, PipelineConfig::default()).await;
     bus.duplicate_deliveries(true);
     bus.fail_publishes(7);
@@ -356,7 +356,7 @@ async fn duplicated_deliveries_and_refused_publishes_change_nothing() {
 
 #[tokio::test]
 async fn a_poison_message_goes_to_the_dead_letter_topic_with_its_reason() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let pipeline = start(&store, &bus, PipelineConfig::default()).await;
     create_wallets(&pipeline).await;
     bus.inject("w3", b"{not an event".to_vec());
@@ -386,7 +386,7 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_with_its_reason() {
 
 #[tokio::test]
 async fn lapsed_holds_are_released_by_the_writer_itself() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let pipeline = start(&store, &bus, PipelineConfig::default()).await;
     create_wallets(&pipeline).await;
     let expires_at = Timestamp::from_unix_micros(SystemClock.now().unix_micros() + 50_000);
@@ -415,7 +415,7 @@ async fn lapsed_holds_are_released_by_the_writer_itself() {
 
 #[tokio::test]
 async fn an_idempotency_key_is_reusable_after_its_retention_and_the_cleanup() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let mut config = PipelineConfig::default();
     config.writer.idempotency_retention_micros = 20_000; // 20 ms
     config.writer.engine_retention_micros = 20_000; // never longer than the store's
@@ -439,7 +439,7 @@ async fn an_idempotency_key_is_reusable_after_its_retention_and_the_cleanup() {
 
 #[tokio::test]
 async fn an_engine_retention_longer_than_the_stores_is_refused_at_start_not_clamped() {
-    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let mut config = PipelineConfig::default();
     config.writer.idempotency_retention_micros = 1_000_000;
     config.writer.engine_retention_micros = 2_000_000;
