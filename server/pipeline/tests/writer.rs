@@ -518,3 +518,41 @@ fn an_answer_to_a_question_not_asked_is_a_bug() {
     let mut core: WriterCore<u32> = WriterCore::new(config(), Ledger::new(config().engine()));
     core.handle_commit(Ok(()));
 }
+
+#[test]
+fn a_clock_that_steps_back_does_not_keep_lapsed_holds_reserving_funds() {
+    // More holds lapse at once than one ExpireHolds releases, so a second one is needed; by then
+    // the clock has stepped back a minute. The ledger has recorded later times, and counts every
+    // hold as lapsed: the writer must too, or the rest keep reserving funds until the clock
+    // catches up, while no capture can take them.
+    let holds = u64::try_from(wallex_engine::MAX_EXPIRIES_PER_COMMAND).unwrap() + 44;
+    let mut pair = Pair::new(BTreeMap::new());
+    pair.batch(&[create(1, "a", 1_000_000)], false);
+    let expires_at = Timestamp::from_unix_micros(pair.now.unix_micros() + 1_000_000);
+    let place: Vec<Command> = (0..holds)
+        .map(|index| {
+            command(
+                u128::from(100 + index),
+                CommandKind::PlaceHold {
+                    hold_id: HoldId::parse(&format!("h{index}")).unwrap(),
+                    wallet_id: wallet("a"),
+                    currency: Currency::USD,
+                    amount: money(10),
+                    expires_at: Some(expires_at),
+                    description: None,
+                },
+            )
+        })
+        .collect();
+    pair.batch(&place, false);
+    assert_eq!(pair.core.ledger().wallet(&wallet("a")).unwrap().held, holds * 10);
+    pair.later(2_000_000);
+    pair.batch(&[credit(2, "a", 1)], false);
+    let held = pair.core.ledger().wallet(&wallet("a")).unwrap().held;
+    assert_eq!(held, 44 * 10, "one ExpireHolds released {} holds", wallex_engine::MAX_EXPIRIES_PER_COMMAND);
+    // The clock steps back a minute: before the holds' expiry.
+    pair.now = Timestamp::from_unix_micros(pair.now.unix_micros() - 60_000_000);
+    assert_eq!(pair.core.until_next_expiry_micros(pair.now), Some(0), "the rest are due now, not in a minute");
+    pair.batch(&[credit(3, "a", 1)], false);
+    assert_eq!(pair.core.ledger().wallet(&wallet("a")).unwrap().held, 0, "every lapsed hold is released");
+}

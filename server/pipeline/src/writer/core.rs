@@ -185,7 +185,15 @@ impl<T> WriterCore<T> {
     /// How long the driver may wait for commands before a hold lapses (then call `handle_batch`,
     /// with no commands, to release it). `None`: no hold waits to lapse.
     pub fn until_next_expiry_micros(&self, now: Timestamp) -> Option<u64> {
+        let now = self.time(now);
         self.ledger.next_hold_expiry().map(|expires_at| expires_at.unix_micros().saturating_sub(now.unix_micros()))
+    }
+
+    /// The writer's one notion of time: the clock's reading, never before what the ledger has
+    /// recorded. A clock that steps back must not make a hold the ledger counts as lapsed look
+    /// live to the writer (it would keep reserving funds no capture can take).
+    fn time(&self, now: Timestamp) -> Timestamp {
+        now.max(self.ledger.clock())
     }
 
     /// The batch to make durable when `poll_io` said [`Io::Commit`].
@@ -203,6 +211,7 @@ impl<T> WriterCore<T> {
     /// lapsed). The core must be idle.
     pub fn handle_batch(&mut self, now: Timestamp, commands: impl IntoIterator<Item = (Command, T)>) {
         assert!(self.is_idle(), "a batch started while another is in flight");
+        let now = self.time(now);
         let mut pending: Vec<Pending<T>> =
             commands.into_iter().map(|(command, reply)| Pending { command, reply: Some(reply) }).collect();
         if self.ledger.next_hold_expiry().is_some_and(|expires_at| expires_at <= now) {
