@@ -29,6 +29,35 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
     }
 }
 
+/// A JSON body whose every field is optional, so no body at all means the defaults; a body that is
+/// there is read as [`Body`] reads it.
+pub(crate) struct OptionalBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Default, St: Send + Sync> FromRequest<St> for OptionalBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &St) -> Result<OptionalBody<T>, Problem> {
+        let headers = request.headers();
+        let declared_empty = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_none_or(|length| length.to_str().is_ok_and(|length| length.trim() == "0"));
+        if declared_empty && !headers.contains_key(axum::http::header::CONTENT_TYPE) {
+            let bytes = axum::body::Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| Problem::new(rejection.status(), "invalid_body", rejection.body_text()))?;
+            if bytes.is_empty() {
+                return Ok(OptionalBody(T::default()));
+            }
+            return Err(Problem::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "a request body must be application/json",
+            ));
+        }
+        Body::from_request(request, state).await.map(|Body(value)| OptionalBody(value))
+    }
+}
+
 /// Query-string parameters whose every failure is a 400 `invalid_query` problem.
 pub(crate) struct Params<T>(pub(crate) T);
 

@@ -8,7 +8,7 @@ use axum::response::Response;
 use wallex_engine::{Command, CommandKind, HoldId};
 
 use crate::extract::{
-    Body, PathId, command_id, parse_amount, parse_description, parse_expiry, parse_hold, parse_wallet,
+    Body, OptionalBody, PathId, command_id, parse_amount, parse_description, parse_expiry, parse_hold, parse_wallet,
 };
 use crate::problem::{ProblemJson, unavailable};
 use crate::reply::respond;
@@ -54,13 +54,13 @@ pub(crate) async fn get_hold<S: Queries>(
     Ok(Json(HoldJson::of(&hold)))
 }
 
-#[utoipa::path(post, path = "/holds/{id}/capture", request_body = CaptureBody, params(("id" = String, Path)),
+#[utoipa::path(post, path = "/holds/{id}/capture", request_body(content = Option<CaptureBody>, description = "Optional: without a body the whole hold is captured out of the system"), params(("id" = String, Path)),
     responses((status = 200, description = "Captured", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
 pub(crate) async fn capture_hold<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
     headers: HeaderMap,
-    Body(body): Body<CaptureBody>,
+    OptionalBody(body): OptionalBody<CaptureBody>,
 ) -> Result<Response, Problem> {
     let command_id = command_id(&headers)?;
     let hold_id = parse_hold("holdId", &id)?;

@@ -346,6 +346,22 @@ async fn holds_reserve_capture_and_void() {
     let hold_id = second.body["holdId"].as_str().unwrap().to_owned();
     let voided = api.call("POST", &format!("/holds/{hold_id}/void"), None, None).await;
     assert_eq!(voided.status, StatusCode::OK, "{:?}", voided.body);
+    // Every field of a capture is optional, so no body at all captures the whole hold (out of the
+    // system), as void takes no body; a body that is there must still be JSON.
+    let third = api.post("/wallets/guest/holds", json!({"amount": 30})).await;
+    let hold_id = third.body["holdId"].as_str().unwrap().to_owned();
+    let not_json = api.router.clone().oneshot(
+        Request::post(format!("/holds/{hold_id}/capture"))
+            .header("content-type", "text/plain")
+            .body(Body::from("x"))
+            .unwrap(),
+    );
+    assert_eq!(not_json.await.unwrap().status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let captured = api.call("POST", &format!("/holds/{hold_id}/capture"), None, None).await;
+    assert_eq!(captured.status, StatusCode::OK, "{:?}", captured.body);
+    assert_eq!(api.get(&format!("/holds/{hold_id}")).await.body["capturedAmount"], "30.00");
+    let strong = api.get("/wallets/guest?consistency=strong").await;
+    assert_eq!(strong.body["balance"], "149.50", "captured out of the system");
     problem(&api.get("/holds/nope").await, StatusCode::NOT_FOUND, "hold_not_found");
     problem(
         &api.post("/wallets/guest/holds", json!({"amount": 1, "expiresAt": "2000-01-01T00:00:00Z"})).await,
