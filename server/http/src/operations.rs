@@ -1,15 +1,20 @@
-//! Operations: liveness (`/health`), the bus's health and the pipeline's figures
-//! (`/health/kafka`, `/health/kafka/stats`), and Prometheus metrics (`/metrics`, `install_metrics`).
-//! Outbox ages are measured against the state's clock.
+//! Operations: liveness (`/health/live`), readiness (`/health/ready`, and `/health` in the original
+//! service's shape), the bus's health and the pipeline's figures (`/health/kafka`,
+//! `/health/kafka/stats`), and Prometheus metrics (`/metrics`, `install_metrics`). Outbox ages are
+//! measured against the state's clock.
+//!
+//! Readiness is the truth about writes: the writer is running (not reloading, not stopped), the
+//! store answers, and the bus answers. Liveness only says the process serves requests.
 
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use wallex_pipeline::WriterState;
 use wallex_pipeline::ports::Projection;
 
 use crate::problem::store_problem;
@@ -24,17 +29,94 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// The Prometheus text format's content type, version 0.0.4.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub(crate) async fn health() -> Json<serde_json::Value> {
+/// How long the bus may take to answer a readiness probe before it counts as unreachable.
+pub const BUS_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The process is up and serving requests.
+pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-pub(crate) async fn bus_health<S: Queries>(State(state): Shared<S>) -> Json<serde_json::Value> {
+/// Every check readiness makes, and whether all passed.
+struct Readiness {
+    writer: &'static str,
+    store: Result<(), String>,
+    bus: Result<(), String>,
+}
+
+impl Readiness {
+    async fn check<S: Queries>(state: &crate::AppState<S>) -> Readiness {
+        let writer = match state.stats.writer.state() {
+            WriterState::Running => "running",
+            WriterState::Reloading => "reloading",
+            WriterState::Stopped => "stopped",
+        };
+        let store = state.store.reachable().await.map_err(|error| error.to_string());
+        Readiness { writer, store, bus: bus_reachable(state).await }
+    }
+
+    fn ready(&self) -> bool {
+        self.writer == "running" && self.store.is_ok() && self.bus.is_ok()
+    }
+
+    fn checks(&self) -> serde_json::Value {
+        let outcome = |result: &Result<(), String>| match result {
+            Ok(()) => serde_json::json!({ "status": "ok" }),
+            Err(error) => serde_json::json!({ "status": "unavailable", "error": error }),
+        };
+        serde_json::json!({
+            "writer": { "status": self.writer },
+            "store": outcome(&self.store),
+            "bus": outcome(&self.bus),
+        })
+    }
+}
+
+/// Asks the bus something it can only answer if it is reachable (a consumer group's lag).
+async fn bus_reachable<S: Queries>(state: &crate::AppState<S>) -> Result<(), String> {
+    let Some(probe) = &state.lag else { return Ok(()) };
+    match tokio::time::timeout(BUS_PROBE_TIMEOUT, probe.lag(Projection::ReadModel.group())).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", BUS_PROBE_TIMEOUT.as_millis())),
+    }
+}
+
+fn answer(ready: bool, body: serde_json::Value) -> Response {
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Ready to take writes: 200, or 503 with the failing checks.
+pub(crate) async fn ready<S: Queries>(State(state): Shared<S>) -> Response {
+    let readiness = Readiness::check(&state).await;
+    let status = if readiness.ready() { "ready" } else { "unavailable" };
+    answer(readiness.ready(), serde_json::json!({ "status": status, "checks": readiness.checks() }))
+}
+
+/// The original service's health check, now truthful: `{"status": "ok"}` only when ready.
+pub(crate) async fn health<S: Queries>(State(state): Shared<S>) -> Response {
+    let readiness = Readiness::check(&state).await;
+    let status = if readiness.ready() { "ok" } else { "unavailable" };
+    answer(readiness.ready(), serde_json::json!({ "status": status, "checks": readiness.checks() }))
+}
+
+/// The bus as the original service reported it (`status`, `producer.connected`, `kafka.status`),
+/// from a real probe of the bus and the relay's publish failures.
+pub(crate) async fn bus_health<S: Queries>(State(state): Shared<S>) -> Response {
     let failures = state.stats.relay.publish_failures.load(Relaxed);
-    Json(serde_json::json!({
-        "status": "healthy",
-        "bus": state.bus_name,
-        "producer": { "connected": true, "publishFailures": failures },
-    }))
+    let reachable = bus_reachable(&state).await;
+    let connected = reachable.is_ok();
+    answer(
+        connected,
+        serde_json::json!({
+            "status": if connected { "healthy" } else { "unhealthy" },
+            "bus": state.bus_name,
+            "producer": { "connected": connected, "publishFailures": failures },
+            "kafka": { "status": if connected { "connected" } else { "disconnected" } },
+            "error": reachable.err(),
+        }),
+    )
 }
 
 pub(crate) async fn bus_stats<S: Queries>(State(state): Shared<S>) -> Result<Json<serde_json::Value>, Problem> {

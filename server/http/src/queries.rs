@@ -41,6 +41,9 @@ pub trait Queries: Send + Sync + 'static {
 
     /// How many outbox messages are unpublished, and when the oldest was committed (health, metrics).
     fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send;
+
+    /// Whether the store answers at all, by the cheapest read there is (readiness).
+    fn reachable(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl<S: EventStore + ProjectionStore> Queries for S {
@@ -77,5 +80,13 @@ impl<S: EventStore + ProjectionStore> Queries for S {
 
     fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send {
         EventStore::outbox_backlog(self)
+    }
+
+    async fn reachable(&self) -> Result<(), StoreError> {
+        // One primary-key lookup; the id need not exist.
+        let probe = WalletId::parse("health-probe").expect("a valid wallet id");
+        ProjectionStore::projected_version(self, wallex_pipeline::ports::Projection::ReadModel, &probe)
+            .await
+            .map(|_| ())
     }
 }

@@ -14,13 +14,13 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use wallex_engine::{Event, OwnerId, Timestamp, WalletId};
+use wallex_engine::{Event, OwnerId, Timestamp, TransactionId, WalletId};
 use wallex_http::{AppState, Queries, router};
 use wallex_pipeline::SystemClock;
 use wallex_pipeline::bus::InProcessBus;
-use wallex_pipeline::ports::{Clock, LedgerEntry, StoreError, WalletView};
-use wallex_pipeline::{Pipeline, PipelineConfig};
-use wallex_testkit::memory::MemoryStore;
+use wallex_pipeline::ports::{Clock, EventStore, LedgerEntry, StoreError, StoredSnapshot, WalletView};
+use wallex_pipeline::{Pipeline, PipelineConfig, WriterState};
+use wallex_testkit::memory::{CommitFault, MemoryStore};
 
 struct Api {
     router: axum::Router,
@@ -473,6 +473,10 @@ impl Queries for Panicking {
     async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
         panic!("a planted bug in a read")
     }
+
+    async fn reachable(&self) -> Result<(), StoreError> {
+        panic!("a planted bug in a read")
+    }
 }
 
 #[tokio::test]
@@ -538,6 +542,11 @@ impl Queries for OneUnpublished {
     async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
         Ok((1, Some(Timestamp::from_unix_micros(COMMITTED_AT_MICROS))))
     }
+
+    /// The store does not answer.
+    async fn reachable(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("connection refused".to_owned()))
+    }
 }
 
 /// A clock that always reads the same instant.
@@ -562,4 +571,50 @@ async fn the_outbox_age_is_measured_by_the_injected_clock() {
     let stats = api.get("/health/kafka/stats").await;
     assert_eq!(stats.status, StatusCode::OK, "{:?}", stats.body);
     assert_eq!(stats.body["outbox"], json!({"backlog": 1, "oldestUnpublishedAgeMs": 1_500}), "whole milliseconds");
+}
+
+#[tokio::test]
+async fn readiness_tells_the_truth_about_the_writer_and_the_store() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let stats = pipeline.stats.clone();
+    let state = AppState::new(pipeline.commands.clone(), store.clone(), stats.clone(), "in-process").with_bus(bus);
+    let api = Api { router: router(Arc::new(state)), _pipeline: pipeline };
+    assert_eq!(api.get("/health/live").await.status, StatusCode::OK);
+    let ready = api.get("/health/ready").await;
+    assert_eq!((ready.status, ready.body["status"].as_str()), (StatusCode::OK, Some("ready")), "{:?}", ready.body);
+    assert_eq!(api.get("/health").await.body["status"], "ok");
+
+    // The writer dies: its next reload meets a snapshot it cannot restore.
+    let garbage = StoredSnapshot { transaction_id: TransactionId(1_000_000), bytes: vec![7; 16] };
+    store.save_snapshot(&garbage).await.unwrap();
+    store.fail_commits(&[CommitFault::Lost]);
+    let refused = api.post("/wallets", json!({"walletId": "w", "ownerId": "o"})).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", refused.body);
+    for _ in 0..100 {
+        if stats.writer.state() == WriterState::Stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.writer.state(), WriterState::Stopped);
+    let ready = api.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", ready.body);
+    assert_eq!(ready.body["checks"]["writer"]["status"], "stopped");
+    let health = api.get("/health").await;
+    assert_eq!((health.status, health.body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert_eq!(api.get("/health/live").await.status, StatusCode::OK, "the process still serves");
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_store_does_not_answer() {
+    let pipeline =
+        Pipeline::start(MemoryStore::new(), InProcessBus::new(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let state = AppState::new(pipeline.commands.clone(), OneUnpublished, pipeline.stats.clone(), "in-process");
+    let api = Api { router: router(Arc::new(state)), _pipeline: pipeline };
+    let ready = api.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["checks"]["store"]["status"], "unavailable");
+    assert_eq!(ready.body["checks"]["writer"]["status"], "running");
+    assert_eq!(api.get("/health").await.status, StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 pub use projector::{ProjectorConfig, ProjectorStats};
 pub use relay::{RelayConfig, RelayStats};
-pub use writer::{CommandSender, RecoveryError, Reply, WriterConfig};
+pub use writer::{CommandSender, RecoveryError, Reply, WriterConfig, WriterHealth, WriterState};
 
 use crate::ports::{Bus, Clock, EventStore, Projection, ProjectionStore};
 
@@ -71,6 +71,7 @@ pub enum StartError {
 /// Counters the health endpoints and metrics read.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
+    pub writer: Arc<WriterHealth>,
     pub relay: Arc<RelayStats>,
     pub read_model: Arc<ProjectorStats>,
     pub ledger: Arc<ProjectorStats>,
@@ -107,10 +108,11 @@ impl Pipeline {
     {
         let committed = Arc::new(Notify::new());
         config.validate()?;
-        let (writer, commands) =
-            writer::Writer::start(store.clone(), clock.clone(), config.writer, committed.clone()).await?;
-        let (shutdown, stop) = watch::channel(false);
         let stats = Arc::new(PipelineStats::default());
+        let (writer, commands) =
+            writer::Writer::start(store.clone(), clock.clone(), config.writer, committed.clone(), stats.writer.clone())
+                .await?;
+        let (shutdown, stop) = watch::channel(false);
         let writer = tokio::spawn(writer.run());
         let clock_for_cleanup = clock.clone();
         let mut workers = vec![tokio::spawn(relay::run_relay(
@@ -145,6 +147,12 @@ impl Pipeline {
             )));
         }
         Ok(Pipeline { commands, stats, shutdown, writer, workers })
+    }
+
+    /// Resolves when the writer has stopped: after `shutdown`, or because it failed (a journal it
+    /// cannot replay). A server answers no write without it, so it should exit.
+    pub async fn writer_stopped(&self) {
+        self.stats.writer.stopped().await;
     }
 
     /// Stops accepting commands, lets the writer finish what is queued, then stops the relay and

@@ -155,7 +155,16 @@ async fn run<S: EventStore + ProjectionStore, B: Bus + std::fmt::Debug>(
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "wallex serving");
-    axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal()).await?;
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal());
+    tokio::select! {
+        served = server => served?,
+        // A process without its writer would serve reads, fail every write and look alive: exit,
+        // so a supervisor restarts it (recovery then finds the same fault, or none).
+        () = pipeline.writer_stopped() => {
+            tracing::error!("the writer stopped while serving; exiting");
+            anyhow::bail!("the writer stopped while serving");
+        }
+    }
     tracing::info!("draining");
     pipeline.shutdown().await;
     Ok(())

@@ -165,6 +165,11 @@ impl<T> WriterCore<T> {
         &self.ledger
     }
 
+    /// Rebuilding the ledger from the store after a failed commit.
+    pub fn is_reloading(&self) -> bool {
+        matches!(self.phase, Phase::Reloading { .. } | Phase::ReloadBackoff { .. })
+    }
+
     pub fn into_ledger(self) -> Ledger {
         self.ledger
     }

@@ -11,6 +11,7 @@ mod core;
 mod recovery;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -198,6 +199,70 @@ impl CommandSender {
 /// Ids of the commands the writer issues itself (hold expiry) live in their own range.
 pub const SYSTEM_COMMAND_TAG: u128 = 0x5757_0000_0000_0000_0000_0000_0000_0000;
 
+/// What the writer is doing, as readiness checks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterState {
+    /// Deciding and committing.
+    Running,
+    /// Rebuilding its ledger from the store after a failed commit: writes wait.
+    Reloading,
+    /// Gone: shut down, or failed. No write will be answered.
+    Stopped,
+}
+
+/// The writer's state, shared with health checks, and a signal when it stops.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    /// A `WriterState` as 0, 1 or 2.
+    state: AtomicU8,
+    stopped: Notify,
+}
+
+impl WriterHealth {
+    pub fn state(&self) -> WriterState {
+        match self.state.load(Ordering::Acquire) {
+            0 => WriterState::Running,
+            1 => WriterState::Reloading,
+            _ => WriterState::Stopped,
+        }
+    }
+
+    fn set(&self, state: WriterState) {
+        let value = match state {
+            WriterState::Running => 0,
+            WriterState::Reloading => 1,
+            WriterState::Stopped => 2,
+        };
+        self.state.store(value, Ordering::Release);
+        if state == WriterState::Stopped {
+            self.stopped.notify_waiters();
+        }
+    }
+
+    /// Resolves once the writer has stopped.
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.stopped.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a stop between the two is not missed.
+            notified.as_mut().enable();
+            if self.state() == WriterState::Stopped {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Marks the writer stopped when its task ends, by returning or by a panic unwinding through it.
+struct StoppedOnDrop(Arc<WriterHealth>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.set(WriterState::Stopped);
+    }
+}
+
 /// The driver: the core, the queue it is fed from, and the store it does IO on.
 #[derive(Debug)]
 pub struct Writer<S, C> {
@@ -207,6 +272,7 @@ pub struct Writer<S, C> {
     config: WriterConfig,
     requests: mpsc::Receiver<Request>,
     committed: Arc<Notify>,
+    health: Arc<WriterHealth>,
 }
 
 impl<S: EventStore, C: Clock> Writer<S, C> {
@@ -217,11 +283,13 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
         clock: C,
         config: WriterConfig,
         committed: Arc<Notify>,
+        health: Arc<WriterHealth>,
     ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
         let ledger = recover(&store, config.engine(), config.journal_page).await?;
         let (sender, requests) = mpsc::channel(config.queue_depth);
         let core = WriterCore::new(config, ledger);
-        Ok((Writer { store, clock, core, config, requests, committed }, CommandSender { requests: sender }))
+        health.set(WriterState::Running);
+        Ok((Writer { store, clock, core, config, requests, committed, health }, CommandSender { requests: sender }))
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -231,6 +299,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
     /// Runs until every sender is dropped, then returns the ledger.
     pub async fn run(mut self) -> Ledger {
         const IDLE: Duration = Duration::from_secs(1);
+        let _stopped = StoppedOnDrop(self.health.clone());
         let mut requests = Vec::with_capacity(self.config.max_batch);
         loop {
             // Wake up when a hold lapses, to release it, even if no command arrives.
@@ -286,6 +355,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                 // The caller may have gone; the outcome stands and a retry is answered from the store.
                 let _ = reply.send(answer);
             }
+            self.health.set(if self.core.is_reloading() { WriterState::Reloading } else { WriterState::Running });
             let Some(io) = self.core.poll_io() else { return };
             match io {
                 Io::LookUpRecords { ids, not_before } => {
