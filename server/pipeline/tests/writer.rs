@@ -556,3 +556,22 @@ fn a_clock_that_steps_back_does_not_keep_lapsed_holds_reserving_funds() {
     pair.batch(&[credit(3, "a", 1)], false);
     assert_eq!(pair.core.ledger().wallet(&wallet("a")).unwrap().held, 0, "every lapsed hold is released");
 }
+
+#[test]
+fn the_first_answer_after_an_ambiguous_commit_is_not_a_replay() {
+    // The commit happened but its outcome was lost; the reload finds the command committed. The
+    // client never had an answer, so this one is its first: not a replay (no Idempotent-Replayed).
+    let mut pair = Pair::new(BTreeMap::from([(1, Fault::Ambiguous)]));
+    let tokens = pair.batch(&[create(1, "a", 100)], false);
+    match pair.answer(tokens[0]) {
+        Reply::Decided { replayed, record, events } => {
+            assert!(!replayed, "the first answer is not a replay");
+            assert_eq!((record.result, events.len()), (Ok(()), 1));
+        }
+        other => panic!("not decided: {other:?}"),
+    }
+    assert!(pair.seen.contains("load_snapshot"), "the commit's outcome was resolved by a reload");
+    // A retry afterwards is a replay.
+    let tokens = pair.batch(&[create(1, "a", 100)], false);
+    assert!(matches!(pair.answer(tokens[0]), Reply::Decided { replayed: true, .. }));
+}

@@ -129,7 +129,9 @@ pub struct WriterCore<T> {
     phase: Phase<T>,
     /// Retries of committed commands, each answered with its original events read from the
     /// journal; served before the phase's own IO.
-    replays: VecDeque<(CommandRecord, T)>,
+    /// The flag says whether the answer is a replay (`false`: the first answer to a command of a
+    /// batch whose commit outcome was unknown, found committed after the reload).
+    replays: VecDeque<(CommandRecord, T, bool)>,
     asked: Option<Asked>,
     replies: VecDeque<(T, Reply)>,
     /// The batch being committed; reused between batches.
@@ -233,7 +235,7 @@ impl<T> WriterCore<T> {
         if self.asked.is_some() {
             return None;
         }
-        let (asked, io) = if let Some((record, _)) = self.replays.front() {
+        let (asked, io) = if let Some((record, _, _)) = self.replays.front() {
             (Asked::Transaction, Io::ReadTransaction(record.transaction_id))
         } else {
             match &mut self.phase {
@@ -288,7 +290,7 @@ impl<T> WriterCore<T> {
         let mut kept = Vec::with_capacity(pending.len());
         for pending in pending {
             match stored.get(&pending.command.id) {
-                Some(record) => self.resolve(*record, pending),
+                Some(record) => self.resolve(*record, pending, true),
                 None => kept.push(pending),
             }
         }
@@ -298,11 +300,11 @@ impl<T> WriterCore<T> {
     /// The answer to [`Io::ReadTransaction`]: the journal's entries after the transaction before it.
     pub fn handle_transaction(&mut self, result: Result<Vec<JournalEntry>, StoreError>) {
         self.answered(Asked::Transaction);
-        let (record, reply) = self.replays.pop_front().expect("a replay was asked for");
+        let (record, reply, replayed) = self.replays.pop_front().expect("a replay was asked for");
         let answer = match result {
             Ok(entries) => match entries.into_iter().next() {
                 Some(entry) if entry.record.transaction_id == record.transaction_id => {
-                    Reply::Decided { record, events: entry.events, replayed: true }
+                    Reply::Decided { record, events: entry.events, replayed }
                 }
                 _ => Reply::Unconfirmed {
                     record,
@@ -474,7 +476,7 @@ impl<T> WriterCore<T> {
                             self.reply(reply, Reply::InFlight);
                         }
                     } else {
-                        self.replay(original, pending.reply);
+                        self.replay(original, pending.reply, true);
                     }
                 }
                 Outcome::KeyReused { original } => {
@@ -542,7 +544,8 @@ impl<T> WriterCore<T> {
         let mut remaining = Vec::with_capacity(pending.len());
         for pending in pending {
             match self.ledger.command(&pending.command.id, now).copied() {
-                Some(record) => self.resolve(record, pending),
+                // Committed by the very commit whose outcome was unknown: the first answer.
+                Some(record) => self.resolve(record, pending, false),
                 None => remaining.push(pending),
             }
         }
@@ -551,9 +554,9 @@ impl<T> WriterCore<T> {
 
     /// Answers `pending` from a record the store holds under its id: the original answer if the
     /// content matches, else the key was reused.
-    fn resolve(&mut self, record: CommandRecord, pending: Pending<T>) {
+    fn resolve(&mut self, record: CommandRecord, pending: Pending<T>, replayed: bool) {
         if record.fingerprint == pending.command.kind.fingerprint() {
-            self.replay(record, pending.reply);
+            self.replay(record, pending.reply, replayed);
         } else if let Some(reply) = pending.reply {
             self.reply(reply, Reply::KeyReused { original: record });
         }
@@ -561,11 +564,11 @@ impl<T> WriterCore<T> {
 
     /// The original answer to a command committed earlier: a rejection at once (it has no events),
     /// an acceptance once its events are read back from the journal.
-    fn replay(&mut self, record: CommandRecord, reply: Option<T>) {
+    fn replay(&mut self, record: CommandRecord, reply: Option<T>, replayed: bool) {
         match (record.result, reply) {
             (_, None) => {}
-            (Err(_), Some(reply)) => self.reply(reply, Reply::Decided { record, events: Vec::new(), replayed: true }),
-            (Ok(()), Some(reply)) => self.replays.push_back((record, reply)),
+            (Err(_), Some(reply)) => self.reply(reply, Reply::Decided { record, events: Vec::new(), replayed }),
+            (Ok(()), Some(reply)) => self.replays.push_back((record, reply, replayed)),
         }
     }
 
