@@ -167,8 +167,18 @@ pub(crate) fn page_size(limit: Option<usize>) -> Result<usize, Problem> {
 }
 
 /// The command id for a request: derived from its `Idempotency-Key`, or fresh without one.
-pub(crate) fn command_id(headers: &HeaderMap) -> Result<CommandId, Problem> {
+/// The command id of a POST: from its `Idempotency-Key`, or a fresh random one when it has none and
+/// the server does not require one (`required`: 428 without it, so no client can send a money
+/// movement it could not safely retry).
+pub(crate) fn command_id(headers: &HeaderMap, required: bool) -> Result<CommandId, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
+        if required {
+            return Err(Problem::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "idempotency_key_required",
+                "this server requires an Idempotency-Key on every POST that moves money or creates a wallet",
+            ));
+        }
         return Ok(CommandId(uuid::Uuid::new_v4().as_u128()));
     };
     let key = value.to_str().ok().filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES).ok_or_else(

@@ -23,7 +23,7 @@ pub(crate) async fn place_hold<S: Queries>(
     headers: HeaderMap,
     Body(body): Body<HoldBody>,
 ) -> Result<Response, Problem> {
-    let command_id = command_id(&headers)?;
+    let command_id = command_id(&headers, state.require_idempotency_key)?;
     let wallet_id = parse_wallet("walletId", &id)?;
     // Without a client hold id, derive one from the command id: a retry names the same hold.
     let hold_id = match body.hold_id.as_deref() {
@@ -62,7 +62,7 @@ pub(crate) async fn capture_hold<S: Queries>(
     headers: HeaderMap,
     OptionalBody(body): OptionalBody<CaptureBody>,
 ) -> Result<Response, Problem> {
-    let command_id = command_id(&headers)?;
+    let command_id = command_id(&headers, state.require_idempotency_key)?;
     let hold_id = parse_hold("holdId", &id)?;
     let destination = body.to_wallet_id.as_deref().map(|text| parse_wallet("toWalletId", text)).transpose()?;
     let description = parse_description(body.description.as_deref())?;
@@ -86,7 +86,7 @@ pub(crate) async fn void_hold<S: Queries>(
     PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let command_id = command_id(&headers)?;
+    let command_id = command_id(&headers, state.require_idempotency_key)?;
     let hold_id = parse_hold("holdId", &id)?;
     let kind = CommandKind::VoidHold { hold_id };
     Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, TransactionJson::value))

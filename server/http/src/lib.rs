@@ -67,6 +67,8 @@ pub struct AppState<S> {
     lag: Option<Arc<dyn LagProbe>>,
     /// The time for answers that depend on it (outbox age); the wall clock unless `with_clock`.
     clock: Arc<dyn TimeSource>,
+    /// Refuse (428) a command POST without an `Idempotency-Key`; see `requiring_idempotency_keys`.
+    require_idempotency_key: bool,
 }
 
 /// Asks the bus how far a consumer group is behind.
@@ -102,7 +104,16 @@ impl<S> AppState<S> {
             currencies: RwLock::new(BTreeMap::new()),
             lag: None,
             clock: Arc::new(SystemClock),
+            require_idempotency_key: false,
         }
+    }
+
+    /// With `true`, every POST that submits a command must carry an `Idempotency-Key` (428
+    /// `idempotency_key_required` otherwise): a client that cannot retry safely cannot move money.
+    /// Off by default, because the original service's clients send none.
+    pub fn requiring_idempotency_keys(mut self, required: bool) -> AppState<S> {
+        self.require_idempotency_key = required;
+        self
     }
 
     /// Lets `/health/kafka/stats` report consumer lag per group from `bus`.

@@ -8,7 +8,6 @@ use wallex_engine::Event;
 use wallex_pipeline::Reply;
 
 use crate::Problem;
-use crate::problem::unavailable;
 
 /// The HTTP answer to a writer reply. A replay renders exactly as the original did.
 pub(crate) fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event]) -> serde_json::Value) -> Response {
@@ -39,11 +38,22 @@ pub(crate) fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event])
         .into_response(),
         Reply::Unavailable(reason) => {
             tracing::warn!(%reason, "command not applied");
-            unavailable().into_response()
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "not applied: the ledger could not make it durable right now; retry with the same Idempotency-Key",
+            )
+            .into_response()
         }
         Reply::Unconfirmed { record, reason } => {
             tracing::warn!(%reason, transaction = %record.transaction_id, "original answer not read back");
-            unavailable().into_response()
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unconfirmed",
+                "this request was decided before, but its answer cannot be read right now; retry with the same \
+                 Idempotency-Key for it",
+            )
+            .into_response()
         }
     }
 }

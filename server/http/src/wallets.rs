@@ -30,7 +30,7 @@ pub(crate) async fn create_wallet<S: Queries>(
     headers: HeaderMap,
     Body(body): Body<CreateWalletBody>,
 ) -> Result<Response, Problem> {
-    let id = command_id(&headers)?;
+    let id = command_id(&headers, state.require_idempotency_key)?;
     let wallet_id = parse_wallet("walletId", &body.wallet_id)?;
     let owner_id = OwnerId::parse(&body.owner_id).map_err(|error| Problem::field("ownerId", &error))?;
     let currency = parse_currency(body.currency.as_deref())?.unwrap_or(Currency::USD);
@@ -117,7 +117,7 @@ async fn credit_or_debit<S: Queries>(
     body: MoneyBody,
     is_credit: bool,
 ) -> Result<Response, Problem> {
-    let command_id = command_id(headers)?;
+    let command_id = command_id(headers, state.require_idempotency_key)?;
     let wallet_id = parse_wallet("walletId", id)?;
     let description = parse_description(body.description.as_deref())?;
     let currency = state.request_currency(body.currency.as_deref(), wallet_id).await?;
@@ -138,7 +138,7 @@ pub(crate) async fn transfer<S: Queries>(
     headers: HeaderMap,
     Body(body): Body<TransferBody>,
 ) -> Result<Response, Problem> {
-    let command_id = command_id(&headers)?;
+    let command_id = command_id(&headers, state.require_idempotency_key)?;
     let source = parse_wallet("walletId", &id)?;
     let destination = parse_wallet("toWalletId", &body.to_wallet_id)?;
     let description = parse_description(body.description.as_deref())?;

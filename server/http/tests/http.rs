@@ -618,3 +618,38 @@ async fn readiness_fails_when_the_store_does_not_answer() {
     assert_eq!(ready.body["checks"]["writer"]["status"], "running");
     assert_eq!(api.get("/health").await.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn a_server_requiring_idempotency_keys_refuses_posts_without_one() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process")
+        .with_bus(bus)
+        .requiring_idempotency_keys(true);
+    let api = Api { router: router(Arc::new(state)), _pipeline: pipeline };
+    let create = r#"{"walletId": "w", "ownerId": "o", "initialBalance": 10}"#;
+    problem(
+        &api.call("POST", "/wallets", None, Some(create)).await,
+        StatusCode::PRECONDITION_REQUIRED,
+        "idempotency_key_required",
+    );
+    assert_eq!(api.call("POST", "/wallets", Some("create-w"), Some(create)).await.status, StatusCode::CREATED);
+    for (path, body) in [
+        ("/wallets/w/credit", r#"{"amount": 1}"#),
+        ("/wallets/w/debit", r#"{"amount": 1}"#),
+        ("/wallets/w/transfer", r#"{"toWalletId": "w", "amount": 1}"#),
+        ("/wallets/w/holds", r#"{"amount": 1}"#),
+        ("/holds/h/capture", "{}"),
+        ("/holds/h/void", "{}"),
+    ] {
+        problem(
+            &api.call("POST", path, None, Some(body)).await,
+            StatusCode::PRECONDITION_REQUIRED,
+            "idempotency_key_required",
+        );
+    }
+    // Nothing was applied by the refused requests: the balance is the initial one.
+    assert_eq!(api.get("/wallets/w?consistency=strong").await.body["balance"], "10.00");
+    // Reads need no key.
+    assert_eq!(api.get("/wallets/w").await.status, StatusCode::OK);
+}

@@ -43,11 +43,14 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address and port the REST API listens on.
     pub listen: SocketAddr,
+    /// Refuse (428) every POST that submits a command without an `Idempotency-Key`. Off by
+    /// default: the original service's clients send none.
+    pub require_idempotency_key: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)) }
+        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)), require_idempotency_key: false }
     }
 }
 

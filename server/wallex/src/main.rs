@@ -4,12 +4,11 @@
 mod config;
 mod demo;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use config::{Config, ConfigArgs};
+use config::{Config, ConfigArgs, HttpConfig};
 use wallex_http::{AppState, router};
 use wallex_kafka::{KafkaBus, KafkaConfig};
 use wallex_pipeline::SystemClock;
@@ -78,7 +77,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
         .context("log.filter")?;
     tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    let listen = config.http.listen;
+    let http = config.http.clone();
     let kafka = config.kafka();
     let pipeline = config.pipeline;
     match &config.store.database_url {
@@ -86,8 +85,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let store = PostgresStore::connect(url).await.context("connecting to PostgreSQL")?;
             tracing::info!("store: postgresql");
             let requeue = store.clone();
-            serve_on(store.clone(), kafka, listen, pipeline, async move { requeue.requeue_unprojected().await })
-                .await?;
+            serve_on(store.clone(), kafka, http, pipeline, async move { requeue.requeue_unprojected().await }).await?;
             store.close().await;
         }
         None => {
@@ -95,8 +93,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let store = SqliteStore::open(data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
             tracing::info!(data_dir = %data_dir.display(), "store: embedded");
             let requeue = store.clone();
-            serve_on(store.clone(), kafka, listen, pipeline, async move { requeue.requeue_unprojected().await })
-                .await?;
+            serve_on(store.clone(), kafka, http, pipeline, async move { requeue.requeue_unprojected().await }).await?;
             store.close().await;
         }
     }
@@ -112,16 +109,16 @@ const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 async fn serve_on<S: EventStore + ProjectionStore>(
     store: S,
     kafka: Option<KafkaConfig>,
-    listen: SocketAddr,
+    http: HttpConfig,
     config: PipelineConfig,
     requeue: impl std::future::Future<Output = Result<u64, wallex_pipeline::ports::StoreError>>,
 ) -> anyhow::Result<()> {
     match kafka {
-        Some(kafka) => run_on_kafka(store, kafka, listen, config).await,
+        Some(kafka) => run_on_kafka(store, kafka, http, config).await,
         None => {
             let requeued = requeue.await?;
             tracing::info!(requeued, "bus: in-process");
-            run(store, InProcessBus::new(), "in-process", listen, config).await
+            run(store, InProcessBus::new(), "in-process", http, config).await
         }
     }
 }
@@ -129,13 +126,13 @@ async fn serve_on<S: EventStore + ProjectionStore>(
 async fn run_on_kafka<S: EventStore + ProjectionStore>(
     store: S,
     kafka: KafkaConfig,
-    listen: SocketAddr,
+    http: HttpConfig,
     config: PipelineConfig,
 ) -> anyhow::Result<()> {
     let brokers = kafka.brokers.clone();
     let bus = KafkaBus::connect(kafka).await.with_context(|| format!("connecting to Kafka at {brokers}"))?;
     tracing::info!(%brokers, "bus: kafka");
-    run(store, bus.clone(), "kafka", listen, config).await?;
+    run(store, bus.clone(), "kafka", http, config).await?;
     // Whatever the relay handed the producer is acknowledged (or failed) before exit.
     bus.flush(FLUSH_TIMEOUT)?;
     Ok(())
@@ -146,12 +143,15 @@ async fn run<S: EventStore + ProjectionStore, B: Bus + std::fmt::Debug>(
     store: S,
     bus: B,
     bus_name: &'static str,
-    listen: SocketAddr,
+    http: HttpConfig,
     config: PipelineConfig,
 ) -> anyhow::Result<()> {
     wallex_http::install_metrics();
     let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await?;
-    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name).with_bus(bus);
+    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name)
+        .with_bus(bus)
+        .requiring_idempotency_keys(http.require_idempotency_key);
+    let listen = http.listen;
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "wallex serving");
