@@ -27,7 +27,7 @@ fn execute(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.measurement_time(Duration::from_secs(8));
     for (name, retention) in WINDOWS {
-        let config = Config { command_retention_micros: retention };
+        let config = Config { command_retention_micros: retention, ..Config::default() };
         group.bench_function(name, |b| {
             // Set up inside the closure so a filtered run (`-- replay`) skips it.
             let mut ledger = funded_ledger(config, WALLETS);
@@ -111,7 +111,7 @@ fn snapshot(c: &mut Criterion) {
     });
     group.bench_function("snapshot_decode_1m_wallets", |b| {
         let bytes = ledger().encode_snapshot();
-        b.iter(|| black_box(Ledger::restore(&bytes).expect("the snapshot restores")))
+        b.iter(|| black_box(Ledger::restore(&bytes, Config::default()).expect("the snapshot restores")))
     });
     group.finish();
 }

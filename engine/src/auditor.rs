@@ -393,7 +393,8 @@ impl Harness {
     /// Encodes a snapshot, restores it, and checks the result equals the live ledger; then checks
     /// that the second half of the journal replays onto a snapshot of the first half.
     pub fn check_snapshot(&self) -> Result<(), String> {
-        let restored = Ledger::restore(&self.ledger.encode_snapshot()).map_err(|error| error.to_string())?;
+        let restored =
+            Ledger::restore(&self.ledger.encode_snapshot(), self.ledger.config()).map_err(|error| error.to_string())?;
         if restored != self.ledger {
             return Err("a restored snapshot differs from the ledger".to_owned());
         }
@@ -402,7 +403,8 @@ impl Harness {
         for (record, events) in &self.journal[..middle] {
             first_half.replay(record, events).map_err(|error| error.to_string())?;
         }
-        let mut resumed = Ledger::restore(&first_half.encode_snapshot()).map_err(|error| error.to_string())?;
+        let mut resumed =
+            Ledger::restore(&first_half.encode_snapshot(), first_half.config()).map_err(|error| error.to_string())?;
         for (record, events) in &self.journal[middle..] {
             resumed.replay(record, events).map_err(|error| error.to_string())?;
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tables::{CommandMemory, WalletTable};
+use crate::tables::{CommandMemory, HashSeed, WalletTable};
 use crate::{
     Account, Amount, Command, CommandId, CommandKind, Currency, Event, EventKind, Fingerprint, HoldId, OwnerId,
     Posting, Rejection, Timestamp, TransactionId, WalletId,
@@ -18,17 +18,22 @@ pub const MAX_BALANCE_MINOR: i64 = 1_000_000_000_000_000_000;
 /// [`Ledger::next_hold_expiry`] is due.
 pub const MAX_EXPIRIES_PER_COMMAND: usize = 256;
 
-/// Settings that shape decisions; part of the state, so a snapshot restores them too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Settings that shape decisions. They are the caller's, not the state's: a snapshot does not carry
+/// them, and [`Ledger::restore`] takes the current ones, so a changed retention takes effect at the
+/// next start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// How long a command id is remembered (and its retries deduplicated), in microseconds.
     /// Default: 24 hours.
     pub command_retention_micros: u64,
+    /// The key of the id indexes; see [`HashSeed`]. The default is fixed and public: a server
+    /// passes a secret one.
+    pub hash_seed: HashSeed,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { command_retention_micros: 24 * 60 * 60 * 1_000_000 }
+        Config { command_retention_micros: 24 * 60 * 60 * 1_000_000, hash_seed: HashSeed::default() }
     }
 }
 
@@ -171,11 +176,11 @@ impl Ledger {
             config,
             clock: Timestamp::ZERO,
             last_transaction_id: TransactionId(0),
-            wallets: WalletTable::default(),
+            wallets: WalletTable::new(config.hash_seed),
             holds: BTreeMap::new(),
             hold_expiries: BTreeSet::new(),
             world: [0; Currency::COUNT],
-            commands: CommandMemory::default(),
+            commands: CommandMemory::new(config.hash_seed),
         }
     }
 

@@ -41,3 +41,4 @@ pub use ledger::{
 pub use money::{Amount, Currency};
 pub use rejection::{ParseError, Rejection};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};
+pub use tables::HashSeed;

@@ -1,9 +1,11 @@
 //! The whole ledger state as bytes, and back, exactly.
 //!
-//! Layout: the bincode (standard config) encoding of [`SnapshotBody`], followed by the XXH3-64 of
-//! those bytes, little-endian. The body starts with a format version so later layouts can be read
-//! side by side. Restoring re-checks every invariant: a snapshot that decodes but describes an
-//! impossible ledger is refused, never loaded.
+//! Layout: the bincode (standard config) encoding of the format version and [`SnapshotState`],
+//! followed by the XXH3-64 of those bytes, little-endian. The format version comes first so layouts
+//! can be read side by side: format 1 also carried the engine's settings, which a restore now takes
+//! from its caller (format 2 drops them; format 1 is still read, its settings skipped). Restoring
+//! re-checks every invariant: a snapshot that decodes but describes an impossible ledger is refused,
+//! never loaded.
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -11,8 +13,12 @@ use crate::ledger::{CommandRecord, Config, Hold, Ledger, Wallet};
 use crate::tables::{CommandMemory, WalletTable};
 use crate::{Currency, Timestamp, TransactionId};
 
-/// The snapshot layout this build writes and reads.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The snapshot layout this build writes (it reads this one and format 1).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+
+/// Format 1: the same state, after the engine's settings of the time (one `u64`, the command
+/// retention), which are skipped.
+const FORMAT_WITH_SETTINGS: u32 = 1;
 
 const CHECKSUM_BYTES: usize = 8;
 
@@ -24,17 +30,16 @@ pub enum SnapshotError {
     Checksum,
     #[error("snapshot does not decode: {0}")]
     Decode(String),
-    #[error("snapshot format {found} is not the supported format {SNAPSHOT_FORMAT_VERSION}")]
+    #[error("snapshot format {found} is not a supported format (1 or {SNAPSHOT_FORMAT_VERSION})")]
     Format { found: u32 },
     #[error("snapshot describes an impossible ledger: {0}")]
     Invalid(String),
 }
 
-/// The decoded form. Field order is the wire order.
+/// The decoded state, after the format version (and, in format 1, the settings). Field order is the
+/// wire order.
 #[derive(Deserialize)]
-struct SnapshotBody {
-    format_version: u32,
-    config: Config,
+struct SnapshotState {
     clock: Timestamp,
     last_transaction_id: TransactionId,
     wallets: Vec<Wallet>,
@@ -47,7 +52,6 @@ struct SnapshotBody {
 #[derive(Serialize)]
 struct SnapshotBodyRef<'a> {
     format_version: u32,
-    config: Config,
     clock: Timestamp,
     last_transaction_id: TransactionId,
     wallets: &'a [Wallet],
@@ -66,7 +70,7 @@ fn commands_oldest_first<S: Serializer>(ledger: &&Ledger, serializer: S) -> Resu
     serializer.collect_seq(ledger.commands.iter())
 }
 
-fn config() -> bincode::config::Configuration {
+fn encoding() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
@@ -75,7 +79,6 @@ impl Ledger {
     pub fn encode_snapshot(&self) -> Vec<u8> {
         let body = SnapshotBodyRef {
             format_version: SNAPSHOT_FORMAT_VERSION,
-            config: self.config,
             clock: self.clock,
             last_transaction_id: self.last_transaction_id,
             wallets: self.wallets.as_slice(),
@@ -87,15 +90,16 @@ impl Ledger {
                 .collect(),
             commands: self,
         };
-        let mut bytes = bincode::serde::encode_to_vec(&body, config()).expect("encoding into memory cannot fail");
+        let mut bytes = bincode::serde::encode_to_vec(&body, encoding()).expect("encoding into memory cannot fail");
         let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
         bytes.extend_from_slice(&checksum.to_le_bytes());
         bytes
     }
 
     /// Decodes a snapshot written by [`Ledger::encode_snapshot`], verifying its checksum, format and
-    /// every ledger invariant.
-    pub fn restore(bytes: &[u8]) -> Result<Ledger, SnapshotError> {
+    /// every ledger invariant. The ledger runs under `config`, whatever settings it was written
+    /// under: a shorter retention forgets the older ids at the next command.
+    pub fn restore(bytes: &[u8], config: Config) -> Result<Ledger, SnapshotError> {
         let split = bytes.len().checked_sub(CHECKSUM_BYTES).ok_or(SnapshotError::Truncated)?;
         let (body, checksum) = bytes.split_at(split);
         let checksum = u64::from_le_bytes(checksum.try_into().expect("split at CHECKSUM_BYTES"));
@@ -104,22 +108,29 @@ impl Ledger {
         }
         // The format version comes first: read it alone so a future layout fails as "format", not
         // as a confusing decode error.
-        let (format_version, _): (u32, usize) = bincode::serde::decode_from_slice(body, config())
-            .map_err(|error| SnapshotError::Decode(error.to_string()))?;
-        if format_version != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotError::Format { found: format_version });
+        let decode_error = |error: bincode::error::DecodeError| SnapshotError::Decode(error.to_string());
+        let (format_version, mut read): (u32, usize) =
+            bincode::serde::decode_from_slice(body, encoding()).map_err(decode_error)?;
+        match format_version {
+            SNAPSHOT_FORMAT_VERSION => {}
+            FORMAT_WITH_SETTINGS => {
+                let (_retention, skipped): (u64, usize) =
+                    bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
+                read += skipped;
+            }
+            found => return Err(SnapshotError::Format { found }),
         }
-        let (snapshot, read): (SnapshotBody, usize) = bincode::serde::decode_from_slice(body, config())
-            .map_err(|error| SnapshotError::Decode(error.to_string()))?;
+        let (snapshot, state_bytes): (SnapshotState, usize) =
+            bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
+        read += state_bytes;
         if read != body.len() {
             return Err(SnapshotError::Decode(format!("{} trailing bytes", body.len() - read)));
         }
-        debug_assert_eq!(snapshot.format_version, SNAPSHOT_FORMAT_VERSION);
 
-        let mut ledger = Ledger::new(snapshot.config);
+        let mut ledger = Ledger::new(config);
         ledger.clock = snapshot.clock;
         ledger.last_transaction_id = snapshot.last_transaction_id;
-        ledger.wallets = WalletTable::from_wallets(snapshot.wallets)
+        ledger.wallets = WalletTable::from_wallets(config.hash_seed, snapshot.wallets)
             .map_err(|wallet_id| SnapshotError::Invalid(format!("wallet {wallet_id} appears twice")))?;
         for hold in snapshot.holds {
             if hold.status == crate::ledger::HoldStatus::Active
@@ -134,7 +145,7 @@ impl Ledger {
         for (currency, balance) in snapshot.world {
             ledger.world[currency.index()] = balance;
         }
-        ledger.commands = CommandMemory::from_records(snapshot.commands)
+        ledger.commands = CommandMemory::from_records(config.hash_seed, snapshot.commands)
             .map_err(|command_id| SnapshotError::Invalid(format!("command {command_id} appears twice")))?;
         ledger.check_invariants().map_err(|violation| SnapshotError::Invalid(violation.to_string()))?;
         Ok(ledger)

@@ -4,19 +4,60 @@
 //! friendly table and then the one record it needs; the records themselves stay in a deterministic
 //! order (creation order for wallets, oldest first for commands) and are what equality, snapshots and
 //! invariant checks iterate. The index is never iterated.
+//!
+//! Ids come from clients, so the index hashes them with keyed SipHash-1-3 under a [`HashSeed`] the
+//! caller passes in with the configuration: without the key nobody can choose ids that share one
+//! probe sequence (with an unkeyed hash such as FxHash they can, and every create and lookup then
+//! walks one chain). The engine stays pure: the server draws the seed at start, the simulator from
+//! its own seed.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash};
+use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use hashbrown::HashTable;
-use rustc_hash::FxBuildHasher;
+use siphasher::sip::SipHasher13;
 
 use crate::ledger::{CommandRecord, Wallet};
 use crate::{CommandId, WalletId};
 
-/// A fixed, seedless hash: lookups only, never iteration order, depend on it.
-fn hash_of<T: Hash>(value: &T) -> u64 {
-    FxBuildHasher.hash_one(value)
+/// The secret key of the engine's id indexes (128 bits of SipHash key).
+///
+/// Lookups only, never iteration order, depend on it: two ledgers with different seeds and the same
+/// history decide the same and encode the same snapshot. A server draws it from the operating system at
+/// start and never stores or logs it; [`HashSeed::default`] is a fixed, public key for tests and tools
+/// that read no client input.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct HashSeed {
+    k0: u64,
+    k1: u64,
+}
+
+impl HashSeed {
+    pub const fn new(k0: u64, k1: u64) -> HashSeed {
+        HashSeed { k0, k1 }
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> HashSeed {
+        let (k0, k1) = bytes.split_at(8);
+        HashSeed {
+            k0: u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+            k1: u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+        }
+    }
+
+    pub(crate) fn hash_of<T: Hash>(self, value: &T) -> u64 {
+        let mut hasher = SipHasher13::new_with_keys(self.k0, self.k1);
+        value.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+impl fmt::Debug for HashSeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A secret: never printed, not even in a panic message or a debug log.
+        f.write_str("HashSeed(..)")
+    }
 }
 
 /// Wallets in creation order, indexed by id.
@@ -24,6 +65,7 @@ fn hash_of<T: Hash>(value: &T) -> u64 {
 pub(crate) struct WalletTable {
     wallets: Vec<Wallet>,
     index: HashTable<u32>,
+    seed: HashSeed,
 }
 
 impl PartialEq for WalletTable {
@@ -36,9 +78,13 @@ impl PartialEq for WalletTable {
 impl Eq for WalletTable {}
 
 impl WalletTable {
+    pub(crate) fn new(seed: HashSeed) -> WalletTable {
+        WalletTable { wallets: Vec::new(), index: HashTable::new(), seed }
+    }
+
     /// Builds the table from wallets in creation order; fails on a repeated id.
-    pub(crate) fn from_wallets(wallets: Vec<Wallet>) -> Result<WalletTable, WalletId> {
-        let mut table = WalletTable { wallets: Vec::new(), index: HashTable::with_capacity(wallets.len()) };
+    pub(crate) fn from_wallets(seed: HashSeed, wallets: Vec<Wallet>) -> Result<WalletTable, WalletId> {
+        let mut table = WalletTable { wallets: Vec::new(), index: HashTable::with_capacity(wallets.len()), seed };
         table.wallets.reserve_exact(wallets.len());
         for wallet in wallets {
             let id = wallet.id;
@@ -50,7 +96,7 @@ impl WalletTable {
     pub(crate) fn position(&self, wallet_id: &WalletId) -> Option<usize> {
         let wallets = &self.wallets;
         self.index
-            .find(hash_of(wallet_id), |&position| wallets[position as usize].id == *wallet_id)
+            .find(self.seed.hash_of(wallet_id), |&position| wallets[position as usize].id == *wallet_id)
             .map(|&p| p as usize)
     }
 
@@ -75,11 +121,12 @@ impl WalletTable {
         let position = self.wallets.len();
         let stored = u32::try_from(position).expect("fewer than 2^32 wallets");
         let wallets = &self.wallets;
+        let seed = self.seed;
         // One probe both to detect a duplicate and to find the free slot.
         match self.index.entry(
-            hash_of(&wallet.id),
+            seed.hash_of(&wallet.id),
             |&p| wallets[p as usize].id == wallet.id,
-            |&p| hash_of(&wallets[p as usize].id),
+            |&p| seed.hash_of(&wallets[p as usize].id),
         ) {
             hashbrown::hash_table::Entry::Occupied(_) => Err(()),
             hashbrown::hash_table::Entry::Vacant(slot) => {
@@ -131,6 +178,7 @@ pub(crate) struct CommandMemory {
     records: VecDeque<CommandRecord>,
     forgotten: u64,
     index: HashTable<u64>,
+    seed: HashSeed,
 }
 
 impl PartialEq for CommandMemory {
@@ -143,11 +191,16 @@ impl PartialEq for CommandMemory {
 impl Eq for CommandMemory {}
 
 impl CommandMemory {
-    pub(crate) fn from_records(records: Vec<CommandRecord>) -> Result<CommandMemory, CommandId> {
+    pub(crate) fn new(seed: HashSeed) -> CommandMemory {
+        CommandMemory { records: VecDeque::new(), forgotten: 0, index: HashTable::new(), seed }
+    }
+
+    pub(crate) fn from_records(seed: HashSeed, records: Vec<CommandRecord>) -> Result<CommandMemory, CommandId> {
         let mut memory = CommandMemory {
             records: VecDeque::with_capacity(records.len()),
             forgotten: 0,
             index: HashTable::with_capacity(records.len()),
+            seed,
         };
         for record in records {
             if memory.get(&record.command_id).is_some_and(|kept| kept.transaction_id >= record.transaction_id) {
@@ -162,7 +215,9 @@ impl CommandMemory {
         let records = &self.records;
         let forgotten = self.forgotten;
         self.index
-            .find(hash_of(command_id), |&sequence| records[slot(sequence, forgotten)].command_id == *command_id)
+            .find(self.seed.hash_of(command_id), |&sequence| {
+                records[slot(sequence, forgotten)].command_id == *command_id
+            })
             .map(|&sequence| &self.records[slot(sequence, forgotten)])
     }
 
@@ -174,7 +229,9 @@ impl CommandMemory {
         let Some(oldest) = self.records.front() else { return };
         let sequence = self.forgotten;
         // Absent when a later record of the same id superseded this one.
-        if let Ok(entry) = self.index.find_entry(hash_of(&oldest.command_id), |&candidate| candidate == sequence) {
+        if let Ok(entry) =
+            self.index.find_entry(self.seed.hash_of(&oldest.command_id), |&candidate| candidate == sequence)
+        {
             entry.remove();
         }
         self.records.pop_front();
@@ -184,7 +241,8 @@ impl CommandMemory {
     /// Remembers a record; if its id is remembered already, the new record supersedes the old.
     pub(crate) fn remember(&mut self, record: CommandRecord) {
         let sequence = self.forgotten + self.records.len() as u64;
-        let hash = hash_of(&record.command_id);
+        let seed = self.seed;
+        let hash = seed.hash_of(&record.command_id);
         let command_id = record.command_id;
         self.records.push_back(record);
         let records = &self.records;
@@ -192,7 +250,7 @@ impl CommandMemory {
         match self.index.entry(
             hash,
             |&s| records[slot(s, forgotten)].command_id == command_id,
-            |&s| hash_of(&records[slot(s, forgotten)].command_id),
+            |&s| seed.hash_of(&records[slot(s, forgotten)].command_id),
         ) {
             hashbrown::hash_table::Entry::Occupied(mut superseded) => *superseded.get_mut() = sequence,
             hashbrown::hash_table::Entry::Vacant(slot) => {
@@ -227,3 +285,6 @@ impl CommandMemory {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod flooding;

@@ -446,7 +446,7 @@ fn a_reused_command_id_with_other_content_is_refused_without_effect() {
 
 #[test]
 fn command_ids_are_forgotten_after_the_retention_window() {
-    let mut script = Script::with_config(Config { command_retention_micros: 1_000 });
+    let mut script = Script::with_config(Config { command_retention_micros: 1_000, ..Config::default() });
     script.create("alice", Currency::USD, 1_000, 0);
     let id = CommandId(9);
     script.run_as(id, debit("alice", 100)).0.unwrap();
@@ -503,13 +503,13 @@ fn a_corrupted_snapshot_is_refused() {
     let mut script = Script::new();
     script.create("alice", Currency::USD, 1_000, 0);
     let mut bytes = script.ledger().encode_snapshot();
-    assert!(Ledger::restore(&bytes).is_ok());
+    assert!(Ledger::restore(&bytes, Config::default()).is_ok());
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
-    assert!(matches!(Ledger::restore(&bytes), Err(wallex_engine::SnapshotError::Checksum)));
+    assert!(matches!(Ledger::restore(&bytes, Config::default()), Err(wallex_engine::SnapshotError::Checksum)));
     let shortened = &bytes[..bytes.len() - 1];
-    assert!(matches!(Ledger::restore(shortened), Err(wallex_engine::SnapshotError::Checksum)));
-    assert!(matches!(Ledger::restore(&bytes[..4]), Err(wallex_engine::SnapshotError::Truncated)));
+    assert!(matches!(Ledger::restore(shortened, Config::default()), Err(wallex_engine::SnapshotError::Checksum)));
+    assert!(matches!(Ledger::restore(&bytes[..4], Config::default()), Err(wallex_engine::SnapshotError::Truncated)));
 }
 
 #[test]
@@ -533,7 +533,7 @@ fn amounts_in_kwd_and_jpy_keep_their_scale_end_to_end() {
 fn a_journal_written_under_a_shorter_retention_replays_under_a_longer_one() {
     // The operator raised the retention between restarts: an id the old ledger forgot and saw
     // again appears twice in the journal. Replay keeps the newer record.
-    let mut script = Script::with_config(Config { command_retention_micros: 1_000 });
+    let mut script = Script::with_config(Config { command_retention_micros: 1_000, ..Config::default() });
     script.create("alice", Currency::USD, 1_000, 0);
     let id = CommandId(5);
     script.run_as(id, debit("alice", 100)).0.unwrap();
@@ -546,6 +546,56 @@ fn a_journal_written_under_a_shorter_retention_replays_under_a_longer_one() {
     longer.check_invariants().unwrap();
     assert_eq!(longer.command(&id, at(script.now)).unwrap().outcome(), second);
     assert_eq!(longer.wallet(&wallet("alice")).unwrap().balance, 800);
-    let restored = Ledger::restore(&longer.encode_snapshot()).unwrap();
+    let restored = Ledger::restore(&longer.encode_snapshot(), longer.config()).unwrap();
     assert_eq!(restored, longer, "a snapshot with a superseded record round-trips");
+}
+
+#[test]
+fn a_restored_ledger_runs_under_the_settings_it_is_restored_with() {
+    // The operator shortened the retention between restarts: the snapshot was written under a day,
+    // the restored ledger forgets after a millisecond (a snapshot used to bring its settings back).
+    let mut script = Script::with_config(Config { command_retention_micros: 86_400_000_000, ..Config::default() });
+    script.create("alice", Currency::USD, 1_000, 0);
+    let id = CommandId(77);
+    script.run_as(id, debit("alice", 100)).0.unwrap();
+    let bytes = script.ledger().encode_snapshot();
+
+    let shorter = Config { command_retention_micros: 1_000, ..Config::default() };
+    let mut restored = Ledger::restore(&bytes, shorter).unwrap();
+    assert_eq!(restored.config(), shorter);
+    let mut events = Vec::new();
+    let later = at(script.now + 5_000);
+    let outcome = restored.execute(later, &Command { id, kind: debit("alice", 100) }, &mut events);
+    assert!(outcome.result().is_ok(), "{outcome:?}");
+    assert_eq!(events.len(), 1, "the id is forgotten under the new retention: a new command");
+    assert_eq!(restored.wallet(&wallet("alice")).unwrap().balance, 800);
+}
+
+#[test]
+fn a_format_1_snapshot_still_restores_and_its_settings_are_ignored() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.ok(debit("alice", 100));
+    let current = script.ledger().encode_snapshot();
+    let body = &current[..current.len() - 8];
+    // Format 1 was the format version, the settings (the retention, a varint) and then the same state.
+    assert_eq!(body[0], 2, "format 2 is one varint byte");
+    let mut old = vec![1u8];
+    old.extend(bincode::encode_to_vec(3_600_000_000u64, bincode::config::standard()).unwrap());
+    old.extend_from_slice(&body[1..]);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&old);
+    old.extend_from_slice(&checksum.to_le_bytes());
+
+    let config = Config { command_retention_micros: 5_000, ..Config::default() };
+    let restored = Ledger::restore(&old, config).unwrap();
+    assert_eq!(restored.config(), config, "the caller's settings, not the snapshot's");
+    assert_eq!(restored.wallet(&wallet("alice")).unwrap().balance, 900);
+    assert_eq!(restored.encode_snapshot(), current, "the same state");
+
+    let mut future = old.clone();
+    future[0] = 3;
+    let len = future.len();
+    let checksum = xxhash_rust::xxh3::xxh3_64(&future[..len - 8]);
+    future[len - 8..].copy_from_slice(&checksum.to_le_bytes());
+    assert!(matches!(Ledger::restore(&future, config), Err(wallex_engine::SnapshotError::Format { found: 3 })));
 }

@@ -71,8 +71,8 @@ fn tick() -> impl Strategy<Value = i64> {
 fn retention() -> impl Strategy<Value = Config> {
     prop_oneof![
         Just(Config::default()),
-        Just(Config { command_retention_micros: 300 }),
-        Just(Config { command_retention_micros: 1_500 }),
+        Just(Config { command_retention_micros: 300, ..Config::default() }),
+        Just(Config { command_retention_micros: 1_500, ..Config::default() }),
     ]
 }
 

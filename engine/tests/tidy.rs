@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Pure crates the engine may depend on: encoding, hashing, exact decimals, errors.
 const ALLOWED_DEPENDENCIES: &[&str] =
-    &["arrayvec", "bincode", "hashbrown", "rust_decimal", "rustc-hash", "serde", "thiserror", "xxhash-rust"];
+    &["arrayvec", "bincode", "hashbrown", "rust_decimal", "serde", "siphasher", "thiserror", "xxhash-rust"];
 
 /// Source fragments that would make the engine impure or nondeterministic.
 const FORBIDDEN: &[(&str, &str)] = &[
@@ -57,13 +57,42 @@ fn the_engine_depends_only_on_pure_crates() {
     assert!(checked >= 5, "parsed only {checked} dependencies: the manifest format changed");
 }
 
+/// Source files compiled only into the engine's own unit tests (declared under `#[cfg(test)]` by
+/// their parent, which is checked): they may time things.
+const TEST_ONLY: &[(&str, &str)] = &[("tables/flooding.rs", "tables.rs")];
+
+fn source_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            source_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
 #[test]
 fn the_engine_source_names_no_io_clock_randomness_or_unordered_maps() {
-    let mut files = 0;
-    for entry in std::fs::read_dir(engine_dir().join("src")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        files += 1;
+    let src = engine_dir().join("src");
+    let mut files = Vec::new();
+    source_files(&src, &mut files);
+    for (test_only, parent) in TEST_ONLY {
+        let module = Path::new(test_only).file_stem().unwrap().to_str().unwrap();
+        let parent_text = std::fs::read_to_string(src.join(parent)).unwrap();
+        assert!(
+            parent_text.contains(&format!("#[cfg(test)]\nmod {module};")),
+            "{test_only} must be declared `#[cfg(test)] mod {module};` in {parent}"
+        );
+    }
+    let mut checked = 0;
+    for path in &files {
+        let relative = path.strip_prefix(&src).unwrap().to_str().unwrap().replace('\\', "/");
+        if TEST_ONLY.iter().any(|(test_only, _)| *test_only == relative) {
+            continue;
+        }
+        let text = std::fs::read_to_string(path).unwrap();
+        checked += 1;
         for (number, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap();
             for (fragment, why) in FORBIDDEN {
@@ -76,5 +105,5 @@ fn the_engine_source_names_no_io_clock_randomness_or_unordered_maps() {
             }
         }
     }
-    assert!(files >= 8, "read only {files} source files");
+    assert!(checked >= 8, "read only {checked} source files");
 }

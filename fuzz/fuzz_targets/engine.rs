@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn script(input: &mut Unstructured<'_>) -> Result<(Config, Vec<(i64, Step)>)> {
-    let config = Config { command_retention_micros: *input.choose(&[300, 5_000, Config::default().command_retention_micros])? };
+    let config = Config { command_retention_micros: *input.choose(&[300, 5_000, Config::default().command_retention_micros])?, ..Config::default() };
     let mut steps = Vec::new();
     while !input.is_empty() && steps.len() < MAX_STEPS {
         let tick = match input.int_in_range(0..=15u8)? {

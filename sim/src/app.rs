@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::net::Endpoint;
+use madsim::rand::{Rng, thread_rng};
 use wallex_engine::{Command, Timestamp};
 use wallex_pipeline::ports::Clock;
 use wallex_pipeline::{
@@ -48,6 +49,8 @@ pub fn pipeline_config() -> PipelineConfig {
         ..WriterConfig::default()
     };
     writer.engine_retention_micros = ENGINE_RETENTION_MICROS;
+    // Each start draws its own key, as a real server does; the seed's RNG keeps it reproducible.
+    writer.hash_seed = wallex_engine::HashSeed::new(thread_rng().r#gen(), thread_rng().r#gen());
     PipelineConfig {
         writer,
         relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms },

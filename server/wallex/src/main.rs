@@ -72,6 +72,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A fresh key for the engine's id indexes, from the operating system, never stored: ids chosen to
+/// collide under one process's key mean nothing to the next.
+fn secret_hash_seed() -> anyhow::Result<wallex_engine::HashSeed> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("drawing the hash seed: {error}"))?;
+    Ok(wallex_engine::HashSeed::from_bytes(bytes))
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.filter))
@@ -79,7 +87,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt().json().with_env_filter(filter).init();
     let http = config.http.clone();
     let kafka = config.kafka();
-    let pipeline = config.pipeline;
+    let mut pipeline = config.pipeline;
+    pipeline.writer.hash_seed = secret_hash_seed()?;
     match &config.store.database_url {
         Some(url) => {
             let store = PostgresStore::connect(url).await.context("connecting to PostgreSQL")?;

@@ -50,6 +50,11 @@ pub struct WriterConfig {
     pub idempotency_retention_micros: u64,
     /// How often expired idempotency keys are deleted from the store, in milliseconds.
     pub idempotency_cleanup_interval_ms: u64,
+    /// The secret key of the engine's id indexes. Never read from a file nor printed: the server
+    /// draws it from the operating system at start (the default is fixed and public, for tests),
+    /// the simulator from its seed.
+    #[serde(skip)]
+    pub hash_seed: wallex_engine::HashSeed,
 }
 
 impl Default for WriterConfig {
@@ -67,6 +72,7 @@ impl Default for WriterConfig {
             journal_page: 10_000,
             idempotency_retention_micros: 24 * 60 * 60 * 1_000_000,
             idempotency_cleanup_interval_ms: 10 * 60 * 1_000,
+            hash_seed: wallex_engine::HashSeed::default(),
         }
     }
 }
@@ -96,7 +102,7 @@ pub const MAX_BATCH_LIMIT: usize = 8_192;
 impl WriterConfig {
     /// The engine's own settings.
     pub fn engine(&self) -> wallex_engine::Config {
-        wallex_engine::Config { command_retention_micros: self.engine_retention_micros }
+        wallex_engine::Config { command_retention_micros: self.engine_retention_micros, hash_seed: self.hash_seed }
     }
 
     /// Refuses settings that contradict each other or leave the writer unable to work; nothing is

@@ -63,8 +63,8 @@ impl Recovery {
         assert!(matches!(self.state, State::Snapshot), "a snapshot arrived that recovery did not ask for");
         let ledger = match snapshot {
             Some(snapshot) => {
-                let ledger =
-                    Ledger::restore(&snapshot.bytes).map_err(|error| RecoveryError::Corrupt(error.to_string()))?;
+                let ledger = Ledger::restore(&snapshot.bytes, self.config)
+                    .map_err(|error| RecoveryError::Corrupt(error.to_string()))?;
                 if ledger.last_transaction_id() != snapshot.transaction_id {
                     return Err(RecoveryError::Corrupt("snapshot labelled with another transaction".to_owned()));
                 }
