@@ -6,17 +6,18 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Amount, CommandId, Currency, HoldId, OwnerId, ParseError, Timestamp, WalletId};
 
-/// A free-text note carried into the events and the ledger entries: at most 512 bytes, no control
-/// characters.
+/// A free-text note carried into the events and the ledger entries: at most 512 characters (Unicode
+/// scalar values, as JSON Schema's `maxLength` counts them), no control characters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Description(String);
 
 impl Description {
-    pub const MAX_BYTES: usize = 512;
+    pub const MAX_CHARS: usize = 512;
 
     pub fn parse(text: &str) -> Result<Description, ParseError> {
-        if text.len() > Description::MAX_BYTES {
-            return Err(ParseError::DescriptionTooLong { max: Description::MAX_BYTES });
+        // Bytes bound the count first, so a megabyte of text is refused without being walked.
+        if text.len() > 4 * Description::MAX_CHARS || text.chars().count() > Description::MAX_CHARS {
+            return Err(ParseError::DescriptionTooLong { max: Description::MAX_CHARS });
         }
         if text.chars().any(char::is_control) {
             return Err(ParseError::DescriptionControl);
@@ -312,10 +313,11 @@ mod tests {
     fn descriptions_are_bounded_and_printable() {
         assert_eq!(Description::parse("Deposit from bank").unwrap().as_str(), "Deposit from bank");
         assert!(Description::parse(&"a".repeat(512)).is_ok());
-        assert_eq!(
-            Description::parse(&"a".repeat(513)),
-            Err(ParseError::DescriptionTooLong { max: Description::MAX_BYTES })
-        );
+        assert!(Description::parse(&"é".repeat(512)).is_ok(), "characters, not bytes");
+        assert!(Description::parse(&"😀".repeat(512)).is_ok(), "characters, not bytes");
+        for long in ["a".repeat(513), "é".repeat(513), "😀".repeat(513)] {
+            assert_eq!(Description::parse(&long), Err(ParseError::DescriptionTooLong { max: Description::MAX_CHARS }));
+        }
         assert_eq!(Description::parse("line\nbreak"), Err(ParseError::DescriptionControl));
     }
 }

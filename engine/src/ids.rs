@@ -18,7 +18,7 @@ pub const ID_MAX_BYTES: usize = 64;
 /// How many 16-byte words an inline key compares.
 const WORDS: usize = ID_MAX_BYTES / 16;
 
-/// 1..=64 bytes of `[A-Za-z0-9._:-]`, inline, zero-padded.
+/// 1..=64 bytes of `[A-Za-z0-9._:-]`, not `.` or `..`, inline, zero-padded.
 #[derive(Clone, Copy)]
 struct InlineKey {
     len: u8,
@@ -33,6 +33,10 @@ impl InlineKey {
         }
         if !raw.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
             return Err(ParseError::IdCharset { what });
+        }
+        // A URL path cannot carry these as a segment: clients remove them as dot segments.
+        if raw == b"." || raw == b".." {
+            return Err(ParseError::IdDotSegment { what });
         }
         let mut bytes = [0u8; ID_MAX_BYTES];
         bytes[..raw.len()].copy_from_slice(raw);

@@ -146,6 +146,8 @@ pub enum ParseError {
     IdLength { what: &'static str, max: usize },
     #[error("{what} may contain only ASCII letters, digits and the characters . _ : -")]
     IdCharset { what: &'static str },
+    #[error("{what} must not be `.` or `..`, which a URL path cannot carry")]
+    IdDotSegment { what: &'static str },
     #[error("unknown currency: expected an upper-case ISO 4217 code such as USD")]
     UnknownCurrency,
     #[error("amount is not a plain decimal number")]
@@ -158,7 +160,7 @@ pub enum ParseError {
     AmountNotPositive,
     #[error("amount exceeds the maximum of {} minor units", Amount::MAX_MINOR)]
     AmountTooLarge,
-    #[error("description must be at most {max} bytes")]
+    #[error("description must be at most {max} characters")]
     DescriptionTooLong { max: usize },
     #[error("description must not contain control characters")]
     DescriptionControl,

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use wallex_engine::{Amount, CommandId, Currency, Description, HoldId, Timestamp, WalletId};
+use wallex_engine::{Amount, CommandId, Currency, Description, HoldId, ParseError, Timestamp, WalletId};
 
 use crate::problem::unavailable;
 use crate::{AppState, DEFAULT_PAGE, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE, Problem};
@@ -29,8 +29,8 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
     }
 }
 
-/// A JSON body whose every field is optional, so no body at all means the defaults; a body that is
-/// there is read as [`Body`] reads it.
+/// A JSON body whose every field is optional, so no body at all (or `null`) means the defaults; a
+/// body that is there is read as [`Body`] reads it.
 pub(crate) struct OptionalBody<T>(pub(crate) T);
 
 impl<T: DeserializeOwned + Default, St: Send + Sync> FromRequest<St> for OptionalBody<T> {
@@ -54,7 +54,8 @@ impl<T: DeserializeOwned + Default, St: Send + Sync> FromRequest<St> for Optiona
                 "a request body must be application/json",
             ));
         }
-        Body::from_request(request, state).await.map(|Body(value)| OptionalBody(value))
+        // A JSON `null` body says "no body" as well.
+        Body::<Option<T>>::from_request(request, state).await.map(|Body(value)| OptionalBody(value.unwrap_or_default()))
     }
 }
 
@@ -92,7 +93,9 @@ fn json_problem(rejection: &JsonRejection) -> Problem {
     let detail = rejection.body_text();
     match rejection {
         JsonRejection::JsonSyntaxError(_) => Problem::new(StatusCode::BAD_REQUEST, "malformed_json", detail),
-        JsonRejection::JsonDataError(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail),
+        // A field of the wrong type, a missing or unknown field: malformed input, like every other
+        // 400. A 422 means a well-formed request the ledger's rules refuse.
+        JsonRejection::JsonDataError(_) => Problem::new(StatusCode::BAD_REQUEST, "invalid_body", detail),
         JsonRejection::MissingJsonContentType(_) => {
             Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail)
         }
@@ -117,17 +120,93 @@ pub(crate) fn parse_description(text: Option<&str>) -> Result<Option<Description
     text.map(|text| Description::parse(text).map_err(|error| Problem::field("description", &error))).transpose()
 }
 
-/// An amount from its JSON text: a number literal or a string, parsed exactly in `currency`.
+/// An amount from its JSON text: a decimal string (digits, one optional point with digits after
+/// it) or a JSON number (exponents too: `1.5e2` is exactly 150), parsed exactly in `currency`.
+///
+/// Every well-formed amount is parsed, or refused as more precise than the currency or larger than
+/// the largest amount (422), never as malformed (400): the OpenAPI document states the grammar, and
+/// the currency's limits are known only once the wallet is.
 pub(crate) fn parse_amount(field: &str, raw: &RawValue, currency: Currency, positive: bool) -> Result<Amount, Problem> {
+    let refused = |error: ParseError| Problem::field(field, &error);
     let text = raw.get();
-    let text = if text.starts_with('"') {
-        serde_json::from_str::<String>(text)
-            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_amount", format!("{field}: not a string")))?
+    let plain = if text.starts_with('"') {
+        let text = serde_json::from_str::<String>(text)
+            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_amount", format!("{field}: not a string")))?;
+        if text.starts_with('-') {
+            return Err(refused(ParseError::AmountNegative));
+        }
+        significant(&text, currency).map_err(refused)?
+    } else if text.starts_with(|first: char| first == '-' || first.is_ascii_digit()) {
+        // serde_json checked the number's grammar: `-?int(.frac)?([eE][+-]?exp)?`.
+        let (negative, unsigned) = text.strip_prefix('-').map_or((false, text), |rest| (true, rest));
+        let plain = significant(&shift_exponent(unsigned, currency).map_err(refused)?, currency).map_err(refused)?;
+        if negative && plain != "0" {
+            return Err(refused(ParseError::AmountNegative));
+        }
+        plain
     } else {
-        text.to_owned()
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+            format!("{field}: not a number or a string"),
+        ));
     };
-    let parsed = if positive { Amount::parse_positive(&text, currency) } else { Amount::parse(&text, currency) };
-    parsed.map_err(|error| Problem::field(field, &error))
+    let parsed = if positive { Amount::parse_positive(&plain, currency) } else { Amount::parse(&plain, currency) };
+    parsed.map_err(refused)
+}
+
+/// The most digits an amount can have before or after its point in any currency, with room.
+const AMOUNT_DIGITS: usize = 20;
+
+/// `int(.frac)?` reduced to its significant digits (`007.50` is `7.5`): too many decimal places
+/// for the currency or too many integer digits for any amount are refused here, before the exact
+/// parse, so a long but well-formed amount is never mistaken for a malformed one.
+fn significant(text: &str, currency: Currency) -> Result<String, ParseError> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || (text.contains('.') && frac.is_empty()) {
+        return Err(ParseError::AmountSyntax);
+    }
+    let (int, frac) = (int.trim_start_matches('0'), frac.trim_end_matches('0'));
+    if frac.len() > currency.scale() as usize {
+        return Err(ParseError::AmountPrecision { currency, scale: currency.scale() });
+    }
+    if int.len() > AMOUNT_DIGITS {
+        return Err(ParseError::AmountTooLarge);
+    }
+    let int = if int.is_empty() { "0" } else { int };
+    Ok(if frac.is_empty() { int.to_owned() } else { format!("{int}.{frac}") })
+}
+
+/// An unsigned JSON number with its exponent applied by moving the point: exact, no float.
+fn shift_exponent(number: &str, currency: Currency) -> Result<String, ParseError> {
+    let Some((mantissa, exponent)) = number.split_once(['e', 'E']) else { return Ok(number.to_owned()) };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    if digits.bytes().all(|byte| byte == b'0') {
+        return Ok("0".to_owned());
+    }
+    // A non-zero mantissa moved further than this is too large or too precise for any currency.
+    let bound = 2 * AMOUNT_DIGITS;
+    let exponent = exponent.strip_prefix('+').unwrap_or(exponent);
+    let (shrink, magnitude) = exponent.strip_prefix('-').map_or((false, exponent), |rest| (true, rest));
+    let magnitude = match magnitude.parse::<usize>() {
+        Ok(magnitude) if magnitude <= bound => magnitude,
+        _ if shrink => return Err(ParseError::AmountPrecision { currency, scale: currency.scale() }),
+        _ => return Err(ParseError::AmountTooLarge),
+    };
+    // Where the point lands, counted in digits from the left; may be before the first one.
+    Ok(if shrink && magnitude >= int.len() {
+        format!("0.{}{digits}", "0".repeat(magnitude - int.len()))
+    } else if shrink {
+        let point = int.len() - magnitude;
+        format!("{}.{}", &digits[..point], &digits[point..])
+    } else if int.len() + magnitude >= digits.len() {
+        format!("{digits}{}", "0".repeat(int.len() + magnitude - digits.len()))
+    } else {
+        let point = int.len() + magnitude;
+        format!("{}.{}", &digits[..point], &digits[point..])
+    })
 }
 
 pub(crate) fn parse_currency(text: Option<&str>) -> Result<Option<Currency>, Problem> {
@@ -141,7 +220,7 @@ pub(crate) fn parse_expiry(text: Option<&str>) -> Result<Option<Timestamp>, Prob
             .parse()
             .map_err(|error| Problem::new(StatusCode::BAD_REQUEST, "invalid_expiry", format!("expiresAt: {error}")))?;
         let micros = u64::try_from(instant.as_microsecond())
-            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_expiry", "expiresAt is before 1970"))?;
+            .map_err(|_| Problem::rejection(wallex_engine::Rejection::InvalidExpiry))?;
         Ok(Timestamp::from_unix_micros(micros))
     })
     .transpose()
@@ -181,15 +260,19 @@ pub(crate) fn command_id(headers: &HeaderMap, required: bool) -> Result<CommandI
         }
         return Ok(CommandId(uuid::Uuid::new_v4().as_u128()));
     };
-    let key = value.to_str().ok().filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES).ok_or_else(
-        || {
+    let visible = |key: &&str| key.bytes().all(|byte| byte.is_ascii_graphic());
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES)
+        .filter(visible)
+        .ok_or_else(|| {
             Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_idempotency_key",
-                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"),
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters, no spaces"),
             )
-        },
-    )?;
+        })?;
     let mut input = b"wallex/idempotency-key/".to_vec();
     input.extend_from_slice(key.as_bytes());
     Ok(CommandId(xxhash_rust::xxh3::xxh3_128(&input)))

@@ -16,7 +16,8 @@ use crate::wire::{CaptureBody, HoldBody, HoldJson, TransactionJson};
 use crate::{Problem, Queries, Shared};
 
 #[utoipa::path(post, path = "/wallets/{id}/holds", request_body = HoldBody, params(("id" = String, Path)),
-    responses((status = 201, description = "Hold placed", body = TransactionJson), (status = 422, description = "Refused", body = ProblemJson)))]
+    responses((status = 201, description = "Hold placed", body = TransactionJson), (status = 409, description = "hold_exists", body = ProblemJson),
+        (status = 422, description = "Refused", body = ProblemJson)))]
 pub(crate) async fn place_hold<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,

@@ -1,15 +1,37 @@
-//! The OpenAPI document (`ApiDoc`), assembled from the routes' annotations, and `/openapi.json`.
+//! The OpenAPI document (`ApiDoc`), assembled from the routes' annotations and then made exact
+//! (`exact`), and `/openapi.json`.
+//!
+//! The annotations say what each route is for and what it answers on success and on its own
+//! refusals. `exact` adds what is true of every route alike, from the same constants the
+//! extractors enforce, so the document and the server cannot drift apart on them:
+//!
+//! - every problem is `application/problem+json`, and every route declares the statuses every route
+//!   can answer (400 malformed input, 500 a bug, 503 unavailable with `Retry-After`), every POST
+//!   also 413, 415, 422 and 428 and the `Idempotency-Key` header;
+//! - every id (in a path, a query or a body) has the id grammar, every amount the amount grammar,
+//!   every currency the currency list, every description its length and characters, every page
+//!   size and version its range;
+//! - the operational routes (health, metrics, this document) are described too.
+//!
+//! The test command runs schemathesis against this document (`scripts/api-fuzz`): a schema-valid
+//! request the server refuses, or a schema-invalid one it accepts, fails the suite.
+
+use std::sync::OnceLock;
 
 use axum::Json;
+use serde_json::{Value, json};
+use wallex_engine::{Currency, Description, ID_MAX_BYTES};
 
 // utoipa tags each operation with the module path it is named by in `paths(...)`; naming the
 // handlers' generated path types directly keeps the operations untagged, as published.
 use crate::holds::{__path_capture_hold, __path_get_hold, __path_place_hold, __path_void_hold};
 use crate::ledger::{__path_balance_at, __path_ledger, __path_wallet_events};
-use crate::problem::ProblemJson;
+use crate::problem::{ProblemJson, RETRY_AFTER_SECONDS};
 use crate::wallets::{
     __path_create_wallet, __path_credit, __path_debit, __path_get_wallet, __path_list_wallets, __path_transfer,
 };
+use crate::wire::MAX_QUERY_VERSION;
+use crate::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -34,6 +56,250 @@ use crate::wallets::{
 pub(crate) struct ApiDoc;
 
 /// `GET /openapi.json`.
-pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+pub(crate) async fn openapi() -> Json<Value> {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    Json(DOCUMENT.get_or_init(document).clone())
+}
+
+/// The published document.
+pub fn document() -> Value {
+    let mut document = serde_json::to_value(<ApiDoc as utoipa::OpenApi>::openapi()).expect("the document serializes");
+    exact(&mut document);
+    document
+}
+
+/// An id: 1 to 64 of `[A-Za-z0-9._:-]`, and not `.` or `..`, which no URL path can carry as a
+/// segment (clients remove them as dot segments).
+fn id_schema() -> Value {
+    let chars = "A-Za-z0-9._:-";
+    let max = ID_MAX_BYTES;
+    json!({
+        "type": "string",
+        "pattern": format!(
+            "^([A-Za-z0-9_:-][{chars}]{{0,{}}}|\\.[A-Za-z0-9_:-][{chars}]{{0,{}}}|\\.\\.[{chars}]{{1,{}}})$",
+            max - 1, max - 2, max - 2
+        ),
+        "minLength": 1,
+        "maxLength": max,
+    })
+}
+
+fn currency_schema() -> Value {
+    let codes: Vec<&str> = Currency::ALL.iter().map(|currency| currency.code()).collect();
+    json!({ "type": "string", "enum": codes, "description": "ISO 4217 code, upper case" })
+}
+
+/// An amount: a decimal string (digits, one optional point) or a JSON number, exact in the
+/// currency. More decimal places than the currency has, or more than the largest amount, is a 422
+/// (`amount_precision`, `amount_too_large`): that depends on the wallet's currency.
+fn amount_schema(positive: bool) -> Value {
+    // Digits with an optional fraction; a positive amount has a non-zero digit.
+    let (pattern, number) = if positive {
+        (
+            "^([0-9]*[1-9][0-9]*(\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+            json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 1e15 }),
+        )
+    } else {
+        ("^[0-9]+(\\.[0-9]+)?$", json!({ "type": "number", "minimum": 0, "maximum": 1e15 }))
+    };
+    json!({
+        "oneOf": [{ "type": "string", "pattern": pattern }, number],
+        "description": "A decimal string or a JSON number, exact in the wallet's currency",
+        "example": "50.00",
+    })
+}
+
+fn description_schema() -> Value {
+    json!({
+        "type": "string",
+        "maxLength": Description::MAX_CHARS,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        "description": "Free text without control characters",
+    })
+}
+
+fn nullable(mut schema: Value) -> Value {
+    if let Some(kind) = schema.get("type").cloned() {
+        schema["type"] = json!([kind, "null"]);
+        if let Some(values) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+            values.push(Value::Null);
+        }
+    } else if let Some(choices) = schema.get_mut("oneOf").and_then(Value::as_array_mut) {
+        choices.push(json!({ "type": "null" }));
+    }
+    schema
+}
+
+fn problem(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/ProblemJson" } } },
+    })
+}
+
+/// The schema of a request-body property or a parameter, by its name: each name means one thing
+/// across the API. `None` leaves the annotation's schema.
+fn field_schema(name: &str) -> Option<Value> {
+    Some(match name {
+        "id" | "walletId" | "ownerId" | "toWalletId" | "holdId" => id_schema(),
+        "currency" => currency_schema(),
+        "amount" => amount_schema(true),
+        "initialBalance" | "overdraftLimit" => amount_schema(false),
+        "description" => description_schema(),
+        "expiresAt" | "from" | "to" => json!({ "type": "string", "format": "date-time" }),
+        "limit" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE }),
+        "version" => json!({ "type": "integer", "minimum": 0, "maximum": MAX_QUERY_VERSION }),
+        "consistency" => json!({ "type": "string", "enum": ["strong", "eventual"] }),
+        _ => return None,
+    })
+}
+
+fn exact(document: &mut Value) {
+    let schemas = document["components"]["schemas"].as_object_mut().expect("components");
+    for (name, schema) in schemas.iter_mut() {
+        if !name.ends_with("Body") {
+            continue;
+        }
+        let required: Vec<String> = schema["required"]
+            .as_array()
+            .map(|names| names.iter().filter_map(|name| name.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let Some(properties) = schema["properties"].as_object_mut() else { continue };
+        for (property, value) in properties.iter_mut() {
+            if let Some(exact) = field_schema(property) {
+                *value = if required.contains(property) { exact } else { nullable(exact) };
+            }
+        }
+    }
+
+    let key = json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": false,
+        "description": "The request's identity: a retry with the same key and body answers the first outcome \
+                        (`Idempotent-Replayed: true`), with another body 422 `idempotency_key_reused`",
+        "schema": { "type": "string", "pattern": format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_BYTES}}}$") },
+    });
+    let unavailable = json!({
+        "description": "unavailable (not applied) or outcome_unconfirmed (decided, unread): retry with the same Idempotency-Key",
+        "headers": { "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "const": RETRY_AFTER_SECONDS } } },
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/ProblemJson" } } },
+    });
+
+    let paths = document["paths"].as_object_mut().expect("paths");
+    for (path, item) in paths.iter_mut() {
+        // Every route that names a wallet or a hold answers 404 when there is none, except the
+        // ledger, whose page for an unknown wallet is empty.
+        let names_one = path.contains("{id}") && !path.starts_with("/ledger/");
+        for (method, operation) in item.as_object_mut().expect("a path item").iter_mut() {
+            let post = method == "post";
+            let parameters = operation["parameters"].as_array_mut().map(std::mem::take).unwrap_or_default();
+            let mut parameters: Vec<Value> = parameters
+                .into_iter()
+                .filter(|parameter| parameter["name"] != "Idempotency-Key")
+                .map(|mut parameter| {
+                    if let Some(exact) = parameter["name"].as_str().and_then(field_schema) {
+                        parameter["schema"] = exact;
+                    }
+                    if parameter["name"] == "cursor" {
+                        // A wallet id where the list is of wallets, else the last version seen.
+                        parameter["schema"] = if parameter["schema"]["type"] == "string" {
+                            id_schema()
+                        } else {
+                            json!({ "type": "integer", "minimum": 0, "maximum": MAX_QUERY_VERSION })
+                        };
+                    }
+                    parameter
+                })
+                .collect();
+            if post {
+                parameters.push(key.clone());
+            }
+            operation["parameters"] = Value::Array(parameters);
+
+            let responses = operation["responses"].as_object_mut().expect("responses");
+            for response in responses.values_mut() {
+                let content = &mut response["content"];
+                if content["application/json"]["schema"]["$ref"] == "#/components/schemas/ProblemJson" {
+                    *content = json!({ "application/problem+json": content["application/json"].take() });
+                }
+            }
+            let mut common = vec![
+                ("400", problem("Malformed input: invalid_id, invalid_query, invalid_limit, invalid_body, …")),
+                ("500", problem("internal_error: a bug, logged")),
+                ("503", unavailable.clone()),
+            ];
+            if names_one {
+                common.push(("404", problem("wallet_not_found or hold_not_found")));
+            }
+            if post {
+                common.extend([
+                    ("409", problem("idempotency_key_in_flight: the same key is being applied; retry")),
+                    ("413", problem("payload_too_large")),
+                    ("415", problem("unsupported_media_type: a body must be application/json")),
+                    ("422", problem("Refused by the ledger's rules (idempotency_key_reused, amount_precision, …)")),
+                    ("428", problem("idempotency_key_required, when the server requires keys")),
+                ]);
+            }
+            for (status, response) in common {
+                responses.entry(status).or_insert(response);
+            }
+        }
+    }
+    links(paths);
+    operational_routes(paths);
+}
+
+/// What a created wallet or hold leads to, for clients and for schemathesis' stateful phase.
+fn links(paths: &mut serde_json::Map<String, Value>) {
+    let to = |operations: &[&str], id: &str| -> Value {
+        operations
+            .iter()
+            .map(|operation| ((*operation).to_owned(), json!({ "operationId": operation, "parameters": { "id": id } })))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let wallet = ["get_wallet", "credit", "debit", "transfer", "place_hold", "wallet_events", "ledger"];
+    paths["/wallets"]["post"]["responses"]["201"]["links"] = to(&wallet, "$response.body#/walletId");
+    let hold = ["get_hold", "capture_hold", "void_hold"];
+    paths["/wallets/{id}/holds"]["post"]["responses"]["201"]["links"] = to(&hold, "$response.body#/events/0/holdId");
+}
+
+/// Health, metrics and this document.
+fn operational_routes(paths: &mut serde_json::Map<String, Value>) {
+    let object = |description: &str| json!({ "description": description, "content": { "application/json": { "schema": { "type": "object" } } } });
+    let check = |summary: &str, ok: &str| {
+        json!({ "get": {
+            "summary": summary,
+            "responses": { "200": object(ok), "503": object("Not ready: the failing checks") },
+        } })
+    };
+    paths.insert("/health".to_owned(), check("The original service's health check, truthful", "{\"status\": \"ok\"}"));
+    paths.insert("/health/ready".to_owned(), check("Ready to take writes", "Writer running, store and bus answering"));
+    paths.insert("/health/kafka".to_owned(), check("The bus's health", "The bus answers"));
+    paths.insert(
+        "/health/live".to_owned(),
+        json!({ "get": { "summary": "The process serves requests", "responses": { "200": object("Alive") } } }),
+    );
+    paths.insert(
+        "/health/kafka/stats".to_owned(),
+        json!({ "get": {
+            "summary": "Outbox, relay and consumer figures",
+            "responses": { "200": object("The figures"), "503": problem("unavailable") },
+        } }),
+    );
+    paths.insert(
+        "/metrics".to_owned(),
+        json!({ "get": {
+            "summary": "Prometheus metrics",
+            "responses": { "200": {
+                "description": "Prometheus text format 0.0.4",
+                "content": { "text/plain": { "schema": { "type": "string" } } },
+            } },
+        } }),
+    );
+    paths.insert(
+        "/openapi.json".to_owned(),
+        json!({ "get": { "summary": "This document", "responses": { "200": object("OpenAPI 3.1") } } }),
+    );
 }

@@ -61,19 +61,26 @@ impl Problem {
         Problem::new(status, rejection.code(), describe(rejection))
     }
 
-    /// A field that does not parse: 400 with a code naming what was wrong.
+    /// A field that does not parse: 400 with a code naming what was wrong, or, for a well-formed
+    /// amount the currency cannot carry (more decimal places than it has, more than the largest
+    /// amount in its minor units), 422: whether such an amount is acceptable depends on the
+    /// wallet's currency, not on the request's form.
     pub fn field(field: &str, error: &ParseError) -> Problem {
-        let code = match error {
-            ParseError::IdLength { .. } | ParseError::IdCharset { .. } => "invalid_id",
-            ParseError::UnknownCurrency => "unknown_currency",
-            ParseError::AmountSyntax
-            | ParseError::AmountPrecision { .. }
-            | ParseError::AmountNegative
-            | ParseError::AmountNotPositive
-            | ParseError::AmountTooLarge => "invalid_amount",
-            ParseError::DescriptionTooLong { .. } | ParseError::DescriptionControl => "invalid_description",
+        let (status, code) = match error {
+            ParseError::IdLength { .. } | ParseError::IdCharset { .. } | ParseError::IdDotSegment { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_id")
+            }
+            ParseError::UnknownCurrency => (StatusCode::BAD_REQUEST, "unknown_currency"),
+            ParseError::AmountSyntax | ParseError::AmountNegative | ParseError::AmountNotPositive => {
+                (StatusCode::BAD_REQUEST, "invalid_amount")
+            }
+            ParseError::AmountPrecision { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "amount_precision"),
+            ParseError::AmountTooLarge => (StatusCode::UNPROCESSABLE_ENTITY, "amount_too_large"),
+            ParseError::DescriptionTooLong { .. } | ParseError::DescriptionControl => {
+                (StatusCode::BAD_REQUEST, "invalid_description")
+            }
         };
-        Problem::new(StatusCode::BAD_REQUEST, code, format!("{field}: {error}"))
+        Problem::new(status, code, format!("{field}: {error}"))
     }
 
     pub fn title(&self) -> &'static str {

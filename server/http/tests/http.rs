@@ -205,30 +205,48 @@ async fn bad_input_is_a_4xx_problem_that_changes_nothing() {
     api.post("/wallets", json!({"walletId": "a", "ownerId": "o", "initialBalance": 5})).await;
     let cases: Vec<(&str, &str, StatusCode, &str)> = vec![
         ("/wallets/a/credit", "{not json", StatusCode::BAD_REQUEST, "malformed_json"),
-        ("/wallets/a/credit", r#"{"amount": 1, "extra": true}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        // Malformed input is a 400, whatever is wrong with it.
+        ("/wallets/a/credit", r#"{"amount": 1, "extra": true}"#, StatusCode::BAD_REQUEST, "invalid_body"),
         ("/wallets/a/credit", r#"{"amount": true}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
-        ("/wallets/a/credit", r#"{"description": "no amount"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        ("/wallets/a/credit", r#"{"amount": 0.001}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
-        ("/wallets/a/credit", r#"{"amount": 1e3}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"description": "no amount"}"#, StatusCode::BAD_REQUEST, "invalid_body"),
         ("/wallets/a/credit", r#"{"amount": -5}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
         ("/wallets/a/credit", r#"{"amount": 0}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": 0e7}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
         ("/wallets/a/credit", r#"{"amount": "12abc"}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
-        (
-            "/wallets/a/credit",
-            r#"{"amount": 99999999999999999999999999999}"#,
-            StatusCode::BAD_REQUEST,
-            "invalid_amount",
-        ),
+        ("/wallets/a/credit", r#"{"amount": " 5"}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": "5."}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": ".5"}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": "1e3"}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
+        ("/wallets/a/credit", r#"{"amount": "-0"}"#, StatusCode::BAD_REQUEST, "invalid_amount"),
         ("/wallets/a/credit", r#"{"amount": 1, "currency": "XYZ"}"#, StatusCode::BAD_REQUEST, "unknown_currency"),
         ("/wallets/bad%20id/credit", r#"{"amount": 1}"#, StatusCode::BAD_REQUEST, "invalid_id"),
         ("/wallets", r#"{"walletId": "", "ownerId": "o"}"#, StatusCode::BAD_REQUEST, "invalid_id"),
+        ("/wallets", r#"{"walletId": ".", "ownerId": "o"}"#, StatusCode::BAD_REQUEST, "invalid_id"),
+        ("/wallets", r#"{"walletId": "..", "ownerId": "o"}"#, StatusCode::BAD_REQUEST, "invalid_id"),
+        ("/wallets", r#"[]"#, StatusCode::BAD_REQUEST, "invalid_body"),
+        // A well-formed amount the wallet's currency cannot carry is refused by its rules: 422.
+        ("/wallets/a/credit", r#"{"amount": 0.001}"#, StatusCode::UNPROCESSABLE_ENTITY, "amount_precision"),
+        ("/wallets/a/credit", r#"{"amount": "0.001"}"#, StatusCode::UNPROCESSABLE_ENTITY, "amount_precision"),
+        ("/wallets/a/credit", r#"{"amount": 1e-300}"#, StatusCode::UNPROCESSABLE_ENTITY, "amount_precision"),
+        (
+            "/wallets/a/credit",
+            r#"{"amount": 99999999999999999999999999999}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_too_large",
+        ),
+        ("/wallets/a/credit", r#"{"amount": 1e300}"#, StatusCode::UNPROCESSABLE_ENTITY, "amount_too_large"),
+        (
+            "/wallets/a/credit",
+            r#"{"amount": "10000000000000.01"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_too_large",
+        ),
         (
             "/wallets",
             r#"{"walletId": "x", "ownerId": "o", "initialBalance": 1.5, "currency": "JPY"}"#,
-            StatusCode::BAD_REQUEST,
-            "invalid_amount",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_precision",
         ),
-        ("/wallets", r#"[]"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
     ];
     for (uri, body, status, code) in cases {
         let answer = api.call("POST", uri, None, Some(body)).await;
@@ -262,7 +280,52 @@ async fn bad_input_is_a_4xx_problem_that_changes_nothing() {
         StatusCode::BAD_REQUEST,
         "invalid_idempotency_key",
     );
+    problem(
+        &api.call("POST", "/wallets/a/credit", Some("with space"), Some(r#"{"amount":1}"#)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+    );
     assert_eq!(api.get("/wallets/a?consistency=strong").await.body["balance"], "5.00", "nothing changed");
+}
+
+#[tokio::test]
+async fn every_well_formed_amount_is_exact_whatever_its_form() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "a", "ownerId": "o"})).await;
+    // (body, cents added): exponents, leading and trailing zeros, all exact.
+    let cases = [
+        (r#"{"amount": 1e3}"#, 100_000),
+        (r#"{"amount": 1.5E+2}"#, 15_000),
+        (r#"{"amount": 25e-1}"#, 250),
+        (r#"{"amount": 1e-2}"#, 1),
+        (r#"{"amount": 0.10}"#, 10),
+        (r#"{"amount": "007.50"}"#, 750),
+        (r#"{"amount": "3.000"}"#, 300),
+        (r#"{"amount": "10000000000000.00"}"#, 1_000_000_000_000_000),
+    ];
+    let mut cents: i64 = 0;
+    for (body, added) in cases {
+        let answer = api.call("POST", "/wallets/a/debit", None, Some(body)).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: a debit of an empty wallet is refused");
+        let answer = api.call("POST", "/wallets/a/credit", None, Some(body)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{body}: {:?}", answer.body);
+        cents += added;
+        let balance = api.get("/wallets/a?consistency=strong").await.body["balance"].as_str().unwrap().to_owned();
+        assert_eq!(balance, format!("{}.{:02}", cents / 100, cents % 100), "after {body}");
+        api.call("POST", "/wallets/a/debit", None, Some(body)).await;
+        cents -= added;
+    }
+}
+
+#[tokio::test]
+async fn a_capture_with_a_null_body_captures_the_whole_hold() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "a", "ownerId": "o", "initialBalance": 10})).await;
+    let placed = api.post("/wallets/a/holds", json!({"holdId": "h", "amount": 4})).await;
+    assert_eq!(placed.status, StatusCode::CREATED);
+    let captured = api.call("POST", "/holds/h/capture", None, Some("null")).await;
+    assert_eq!(captured.status, StatusCode::OK, "{:?}", captured.body);
+    assert_eq!(api.get("/wallets/a?consistency=strong").await.body["balance"], "6.00");
 }
 
 #[tokio::test]
@@ -652,4 +715,34 @@ async fn a_server_requiring_idempotency_keys_refuses_posts_without_one() {
     assert_eq!(api.get("/wallets/w?consistency=strong").await.body["balance"], "10.00");
     // Reads need no key.
     assert_eq!(api.get("/wallets/w").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_served_with_its_problems_as_problem_json() {
+    let api = api().await;
+    let document = api.get("/openapi.json").await.body;
+    let paths = document["paths"].as_object().unwrap();
+    assert!(paths.len() >= 19, "{} paths", paths.len());
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let uri = path.replace("{id}", "nobody");
+            let body = (method == "post").then_some("{}");
+            let answer = api.call(&method.to_uppercase(), &uri, None, body).await;
+            let code = answer.body["code"].as_str();
+            assert!(
+                !matches!(code, Some("route_not_found" | "method_not_allowed")),
+                "{method} {path} is documented but not served"
+            );
+            let status = answer.status.as_str().to_owned();
+            assert!(operation["responses"].get(&status).is_some(), "{method} {path} answered an undocumented {status}");
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if let Some(content) = response["content"].as_object()
+                    && content.values().any(|media| media["schema"]["$ref"] == "#/components/schemas/ProblemJson")
+                {
+                    assert!(content.contains_key("application/problem+json"), "{method} {path} {status}");
+                    assert!(!content.contains_key("application/json"), "{method} {path} {status}");
+                }
+            }
+        }
+    }
 }
