@@ -450,3 +450,54 @@ async fn an_engine_retention_longer_than_the_stores_is_refused_at_start_not_clam
     }
     assert_eq!(store.commits(), 0, "nothing was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_new_commands_at_once_and_applies_none_of_them() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
+    let mut config = PipelineConfig::default();
+    config.writer.queue_depth = 4;
+    config.writer.max_batch = 1;
+    let pipeline = start(&store, &bus, config).await;
+    create_wallets(&pipeline).await;
+    let credit = |id: u128| Command {
+        id: CommandId(1_000 + id),
+        kind: CommandKind::Credit {
+            wallet_id: wallet(1),
+            currency: Currency::USD,
+            amount: money(1),
+            description: None,
+        },
+    };
+
+    // The store stops answering: the writer's commit waits, then its queue fills.
+    let pause = store.pause_commits().await;
+    let mut waiting = Vec::new();
+    let mut shed = Vec::new();
+    for id in 0..64u128 {
+        let commands = pipeline.commands.clone();
+        let mut submitted = tokio::spawn(async move { commands.submit(credit(id)).await });
+        // A refusal is immediate; an admitted command waits for the store.
+        match tokio::time::timeout(Duration::from_millis(200), &mut submitted).await {
+            Ok(Ok(Reply::Unavailable(reason))) => shed.push((id, reason)),
+            Ok(other) => panic!("nothing can be decided while the store is paused: {other:?}"),
+            Err(_) => waiting.push((id, submitted)),
+        }
+    }
+    assert!(!shed.is_empty(), "a full queue refuses instead of waiting");
+    assert!(shed.iter().all(|(_, reason)| reason.contains("queue is full")), "{shed:?}");
+    // The queue, plus what the writer took off it, plus its own read-ahead: never more.
+    assert!(waiting.len() <= 4 + 1 + 1, "{} commands were admitted past a queue of 4", waiting.len());
+
+    drop(pause);
+    for (id, submitted) in &mut waiting {
+        let reply = submitted.await.unwrap();
+        assert!(decided(&reply).0.result.is_ok(), "admitted command {id}: {reply:?}");
+    }
+    let ledger = check_promises(&store, &bus).await;
+    // Every admitted command was applied once, no shed one at all.
+    let credited = ledger.wallet(&wallet(1)).unwrap().balance - 10_000;
+    assert_eq!(credited, i64::try_from(waiting.len()).unwrap(), "admitted {}, shed {}", waiting.len(), shed.len());
+    // Once the store answers again, commands are admitted and applied.
+    assert!(decided(&pipeline.commands.submit(credit(99)).await).0.result.is_ok());
+    pipeline.shutdown().await;
+}

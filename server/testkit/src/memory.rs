@@ -40,7 +40,13 @@ struct StoreState {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     state: Arc<Mutex<StoreState>>,
+    /// Held (by `pause_commits`) to make every commit wait: a store that has stopped answering.
+    commit_gate: Arc<tokio::sync::RwLock<()>>,
 }
+
+/// Commits wait while this lives (see [`MemoryStore::pause_commits`]).
+#[derive(Debug)]
+pub struct CommitPause(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>);
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
@@ -54,6 +60,11 @@ impl MemoryStore {
     /// The next `faults.len()` commits fail as described, in order.
     pub fn fail_commits(&self, faults: &[CommitFault]) {
         self.lock().faults.extend_from_slice(faults);
+    }
+
+    /// Every commit from now on waits, without answering, until the returned pause is dropped.
+    pub async fn pause_commits(&self) -> CommitPause {
+        CommitPause(self.commit_gate.clone().write_owned().await)
     }
 
     /// Successful and ambiguous commits so far.
@@ -78,6 +89,7 @@ fn refuse(reason: String) -> Result<(), StoreError> {
 
 impl EventStore for MemoryStore {
     async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        drop(self.commit_gate.read().await);
         let mut state = self.lock();
         let fault = if state.faults.is_empty() { None } else { Some(state.faults.remove(0)) };
         if fault == Some(CommitFault::Lost) {

@@ -35,7 +35,9 @@ pub struct WriterConfig {
     /// How long to wait for more commands once one arrived; 0 commits as soon as the previous
     /// commit returned (batches still form while it runs).
     pub max_batch_wait_us: u64,
-    /// Commands that may wait in the queue; beyond it, submitters wait.
+    /// Commands (and write-side reads) that may wait in the queue; beyond it, a submission is
+    /// refused at once as unavailable (HTTP 503 with `Retry-After`): load is shed before the writer
+    /// falls behind.
     pub queue_depth: usize,
     /// Take a snapshot after this many events since the last one.
     pub snapshot_every_events: u64,
@@ -179,25 +181,42 @@ impl std::fmt::Debug for Request {
 
 impl CommandSender {
     /// Submits a command and waits for its durable outcome.
+    ///
+    /// The queue is the writer's admission control: when `queue_depth` commands already wait, the
+    /// command is refused at once as `Unavailable` (never applied; the client retries after
+    /// `Retry-After`) rather than waiting behind work the writer cannot finish in time.
     pub async fn submit(&self, command: Command) -> Reply {
         let (reply, answer) = oneshot::channel();
-        if self.requests.send(Request::Command { command, reply }).await.is_err() {
-            return Reply::Unavailable("the writer has stopped".to_owned());
+        if let Err(refused) = self.admit(Request::Command { command, reply }) {
+            return Reply::Unavailable(refused.to_owned());
         }
         answer.await.unwrap_or_else(|_| Reply::Unavailable("the writer has stopped".to_owned()))
     }
 
-    /// The hold as the write side knows it, after every command acknowledged so far.
+    /// Queues a request, or says why not (full, or the writer is gone) without waiting.
+    fn admit(&self, request: Request) -> Result<(), &'static str> {
+        self.requests.try_send(request).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("wallex_writer_shed_total").increment(1);
+                "the writer's queue is full: retry shortly"
+            }
+            mpsc::error::TrySendError::Closed(_) => "the writer has stopped",
+        })
+    }
+
+    /// The hold as the write side knows it, after every command acknowledged so far; `None` if the
+    /// writer cannot answer (stopped, or its queue is full).
     pub async fn hold(&self, hold_id: wallex_engine::HoldId) -> Option<Option<Hold>> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Hold { hold_id, reply }).await.ok()?;
+        self.admit(Request::Hold { hold_id, reply }).ok()?;
         answer.await.ok()
     }
 
-    /// The wallet as the write side knows it, after every command acknowledged so far.
+    /// The wallet as the write side knows it, after every command acknowledged so far; `None` if
+    /// the writer cannot answer (stopped, or its queue is full).
     pub async fn wallet(&self, wallet_id: wallex_engine::WalletId) -> Option<Option<Wallet>> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Wallet { wallet_id, reply }).await.ok()?;
+        self.admit(Request::Wallet { wallet_id, reply }).ok()?;
         answer.await.ok()
     }
 }
