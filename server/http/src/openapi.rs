@@ -6,8 +6,9 @@
 //! extractors enforce, so the document and the server cannot drift apart on them:
 //!
 //! - every problem is `application/problem+json`, and every route declares the statuses every route
-//!   can answer (400 malformed input, 500 a bug, 503 unavailable with `Retry-After`), every POST
-//!   also 413, 415, 422 and 428 and the `Idempotency-Key` header;
+//!   can answer (400 malformed input, 500 a bug, 503 unavailable with `Retry-After`, 404 where it
+//!   names a wallet or a hold), every POST also 409, 413, 415, 422 and 428 and the
+//!   `Idempotency-Key` header;
 //! - every id (in a path, a query or a body) has the id grammar, every amount the amount grammar,
 //!   every currency the currency list, every description its length and characters, every page
 //!   size and version its range;
@@ -180,10 +181,11 @@ fn exact(document: &mut Value) {
                         (`Idempotent-Replayed: true`), with another body 422 `idempotency_key_reused`",
         "schema": { "type": "string", "pattern": format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_BYTES}}}$") },
     });
-    let unavailable = json!({
-        "description": "unavailable (not applied) or outcome_unconfirmed (decided, unread): retry with the same Idempotency-Key",
-        "headers": { "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "const": RETRY_AFTER_SECONDS } } },
-        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/ProblemJson" } } },
+    let mut unavailable = problem(
+        "unavailable (not applied) or outcome_unconfirmed (decided, unread): retry with the same Idempotency-Key",
+    );
+    unavailable["headers"] = json!({
+        "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "const": RETRY_AFTER_SECONDS } },
     });
 
     let paths = document["paths"].as_object_mut().expect("paths");
@@ -196,18 +198,14 @@ fn exact(document: &mut Value) {
             let parameters = operation["parameters"].as_array_mut().map(std::mem::take).unwrap_or_default();
             let mut parameters: Vec<Value> = parameters
                 .into_iter()
-                .filter(|parameter| parameter["name"] != "Idempotency-Key")
                 .map(|mut parameter| {
                     if let Some(exact) = parameter["name"].as_str().and_then(field_schema) {
                         parameter["schema"] = exact;
                     }
                     if parameter["name"] == "cursor" {
                         // A wallet id where the list is of wallets, else the last version seen.
-                        parameter["schema"] = if parameter["schema"]["type"] == "string" {
-                            id_schema()
-                        } else {
-                            json!({ "type": "integer", "minimum": 0, "maximum": MAX_QUERY_VERSION })
-                        };
+                        let by_id = parameter["schema"]["type"] == "string";
+                        parameter["schema"] = field_schema(if by_id { "id" } else { "version" }).expect("known names");
                     }
                     parameter
                 })

@@ -22,7 +22,6 @@ use crate::wire::{
 use crate::{AppState, Problem, Queries, Shared};
 
 #[utoipa::path(post, path = "/wallets", request_body = CreateWalletBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the original response")),
     responses((status = 201, description = "Created", body = WalletJson), (status = 409, description = "wallet_exists", body = ProblemJson),
         (status = 400, description = "Malformed", body = ProblemJson)))]
 pub(crate) async fn create_wallet<S: Queries>(
