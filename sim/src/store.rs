@@ -57,6 +57,7 @@ enum Request {
         after: TransactionId,
         limit: usize,
     },
+    TransactionEvents(Vec<TransactionId>),
     CommandRecords {
         ids: Vec<CommandId>,
         not_before: Timestamp,
@@ -110,6 +111,7 @@ impl Request {
             Request::LatestSnapshot => "latest_snapshot",
             Request::SaveSnapshot(_) => "save_snapshot",
             Request::Journal { .. } => "journal",
+            Request::TransactionEvents(_) => "transaction_events",
             Request::CommandRecords { .. } => "command_records",
             Request::ForgetKeys { .. } => "forget_keys",
             Request::OutboxAfter { .. } => "outbox_after",
@@ -179,6 +181,7 @@ async fn handle(request: Request) -> Option<Response> {
             Response::Done(store.save_snapshot(&snapshot).await)
         }
         Request::Journal { after, limit } => Response::Journal(store.journal(after, limit).await),
+        Request::TransactionEvents(ids) => Response::Events(store.transaction_events(&ids).await),
         Request::CommandRecords { ids, not_before } => {
             let result = store.command_records(&ids, not_before).await;
             let found = result.as_ref().map_or(0, Vec::len);
@@ -300,6 +303,10 @@ impl EventStore for SimStore {
 
     async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
         expect!(self.call(Request::Journal { after, limit }).await, Journal)
+    }
+
+    async fn transaction_events(&self, ids: &[TransactionId]) -> Result<Vec<Event>, StoreError> {
+        expect!(self.call(Request::TransactionEvents(ids.to_vec())).await, Events)
     }
 
     async fn command_records(

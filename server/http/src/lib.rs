@@ -69,6 +69,25 @@ pub struct AppState<S> {
     clock: Arc<dyn TimeSource>,
     /// Refuse (428) a command POST without an `Idempotency-Key`; see `requiring_idempotency_keys`.
     require_idempotency_key: bool,
+    /// How many API requests run at once, and how long one may take; see `with_limits`.
+    limits: Limits,
+}
+
+/// Bounds on the API's requests, so that overload is refused early instead of queueing without
+/// end: requests beyond `max_concurrent` are answered 503 `overloaded` at once (with
+/// `Retry-After`), and one that takes longer than `timeout` is answered 503 `timeout`. The
+/// operational routes (`/health…`, `/metrics`, `/openapi.json`) are outside both, so probes still
+/// answer under overload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_concurrent: usize,
+    pub timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_concurrent: 1_024, timeout: std::time::Duration::from_secs(10) }
+    }
 }
 
 /// Asks the bus how far a consumer group is behind.
@@ -105,7 +124,14 @@ impl<S> AppState<S> {
             lag: None,
             clock: Arc::new(SystemClock),
             require_idempotency_key: false,
+            limits: Limits::default(),
         }
+    }
+
+    /// Bounds concurrency and time per API request (see [`Limits`]).
+    pub fn with_limits(mut self, limits: Limits) -> AppState<S> {
+        self.limits = limits;
+        self
     }
 
     /// With `true`, every POST that submits a command must carry an `Idempotency-Key` (428
@@ -133,9 +159,10 @@ impl<S> AppState<S> {
     }
 }
 
-/// The router, with body limit and request tracing.
+/// The router, with body limit, request limits and request tracing.
 pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
-    Router::new()
+    let limits = state.limits;
+    let api = Router::new()
         .route("/wallets", post(wallets::create_wallet::<S>).get(wallets::list_wallets::<S>))
         .route("/wallets/{id}", get(wallets::get_wallet::<S>))
         .route("/wallets/{id}/credit", post(wallets::credit::<S>))
@@ -148,6 +175,18 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
         .route("/holds/{id}/capture", post(holds::capture_hold::<S>))
         .route("/holds/{id}/void", post(holds::void_hold::<S>))
         .route("/ledger/wallet/{id}", get(ledger::ledger::<S>))
+        // Outermost first: an overloaded or timed-out request becomes a problem; beyond
+        // `max_concurrent` running requests a new one is shed at once, never queued.
+        .route_layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(problem::limited))
+                .load_shed()
+                // One semaphore for every route: the layer is applied to each route separately.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent))
+                .timeout(limits.timeout),
+        );
+    Router::new()
+        .merge(api)
         .route("/health", get(operations::health::<S>))
         .route("/health/live", get(operations::live))
         .route("/health/ready", get(operations::ready::<S>))

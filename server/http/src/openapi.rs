@@ -182,7 +182,8 @@ fn exact(document: &mut Value) {
         "schema": { "type": "string", "pattern": format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_BYTES}}}$") },
     });
     let mut unavailable = problem(
-        "unavailable (not applied) or outcome_unconfirmed (decided, unread): retry with the same Idempotency-Key",
+        "unavailable (outcome unknown), outcome_unconfirmed (decided, unread), overloaded (too many requests \
+         in progress, nothing done) or timeout (outcome unknown): retry with the same Idempotency-Key",
     );
     unavailable["headers"] = json!({
         "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "const": RETRY_AFTER_SECONDS } },

@@ -154,6 +154,31 @@ pub(crate) struct ProblemJson {
     transaction_id: Option<String>,
 }
 
+/// What the request limits ([`crate::Limits`]) answer: 503 `overloaded` when too many requests
+/// run at once (nothing was done), 503 `timeout` when one took too long. A timed-out command may
+/// still be decided after the answer left, so its outcome is unknown: the client retries with the
+/// same `Idempotency-Key` and gets the outcome, whichever it was.
+pub(crate) async fn limited(error: tower::BoxError) -> Problem {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        metrics::counter!("wallex_http_shed_total").increment(1);
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests are in progress; nothing was done: retry shortly",
+        )
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        metrics::counter!("wallex_http_timeouts_total").increment(1);
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; its outcome is unknown: retry with the same Idempotency-Key",
+        )
+    } else {
+        tracing::error!(%error, "a request failed in the request limits");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the server failed to answer this request")
+    }
+}
+
 /// What a panic in a handler becomes: a logged 500 problem, never a reset connection. A panic is a
 /// bug (an invariant broke), so it is logged as an error with its message.
 pub(crate) fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

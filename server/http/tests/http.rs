@@ -746,3 +746,40 @@ async fn every_documented_operation_is_served_with_its_problems_as_problem_json(
         }
     }
 }
+
+#[tokio::test]
+async fn requests_beyond_the_limits_are_refused_at_once_and_a_timed_out_write_is_retried_by_its_key() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, PipelineConfig::default()).await.unwrap();
+    let limits = wallex_http::Limits { max_concurrent: 1, timeout: Duration::from_millis(300) };
+    let state = AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), "in-process")
+        .with_bus(bus)
+        .with_limits(limits);
+    let api = Arc::new(Api { router: router(Arc::new(state)), _pipeline: pipeline });
+    let create = r#"{"walletId": "slow", "ownerId": "o", "initialBalance": 10}"#;
+
+    // The store stops answering commits: the one request allowed waits in the writer.
+    let pause = store.pause_commits().await;
+    let waiting = {
+        let api = api.clone();
+        tokio::spawn(async move { api.call("POST", "/wallets", Some("create-slow"), Some(create)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A second request is not queued behind it: 503 overloaded at once, with Retry-After.
+    let shed = api.get("/wallets/slow").await;
+    problem(&shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    // Probes are outside the limits.
+    assert_eq!(api.get("/health/live").await.status, StatusCode::OK);
+    // The waiting write times out: its outcome is unknown, and it says how to find out.
+    let timed_out = waiting.await.unwrap();
+    problem(&timed_out, StatusCode::SERVICE_UNAVAILABLE, "timeout");
+    assert!(timed_out.body["detail"].as_str().unwrap().contains("same Idempotency-Key"), "{:?}", timed_out.body);
+
+    // The store answers again; the retry with the same key finds the command decided once.
+    drop(pause);
+    let retried = api.call("POST", "/wallets", Some("create-slow"), Some(create)).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{:?}", retried.body);
+    let again = api.call("POST", "/wallets", Some("create-slow"), Some(create)).await;
+    assert_eq!((again.status, again.replayed), (StatusCode::CREATED, true));
+    assert_eq!(store.all_events().len(), 1, "created once");
+}

@@ -109,9 +109,14 @@ impl Pipeline {
         let committed = Arc::new(Notify::new());
         config.validate()?;
         let stats = Arc::new(PipelineStats::default());
-        let (writer, commands) =
-            writer::Writer::start(store.clone(), clock.clone(), config.writer, committed.clone(), stats.writer.clone())
-                .await?;
+        let (writer, commands) = writer::Writer::start(
+            store.writer_handle(),
+            clock.clone(),
+            config.writer,
+            committed.clone(),
+            stats.writer.clone(),
+        )
+        .await?;
         let (shutdown, stop) = watch::channel(false);
         let writer = tokio::spawn(writer.run());
         let clock_for_cleanup = clock.clone();

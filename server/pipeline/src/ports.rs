@@ -83,6 +83,13 @@ pub struct StoredSnapshot {
 
 /// The write side: the event store, the idempotency records, the outbox and snapshots.
 pub trait EventStore: Clone + Send + Sync + 'static {
+    /// The handle the single writer uses. A store with a connection pool gives the writer its own
+    /// connections here, so that reads, the relay and the projectors holding every shared
+    /// connection cannot make a commit wait; by default the same handle.
+    fn writer_handle(&self) -> Self {
+        self.clone()
+    }
+
     /// Makes the whole batch durable in one transaction, or nothing of it.
     fn commit(&self, batch: &CommitBatch) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -97,6 +104,10 @@ pub trait EventStore: Clone + Send + Sync + 'static {
         after: TransactionId,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
+
+    /// Every event of the transactions `ids`, in transaction order and, within one, in emission
+    /// order: the original answers to retries of committed commands, for a whole batch in one read.
+    fn transaction_events(&self, ids: &[TransactionId]) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
     /// The records of those of `ids` whose idempotency key is live: committed at or after
     /// `not_before` and not yet forgotten.

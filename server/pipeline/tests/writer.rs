@@ -84,6 +84,8 @@ struct Pair {
     next_token: u32,
     /// Which kinds of IO the core asked for, to show the script reached every one.
     seen: BTreeSet<&'static str>,
+    /// How many IO steps had been carried out when each token got its first answer.
+    answered_at: BTreeMap<u32, usize>,
 }
 
 impl Pair {
@@ -100,6 +102,7 @@ impl Pair {
             dropped: BTreeSet::new(),
             next_token: 0,
             seen: BTreeSet::new(),
+            answered_at: BTreeMap::new(),
         }
     }
 
@@ -140,7 +143,7 @@ impl Pair {
             };
             self.seen.insert(match io {
                 Io::LookUpRecords { .. } => "look_up_records",
-                Io::ReadTransaction(_) => "read_transaction",
+                Io::ReadTransactions(_) => "read_transactions",
                 Io::Commit => "commit",
                 Io::SaveSnapshot(_) => "save_snapshot",
                 Io::LoadSnapshot => "load_snapshot",
@@ -158,13 +161,10 @@ impl Pair {
                     };
                     self.core.handle_records(result);
                 }
-                Io::ReadTransaction(transaction_id) => {
-                    let result = if fault.is_some() {
-                        failed(step)
-                    } else {
-                        ready(self.store.journal(TransactionId(transaction_id.0 - 1), 1))
-                    };
-                    self.core.handle_transaction(result);
+                Io::ReadTransactions(ids) => {
+                    let result =
+                        if fault.is_some() { failed(step) } else { ready(self.store.transaction_events(&ids)) };
+                    self.core.handle_transactions(result);
                 }
                 Io::Commit => {
                     let result = match fault {
@@ -210,6 +210,7 @@ impl Pair {
                 assert_eq!(&entry.events, events, "the reply's events are the stored ones");
             }
             self.answers.entry(token).or_default().push(reply);
+            self.answered_at.entry(token).or_insert(self.step);
         }
     }
 
@@ -434,7 +435,7 @@ fn one_fault_at_any_step_changes_nothing_once_retried() {
     }
     assert!(runs > 40);
     let every =
-        ["commit", "load_snapshot", "look_up_records", "read_journal", "read_transaction", "save_snapshot", "wait"];
+        ["commit", "load_snapshot", "look_up_records", "read_journal", "read_transactions", "save_snapshot", "wait"];
     assert_eq!(seen, BTreeSet::from(every), "the faults reached every kind of IO");
 }
 
@@ -574,4 +575,45 @@ fn the_first_answer_after_an_ambiguous_commit_is_not_a_replay() {
     // A retry afterwards is a replay.
     let tokens = pair.batch(&[create(1, "a", 100)], false);
     assert!(matches!(pair.answer(tokens[0]), Reply::Decided { replayed: true, .. }));
+}
+
+#[test]
+fn a_thousand_duplicates_cost_one_read_and_do_not_delay_a_new_command() {
+    // Retries of committed commands are answered from the store, but in one read per batch: a
+    // burst of 1,000 of them (half remembered by the engine, half only by the store's idempotency
+    // keys) ahead of one new command delays it by a constant number of store round trips, not by
+    // one per duplicate.
+    let mut pair = Pair::new(BTreeMap::new());
+    let mut originals = vec![create(1, "a", 0)];
+    originals.extend((0..500).map(|n| credit(10 + n, "a", 1)));
+    pair.batch(&originals, false);
+    // Past the engine's retention: the first 501 are now known to the store alone.
+    pair.now = Timestamp::from_unix_micros(pair.now.unix_micros() + ENGINE_RETENTION_MICROS + 1);
+    originals.extend((0..500).map(|n| credit(1_000 + n, "a", 1)));
+    pair.batch(&originals[501..], false);
+
+    let mut burst: Vec<Command> = originals[1..].to_vec();
+    assert_eq!(burst.len(), 1_000);
+    burst.push(credit(5_000, "a", 7));
+    let before = pair.step;
+    let tokens = pair.batch(&burst, false);
+    let new = *tokens.last().unwrap();
+    match pair.answer(new) {
+        Reply::Decided { record, replayed, .. } => assert_eq!((record.result, *replayed), (Ok(()), false)),
+        other => panic!("the new credit was not decided: {other:?}"),
+    }
+    // One lookup of the forgotten ids, one read of the duplicates' events, the commit.
+    let steps = pair.answered_at[&new] - before;
+    assert!(steps <= 3, "the new command waited {steps} store round trips behind the duplicates");
+    assert!(pair.step - before <= 3, "the whole batch took {} store round trips", pair.step - before);
+    for (token, original) in tokens.iter().zip(&burst[..1_000]) {
+        match pair.answer(*token) {
+            Reply::Decided { record, events, replayed } => {
+                assert!(*replayed, "a duplicate is a replay");
+                assert_eq!(record.command_id, original.id);
+                assert_eq!(events.len(), 1, "a credit's one event, read back");
+            }
+            other => panic!("duplicate {} not answered from the store: {other:?}", original.id),
+        }
+    }
 }

@@ -17,14 +17,18 @@ use std::time::Duration;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgQueryResult};
-use wallex_engine::{CommandId, Rejection, WalletId};
+use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
 use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError};
 
 use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, store_error};
 use crate::store::{Dialect, Driver, SqlStore};
 
-/// Connections in the pool: the writer, the relay, two projectors and the readers.
+/// Connections in the shared pool: the relay, two projectors, the cleanup and the readers.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+/// The single writer's own connections: it does one IO at a time, and a second connection lets
+/// it go on at once while a broken one is being replaced.
+pub const WRITER_CONNECTIONS: u32 = 2;
 
 /// How long a statement waits for a connection of the pool before it fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +53,14 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(store_error)?;
-        let store = SqlStore { pool, dialect: PostgresDialect };
+        let writer_pool = PgPoolOptions::new()
+            .max_connections(WRITER_CONNECTIONS)
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(store_error)?;
+        let store = SqlStore { pool, writer_pool, dialect: PostgresDialect };
         store.migrate().await?;
         Ok(store)
     }
@@ -137,6 +148,20 @@ impl Dialect for PostgresDialect {
              JOIN commands c ON c.transaction_id = k.transaction_id",
         )
         .bind(ids.iter().map(|id| id_bytes(id.0)).collect::<Vec<_>>())
+        .fetch_all(reader)
+        .await
+        .map_err(store_error)
+    }
+
+    async fn transaction_payloads(
+        reader: &mut PgConnection,
+        ids: &[TransactionId],
+    ) -> Result<Vec<(Vec<u8>,)>, StoreError> {
+        sqlx::query_as(
+            "SELECT e.payload FROM UNNEST($1::bigint[]) AS ids (transaction_id) \
+             JOIN events e ON e.transaction_id = ids.transaction_id ORDER BY e.transaction_id, e.idx",
+        )
+        .bind(ids.iter().map(|id| int(id.0)).collect::<Vec<_>>())
         .fetch_all(reader)
         .await
         .map_err(store_error)

@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Encode, QueryBuilder, Sqlite, Type};
 use tokio::sync::{Mutex, MutexGuard};
-use wallex_engine::{CommandId, Rejection, WalletId};
+use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
 use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError};
 
 use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, store_error};
@@ -44,7 +44,7 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 const _: () = assert!(ROWS_PER_STATEMENT * MAX_VALUES_PER_ROW <= MAX_PARAMETERS);
 
 /// Connections in the readers' pool.
-const READERS: u32 = 4;
+pub const READERS: u32 = 4;
 
 /// How long a connection waits for a lock another connection holds before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,9 +79,16 @@ impl SqliteStore {
             .run(&mut writer)
             .await
             .map_err(|error| StoreError::Unavailable(format!("migration failed: {error}")))?;
-        let pool =
-            SqlitePoolOptions::new().max_connections(READERS).connect_with(options).await.map_err(store_error)?;
-        Ok(SqlStore { pool, dialect: SqliteDialect { writer: Arc::new(Mutex::new(writer)) } })
+        let pool = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.clone())
+            .await
+            .map_err(store_error)?;
+        // The single writer reads (lookups, replays, reloads) through a connection of its own;
+        // its writes, like everyone's, go through the one writer connection.
+        let writer_pool =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(store_error)?;
+        Ok(SqlStore { pool, writer_pool, dialect: SqliteDialect { writer: Arc::new(Mutex::new(writer)) } })
     }
 }
 
@@ -199,6 +206,21 @@ impl Dialect for SqliteDialect {
             records.extend(query.build_query_as().fetch_all(&mut *reader).await.map_err(store_error)?);
         }
         Ok(records)
+    }
+
+    async fn transaction_payloads(
+        reader: &mut SqliteConnection,
+        ids: &[TransactionId],
+    ) -> Result<Vec<(Vec<u8>,)>, StoreError> {
+        let mut payloads = Vec::new();
+        // `ids` ascend, so chunk after chunk the rows stay in transaction order.
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::new("SELECT payload FROM events WHERE transaction_id");
+            push_in(&mut query, chunk.iter().map(|id| int(id.0)));
+            query.push(" ORDER BY transaction_id, idx");
+            payloads.extend(query.build_query_as().fetch_all(&mut *reader).await.map_err(store_error)?);
+        }
+        Ok(payloads)
     }
 
     async fn lock_projection(_: &mut SqliteConnection, _: Projection) -> Result<(), StoreError> {

@@ -39,15 +39,19 @@ use crate::common::{
 /// ([`crate::SqliteStore`]).
 #[derive(Debug)]
 pub struct SqlStore<D: Dialect> {
-    /// The readers' connections (and, on PostgreSQL, the writers').
+    /// The connections this handle reads through (and, on PostgreSQL, writes through): the shared
+    /// pool of readers, relay, projectors and cleanup, or on the writer's handle its own.
     pub(crate) pool: Pool<D::Db>,
+    /// The single writer's own connections ([`EventStore::writer_handle`]): no read, relay or
+    /// projector can hold them, so a flood of reads never makes a commit wait for a connection.
+    pub(crate) writer_pool: Pool<D::Db>,
     pub(crate) dialect: D,
 }
 
 // Not derived: a derive would require the driver type itself to be `Clone`.
 impl<D: Dialect> Clone for SqlStore<D> {
     fn clone(&self) -> Self {
-        SqlStore { pool: self.pool.clone(), dialect: self.dialect.clone() }
+        SqlStore { pool: self.pool.clone(), writer_pool: self.writer_pool.clone(), dialect: self.dialect.clone() }
     }
 }
 
@@ -83,6 +87,13 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
         reader: &mut Conn<Self>,
         ids: &[CommandId],
     ) -> impl Future<Output = Result<Vec<KeyedRecord>, StoreError>> + Send;
+
+    /// The payloads of every event of the transactions `ids` (ascending, no duplicates), in
+    /// transaction and index order.
+    fn transaction_payloads(
+        reader: &mut Conn<Self>,
+        ids: &[TransactionId],
+    ) -> impl Future<Output = Result<Vec<(Vec<u8>,)>, StoreError>> + Send;
 
     /// Makes any other batch of `projection` wait until this transaction ends.
     fn lock_projection(
@@ -223,6 +234,13 @@ fn idx(position: OutboxPosition) -> i32 {
 impl<D: Dialect> SqlStore<D> {
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer_pool.close().await;
+    }
+
+    /// Takes one of the shared connections (readers', relay's, projectors') and keeps it until
+    /// the returned connection drops, as a slow read does: for tests and load experiments.
+    pub async fn hold_shared_connection(&self) -> Result<sqlx::pool::PoolConnection<D::Db>, StoreError> {
+        self.pool.acquire().await.map_err(store_error)
     }
 
     /// Puts back into the outbox every event some projection has not applied yet: moves the relay's
@@ -269,6 +287,14 @@ impl<D: Dialect> SqlStore<D> {
 }
 
 impl<D: Dialect> EventStore for SqlStore<D> {
+    fn writer_handle(&self) -> Self {
+        SqlStore {
+            pool: self.writer_pool.clone(),
+            writer_pool: self.writer_pool.clone(),
+            dialect: self.dialect.clone(),
+        }
+    }
+
     async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
         let mut writer = self.dialect.writer(&self.pool).await?;
         D::commit(&mut writer, batch).await
@@ -338,6 +364,18 @@ impl<D: Dialect> EventStore for SqlStore<D> {
             entries[cursor].events.push(event);
         }
         Ok(entries)
+    }
+
+    async fn transaction_events(&self, ids: &[TransactionId]) -> Result<Vec<Event>, StoreError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut reader = self.pool.acquire().await.map_err(store_error)?;
+        let payloads = D::transaction_payloads(&mut reader, &ids).await?;
+        payloads.iter().map(|(payload,)| event_from(payload)).collect()
     }
 
     async fn command_records(

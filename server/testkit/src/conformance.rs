@@ -82,6 +82,16 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
         TransactionId(2),
         "journal pages"
     );
+    // Transactions' events by id: any order and repeats in, transaction order out, unknown ids
+    // contribute nothing.
+    let third_then_first = store
+        .transaction_events(&[TransactionId(3), TransactionId(99), TransactionId(1), TransactionId(3)])
+        .await
+        .unwrap();
+    let expected: Vec<_> = [&journal[0], &journal[2]].into_iter().flat_map(|entry| entry.events.clone()).collect();
+    assert!(expected.len() >= 3, "a create and a transfer have events");
+    assert_eq!(third_then_first, expected, "transaction events in transaction order");
+    assert_eq!(store.transaction_events(&[]).await.unwrap(), vec![], "no ids, no events");
 
     // Constraints: a command id or a stream version committed twice refuses the whole batch.
     let mut replay = first.clone();

@@ -152,6 +152,12 @@ impl EventStore for MemoryStore {
             .collect())
     }
 
+    async fn transaction_events(&self, ids: &[TransactionId]) -> Result<Vec<Event>, StoreError> {
+        let state = self.lock();
+        let ids: std::collections::BTreeSet<TransactionId> = ids.iter().copied().collect();
+        Ok(ids.iter().filter_map(|id| state.events.get(id)).flatten().cloned().collect())
+    }
+
     async fn command_records(
         &self,
         ids: &[CommandId],

@@ -46,11 +46,33 @@ pub struct HttpConfig {
     /// Refuse (428) every POST that submits a command without an `Idempotency-Key`. Off by
     /// default: the original service's clients send none.
     pub require_idempotency_key: bool,
+    /// API requests that may run at once; beyond it a request is answered 503 `overloaded` at
+    /// once (nothing done, `Retry-After`) instead of queueing. Health, metrics and the OpenAPI
+    /// document are not counted.
+    pub max_concurrent_requests: usize,
+    /// Longest an API request may take, in milliseconds; then it is answered 503 `timeout` (a
+    /// command's outcome is then unknown: retry with the same `Idempotency-Key`).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)), require_idempotency_key: false }
+        let limits = wallex_http::Limits::default();
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            require_idempotency_key: false,
+            max_concurrent_requests: limits.max_concurrent,
+            request_timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> wallex_http::Limits {
+        wallex_http::Limits {
+            max_concurrent: self.max_concurrent_requests,
+            timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+        }
     }
 }
 
@@ -233,6 +255,12 @@ impl Config {
                     wallex_kafka::PRODUCER_QUEUE_MESSAGES
                 ),
             ));
+        }
+        if self.http.max_concurrent_requests == 0 {
+            return Err(ConfigError::new("http.max_concurrent_requests", "must be at least 1"));
+        }
+        if self.http.request_timeout_ms == 0 {
+            return Err(ConfigError::new("http.request_timeout_ms", "must be at least 1"));
         }
         if self.bus.partitions < 1 || self.bus.dead_letter_partitions < 1 {
             return Err(ConfigError::new("bus.partitions", "topics need at least one partition"));

@@ -159,7 +159,8 @@ async fn run<S: EventStore + ProjectionStore, B: Bus + std::fmt::Debug>(
     let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await?;
     let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name)
         .with_bus(bus)
-        .requiring_idempotency_keys(http.require_idempotency_key);
+        .requiring_idempotency_keys(http.require_idempotency_key)
+        .with_limits(http.limits());
     let listen = http.listen;
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use wallex_engine::{
-    Command, CommandId, CommandKind, CommandRecord, Hold, HoldId, Ledger, Outcome, Timestamp, TransactionId, Wallet,
-    WalletId,
+    Command, CommandId, CommandKind, CommandRecord, Event, Hold, HoldId, Ledger, Outcome, Timestamp, TransactionId,
+    Wallet, WalletId,
 };
 
 use super::recovery::{Recovery, RecoveryError, RecoveryStep};
@@ -36,9 +36,10 @@ pub enum Io {
     /// The stored records of commands whose ids the engine forgot, if their keys are live
     /// (`EventStore::command_records`) → [`WriterCore::handle_records`].
     LookUpRecords { ids: Vec<CommandId>, not_before: Timestamp },
-    /// The journal entry of one committed transaction, to answer a retry with its original events
-    /// (`EventStore::journal` after the one before it, one entry) → [`WriterCore::handle_transaction`].
-    ReadTransaction(TransactionId),
+    /// The events of committed transactions, to answer retries with their original events: every
+    /// retry waiting for an answer, in one read (`EventStore::transaction_events`), so a burst of
+    /// duplicates costs one round trip, not one each → [`WriterCore::handle_transactions`].
+    ReadTransactions(Vec<TransactionId>),
     /// Make [`WriterCore::batch`] durable in one store transaction → [`WriterCore::handle_commit`].
     Commit,
     /// → [`WriterCore::handle_snapshot_saved`].
@@ -55,7 +56,7 @@ pub enum Io {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Asked {
     Records,
-    Transaction,
+    Transactions,
     Commit,
     SaveSnapshot,
     LoadSnapshot,
@@ -132,6 +133,8 @@ pub struct WriterCore<T> {
     /// The flag says whether the answer is a replay (`false`: the first answer to a command of a
     /// batch whose commit outcome was unknown, found committed after the reload).
     replays: VecDeque<(CommandRecord, T, bool)>,
+    /// The retries whose events are being read (`Io::ReadTransactions`).
+    replaying: VecDeque<(CommandRecord, T, bool)>,
     asked: Option<Asked>,
     replies: VecDeque<(T, Reply)>,
     /// The batch being committed; reused between batches.
@@ -150,6 +153,7 @@ impl<T> WriterCore<T> {
             ledger,
             phase: Phase::Idle,
             replays: VecDeque::new(),
+            replaying: VecDeque::new(),
             asked: None,
             replies: VecDeque::new(),
             batch: CommitBatch::default(),
@@ -235,8 +239,14 @@ impl<T> WriterCore<T> {
         if self.asked.is_some() {
             return None;
         }
-        let (asked, io) = if let Some((record, _, _)) = self.replays.front() {
-            (Asked::Transaction, Io::ReadTransaction(record.transaction_id))
+        let (asked, io) = if !self.replays.is_empty() && self.replaying.is_empty() {
+            // Every retry queued so far, in one read; those queued while it runs wait for the next.
+            self.replaying = std::mem::take(&mut self.replays);
+            let mut ids: Vec<TransactionId> =
+                self.replaying.iter().map(|(record, _, _)| record.transaction_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            (Asked::Transactions, Io::ReadTransactions(ids))
         } else {
             match &mut self.phase {
                 Phase::Idle => return None,
@@ -297,24 +307,33 @@ impl<T> WriterCore<T> {
         self.looked_up(now, kept, retry);
     }
 
-    /// The answer to [`Io::ReadTransaction`]: the journal's entries after the transaction before it.
-    pub fn handle_transaction(&mut self, result: Result<Vec<JournalEntry>, StoreError>) {
-        self.answered(Asked::Transaction);
-        let (record, reply, replayed) = self.replays.pop_front().expect("a replay was asked for");
-        let answer = match result {
-            Ok(entries) => match entries.into_iter().next() {
-                Some(entry) if entry.record.transaction_id == record.transaction_id => {
-                    Reply::Decided { record, events: entry.events, replayed }
+    /// The answer to [`Io::ReadTransactions`]: the events of the transactions asked for, in order.
+    pub fn handle_transactions(&mut self, result: Result<Vec<Event>, StoreError>) {
+        self.answered(Asked::Transactions);
+        let replaying = std::mem::take(&mut self.replaying);
+        let mut by_transaction: BTreeMap<TransactionId, Vec<Event>> = BTreeMap::new();
+        let failed = match result {
+            Ok(events) => {
+                for event in events {
+                    by_transaction.entry(event.transaction_id).or_default().push(event);
                 }
-                _ => Reply::Unconfirmed {
+                None
+            }
+            Err(error) => Some(error.to_string()),
+        };
+        for (record, reply, replayed) in replaying {
+            let answer = match (&failed, by_transaction.get(&record.transaction_id)) {
+                // Not "unavailable": that would say the command was not applied, and it was.
+                (Some(error), _) => Reply::Unconfirmed { record, reason: error.clone() },
+                (None, Some(events)) => Reply::Decided { record, events: events.clone(), replayed },
+                // Every accepted command has events: none is a store that lost them.
+                (None, None) => Reply::Unconfirmed {
                     record,
                     reason: format!("transaction {} is missing from the journal", record.transaction_id),
                 },
-            },
-            // Not "unavailable": that would say the command was not applied, and it was.
-            Err(error) => Reply::Unconfirmed { record, reason: error.to_string() },
-        };
-        self.reply(reply, answer);
+            };
+            self.reply(reply, answer);
+        }
     }
 
     /// The answer to [`Io::Commit`].

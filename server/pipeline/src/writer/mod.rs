@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
-use wallex_engine::{Command, CommandRecord, Event, Hold, Ledger, TransactionId, Wallet};
+use wallex_engine::{Command, CommandRecord, Event, Hold, Ledger, Wallet};
 
 pub use self::core::{Io, WriterCore};
 pub use self::recovery::{Recovery, RecoveryError, RecoveryStep, recover};
@@ -387,10 +387,9 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                     let result = self.store.command_records(&ids, not_before).await;
                     self.core.handle_records(result);
                 }
-                Io::ReadTransaction(transaction_id) => {
-                    let before = TransactionId(transaction_id.0 - 1);
-                    let result = self.store.journal(before, 1).await;
-                    self.core.handle_transaction(result);
+                Io::ReadTransactions(ids) => {
+                    let result = self.store.transaction_events(&ids).await;
+                    self.core.handle_transactions(result);
                 }
                 Io::Commit => {
                     let started = tokio::time::Instant::now();
