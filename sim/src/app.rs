@@ -53,7 +53,7 @@ pub fn pipeline_config() -> PipelineConfig {
     writer.hash_seed = wallex_engine::HashSeed::new(thread_rng().r#gen(), thread_rng().r#gen());
     PipelineConfig {
         writer,
-        relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms },
+        relay: RelayConfig { batch: 64, idle_tick_ms: 250, retry_backoff_ms: 100, mark_interval_ms, window: 1_024 },
         projector: ProjectorConfig {
             batch: 64,
             poll_timeout_ms: 100,

@@ -204,6 +204,10 @@ async fn call(endpoint: &Endpoint, request: Request, what: &str) -> Result<Respo
 impl Bus for SimBus {
     type Consumer = SimConsumer;
 
+    fn partition(&self, key: &str) -> u32 {
+        InProcessBus::partition_of(key)
+    }
+
     async fn publish(&self, messages: &[BusMessage]) -> Vec<Result<(), BusError>> {
         match call(&self.endpoint, Request::Produce(messages.to_vec()), "produce").await {
             Ok(Response::Produced(acks)) => acks,

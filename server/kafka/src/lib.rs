@@ -30,6 +30,12 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     pub dead_letter_partitions: i32,
     pub client_id: String,
+    /// Replicas of each partition when Wallex creates a topic: 3 in production, so a broker can
+    /// be lost without losing an acknowledged message; 1 only for a single test broker.
+    pub replication_factor: i32,
+    /// The topics' `min.insync.replicas`: with `acks=all`, a write is acknowledged only once this
+    /// many replicas have it (2 of 3: one broker may be down, no acknowledged write has one copy).
+    pub min_insync_replicas: i32,
     /// How long a produce may wait for its acknowledgement, in milliseconds.
     pub message_timeout_ms: u64,
     /// How long the group waits for a silent consumer (a crashed process) before giving its
@@ -46,6 +52,8 @@ impl KafkaConfig {
             dead_letter_topic: "wallet-events-dlq".to_owned(),
             dead_letter_partitions: 5,
             client_id: "wallex".to_owned(),
+            replication_factor: 3,
+            min_insync_replicas: 2,
             message_timeout_ms: 30_000,
             session_timeout_ms: 6_000,
         }
@@ -71,6 +79,8 @@ fn bus_error(error: impl std::fmt::Display) -> BusError {
 pub struct KafkaBus {
     config: KafkaConfig,
     producer: FutureProducer,
+    /// The events topic's partitions, as the broker reports them (an existing topic keeps its own).
+    partitions: u32,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -84,9 +94,16 @@ impl KafkaBus {
     pub async fn connect(config: KafkaConfig) -> Result<KafkaBus, BusError> {
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &config.brokers).create().map_err(bus_error)?;
+        let min_insync = config.min_insync_replicas.to_string();
         let topics = [
-            NewTopic::new(&config.topic, config.partitions, TopicReplication::Fixed(1)),
-            NewTopic::new(&config.dead_letter_topic, config.dead_letter_partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&config.topic, config.partitions, TopicReplication::Fixed(config.replication_factor))
+                .set("min.insync.replicas", &min_insync),
+            NewTopic::new(
+                &config.dead_letter_topic,
+                config.dead_letter_partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+            .set("min.insync.replicas", &min_insync),
         ];
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         for result in admin.create_topics(&topics, &options).await.map_err(bus_error)? {
@@ -105,12 +122,35 @@ impl KafkaBus {
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
             .create()
             .map_err(bus_error)?;
-        Ok(KafkaBus { config, producer })
+        // The partition count of the topic as it is (created now, or long ago with another
+        // count): every message is sent to the partition `partition` names, never one the topic
+        // lacks. The call blocks, so it runs off the async threads.
+        let probe = producer.clone();
+        let topic = config.topic.clone();
+        let partitions = tokio::task::spawn_blocking(move || {
+            let metadata = probe.client().fetch_metadata(Some(&topic), ADMIN_TIMEOUT).map_err(bus_error)?;
+            let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+            u32::try_from(count).map_err(bus_error)
+        })
+        .await
+        .map_err(bus_error)??;
+        if partitions == 0 {
+            return Err(BusError(format!("topic {} has no partitions", config.topic)));
+        }
+        tracing::info!(topic = %config.topic, partitions, "events topic");
+        Ok(KafkaBus { config, producer, partitions })
     }
 
     /// Waits until every produced message is acknowledged or failed (at shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
         self.producer.flush(timeout).map_err(bus_error)
+    }
+
+    /// librdkafka's default partitioner for keyed messages (`consistent_random`: CRC-32 of the key
+    /// modulo the partition count), computed here so the relay knows each message's partition
+    /// before it sends it, and so a topic written by an earlier release keeps each key where it was.
+    fn partition_of(&self, key: &str) -> u32 {
+        crc32fast::hash(key.as_bytes()) % self.partitions
     }
 
     fn record<'a>(topic: &'a str, message: &'a BusMessage) -> FutureRecord<'a, str, [u8]> {
@@ -125,11 +165,17 @@ impl KafkaBus {
 impl Bus for KafkaBus {
     type Consumer = KafkaConsumer;
 
+    fn partition(&self, key: &str) -> u32 {
+        self.partition_of(key)
+    }
+
     async fn publish(&self, messages: &[BusMessage]) -> Vec<Result<(), BusError>> {
         // Enqueue everything first (so the producer batches), then collect acknowledgements in order.
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
-            pending.push(self.producer.send_result(KafkaBus::record(&self.config.topic, message)));
+            let partition = i32::try_from(self.partition_of(&message.key)).expect("a partition count fits i32");
+            let record = KafkaBus::record(&self.config.topic, message).partition(partition);
+            pending.push(self.producer.send_result(record));
         }
         let mut results = Vec::with_capacity(messages.len());
         for delivery in pending {
@@ -155,7 +201,7 @@ impl Bus for KafkaBus {
         // hang its shutdown. The calls block, so they run off the async threads.
         let brokers = self.config.brokers.clone();
         let topic = self.config.topic.clone();
-        let partitions = self.config.partitions;
+        let partitions = i32::try_from(self.partitions).map_err(bus_error)?;
         let group = group.to_owned();
         tokio::task::spawn_blocking(move || {
             let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()

@@ -54,6 +54,8 @@ struct BusState {
     /// Keep every message, for tests that inspect the whole log.
     recording: bool,
     failing_publishes: u32,
+    /// Partitions whose leader is gone: every publish to them fails until healed.
+    down: BTreeSet<u32>,
     duplicate_deliveries: bool,
 }
 
@@ -120,6 +122,17 @@ impl InProcessBus {
     }
 
     #[cfg(feature = "faults")]
+    /// Takes `partition` down (every publish to it fails, the others go on) or brings it back.
+    pub fn partition_down(&self, partition: u32, down: bool) {
+        let mut state = self.lock();
+        if down {
+            state.down.insert(partition);
+        } else {
+            state.down.remove(&partition);
+        }
+    }
+
+    #[cfg(feature = "faults")]
     /// Appends every published message twice from now on (a producer retrying after a lost ack).
     pub fn duplicate_deliveries(&self, on: bool) {
         self.lock().duplicate_deliveries = on;
@@ -146,6 +159,10 @@ impl InProcessBus {
 impl Bus for InProcessBus {
     type Consumer = InProcessConsumer;
 
+    fn partition(&self, key: &str) -> u32 {
+        InProcessBus::partition_of(key)
+    }
+
     async fn publish(&self, messages: &[BusMessage]) -> Vec<Result<(), BusError>> {
         let mut state = self.lock();
         let mut results = Vec::with_capacity(messages.len());
@@ -153,8 +170,9 @@ impl Bus for InProcessBus {
         // that partition in the same flight fail too, so a key's messages never land out of order.
         let mut failed_partitions = [false; PARTITIONS as usize];
         for message in messages {
-            let partition = InProcessBus::partition_of(&message.key) as usize;
-            if failed_partitions[partition] || state.failing_publishes > 0 {
+            let key_partition = InProcessBus::partition_of(&message.key);
+            let partition = key_partition as usize;
+            if failed_partitions[partition] || state.failing_publishes > 0 || state.down.contains(&key_partition) {
                 state.failing_publishes = state.failing_publishes.saturating_sub(1);
                 failed_partitions[partition] = true;
                 results.push(Err(BusError("injected: broker unavailable".to_owned())));

@@ -280,6 +280,11 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// acknowledged it. Messages with the same key are acknowledged in order.
     fn publish(&self, messages: &[BusMessage]) -> impl Future<Output = Vec<Result<(), BusError>>> + Send;
 
+    /// The partition of the events topic that messages keyed `key` go to. `publish` must send
+    /// them there: the relay publishes each partition on its own, so a partition that is down
+    /// stalls only its own keys.
+    fn partition(&self, key: &str) -> u32;
+
     /// Publishes a message the consumers could not process to the dead-letter topic.
     fn publish_dead_letter(&self, message: BusMessage) -> impl Future<Output = Result<(), BusError>> + Send;
 

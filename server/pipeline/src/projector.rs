@@ -102,10 +102,11 @@ impl Offsets {
         *next = (*next).max(offset + 1);
     }
 
-    /// Holds `event` until it is projected (or found to be a duplicate).
-    pub fn hold(&mut self, event: Event, partition: u32, offset: u64) {
+    /// Holds `event` until it is projected (or found to be a duplicate). Returns `false` if a copy
+    /// of it was held already (a duplicate delivery; the later copy is kept).
+    pub fn hold(&mut self, event: Event, partition: u32, offset: u64) -> bool {
         assert!(self.delivered.get(&partition).is_some_and(|next| offset < *next), "held before it was delivered");
-        self.held.insert((event.wallet_id, event.version), HeldEvent { event, partition, offset });
+        self.held.insert((event.wallet_id, event.version), HeldEvent { event, partition, offset }).is_none()
     }
 
     /// Every held event, in wallet and version order: what the next projection batch tries.
@@ -210,7 +211,13 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
         for delivery in deliveries {
             offsets.delivered(delivery.partition, delivery.offset);
             match decode_event(&delivery.payload) {
-                Ok(event) => offsets.hold(event, delivery.partition, delivery.offset),
+                Ok(event) => {
+                    if !offsets.hold(event, delivery.partition, delivery.offset) {
+                        metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group())
+                            .increment(1);
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Err(error) => dead_letter(&bus, projection, &delivery, &error.to_string(), &stats, backoff).await,
             }
         }

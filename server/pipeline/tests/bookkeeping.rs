@@ -1,7 +1,7 @@
 //! The relay's and the projectors' bookkeeping, driven directly over many seeded sequences.
 //!
-//! `RelayCursor`: the published position only moves forward, and nothing is marked that the bus
-//! did not acknowledge. `Offsets`: whatever order, duplication and gaps the bus delivers in, no
+//! `RelayCursor`: whatever order the partitions' lanes acknowledge in, what is marked is exactly the
+//! longest acknowledged prefix of the outbox. `Offsets`: whatever order, duplication and gaps the bus delivers in, no
 //! offset is ever committed past an event still held, and once every event is projected the
 //! committed offsets reach the end of every partition (nothing is redelivered forever).
 
@@ -29,43 +29,69 @@ fn position(transaction: u64, index: u32) -> OutboxPosition {
 }
 
 #[test]
-fn the_relay_cursor_only_moves_forward_and_marks_only_what_was_acknowledged() {
-    for seed in 1..200 {
+fn the_relay_cursor_marks_only_the_acknowledged_prefix_whatever_order_lanes_acknowledge_in() {
+    for seed in 1..300 {
         let mut random = Seeded(seed * 0x9E37_79B9);
         let mut cursor = RelayCursor::default();
-        let mut acknowledged = Vec::new();
+        // Read, not yet acknowledged, in the order lanes will acknowledge them: any order.
+        let mut outstanding: Vec<OutboxPosition> = Vec::new();
+        let mut read: Vec<OutboxPosition> = Vec::new();
+        let mut acknowledged = std::collections::BTreeSet::new();
         let mut transaction = 0;
-        for _ in 0..100 {
-            if random.below(3) > 0 {
-                transaction += 1 + random.below(3);
-                let through = position(transaction, u32::try_from(random.below(2)).unwrap());
-                cursor.acknowledged(through);
-                acknowledged.push(through);
-                assert_eq!(cursor.published(), Some(through));
+        for _ in 0..200 {
+            match random.below(3) {
+                0 => {
+                    transaction += 1 + random.below(3);
+                    for index in 0..=u32::try_from(random.below(2)).unwrap() {
+                        let position = position(transaction, index);
+                        cursor.read(position);
+                        read.push(position);
+                        outstanding.push(position);
+                    }
+                }
+                1 if !outstanding.is_empty() => {
+                    let position = outstanding.remove(usize::try_from(random.below(outstanding.len() as u64)).unwrap());
+                    cursor.acknowledge(position);
+                    acknowledged.insert(position);
+                }
+                _ => {
+                    if let Some(through) = cursor.to_mark() {
+                        cursor.marked(through);
+                        assert_eq!(cursor.to_mark(), None, "seed {seed}: marked up to the prefix");
+                    }
+                }
             }
-            if let Some(through) = cursor.to_mark()
-                && random.below(2) == 0
-            {
-                assert!(acknowledged.contains(&through), "seed {seed}: to_mark names an acknowledged position");
-                cursor.marked(through);
-                assert_eq!(cursor.to_mark(), None, "seed {seed}: marked up to the bus");
+            // The prefix is exactly the longest run of acknowledged messages from the start.
+            let prefix = read.iter().take_while(|position| acknowledged.contains(position)).last().copied();
+            assert_eq!(cursor.acknowledged_through(), prefix, "seed {seed}");
+            assert_eq!(cursor.in_window(), read.len() - read.iter().take_while(|p| acknowledged.contains(p)).count());
+            if let Some(through) = cursor.to_mark() {
+                assert!(Some(through) == prefix, "seed {seed}: to_mark names the acknowledged prefix");
             }
         }
     }
 }
 
 #[test]
-fn the_relay_cursor_refuses_to_move_back() {
+fn the_relay_cursor_refuses_to_read_back_or_acknowledge_what_it_did_not_read() {
     let mut cursor = RelayCursor::default();
-    cursor.acknowledged(position(5, 0));
-    let moved_back = std::panic::catch_unwind(move || cursor.acknowledged(position(4, 0)));
-    assert!(moved_back.is_err(), "a cursor moving back is a bug the relay asserts");
+    cursor.read(position(5, 0));
+    let mut back = cursor.clone();
+    assert!(std::panic::catch_unwind(move || back.read(position(4, 0))).is_err(), "reading back is a bug");
+    let mut unknown = cursor.clone();
+    assert!(std::panic::catch_unwind(move || unknown.acknowledge(position(6, 0))).is_err(), "unread ack is a bug");
+    cursor.acknowledge(position(5, 0));
+    let mut twice = cursor.clone();
+    assert!(std::panic::catch_unwind(move || twice.acknowledge(position(5, 0))).is_err(), "a double ack is a bug");
 }
 
 #[test]
 fn the_relay_cursor_refuses_to_mark_what_was_not_acknowledged() {
     let mut cursor = RelayCursor::default();
-    cursor.acknowledged(position(5, 0));
+    cursor.read(position(5, 0));
+    cursor.read(position(6, 0));
+    cursor.acknowledge(position(6, 0));
+    assert_eq!(cursor.to_mark(), None, "a later acknowledgement does not cover an earlier message");
     let marked_early = std::panic::catch_unwind(move || cursor.marked(position(6, 0)));
     assert!(marked_early.is_err(), "marking ahead of the bus is a bug the relay asserts");
 }
@@ -129,7 +155,7 @@ fn no_offset_is_committed_past_a_held_event_and_all_are_committed_in_the_end() {
                 let Some((wallet, version)) = logs[partition].get(usize::try_from(offset).unwrap()) else { break };
                 let partition_id = u32::try_from(partition).unwrap();
                 offsets.delivered(partition_id, offset);
-                offsets.hold(event(wallet, *version), partition_id, offset);
+                let _fresh = offsets.hold(event(wallet, *version), partition_id, offset);
                 next_offset[partition] += 1;
             }
             // Project: apply each wallet's next version, skip duplicates, keep gaps held.

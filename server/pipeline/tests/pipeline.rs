@@ -501,3 +501,75 @@ async fn a_full_queue_sheds_new_commands_at_once_and_applies_none_of_them() {
     assert!(decided(&pipeline.commands.submit(credit(99)).await).0.result.is_ok());
     pipeline.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_is_down_stalls_only_its_own_wallets_and_nothing_is_sent_twice() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
+    let mut config = PipelineConfig::default();
+    config.relay.retry_backoff_ms = 5;
+    let pipeline = start(&store, &bus, config).await;
+    let down = InProcessBus::partition_of(wallet(0).as_str());
+    let healthy: Vec<usize> =
+        (0..WALLETS).filter(|index| InProcessBus::partition_of(wallet(*index).as_str()) != down).collect();
+    assert!(!healthy.is_empty() && healthy.len() < WALLETS, "the wallets span the partition that fails and others");
+    bus.partition_down(down, true);
+
+    create_wallets(&pipeline).await;
+    let mut id = 1_000;
+    for round in 0..40 {
+        for index in 0..WALLETS {
+            id += 1;
+            let kind = CommandKind::Credit {
+                wallet_id: wallet(index),
+                currency: Currency::USD,
+                amount: money(1 + round),
+                description: None,
+            };
+            assert!(decided(&pipeline.commands.submit(Command { id: CommandId(id), kind }).await).0.result.is_ok());
+        }
+    }
+    // Every wallet off the failing partition is projected to its last version while it is down.
+    let ledger = recover(&store, wallex_engine::Config::default(), 1_000).await.unwrap();
+    for _ in 0..500 {
+        let mut done = true;
+        for index in &healthy {
+            let version = ledger.wallet(&wallet(*index)).unwrap().version;
+            done &= store.projected_version(Projection::ReadModel, &wallet(*index)).await.unwrap() == version;
+        }
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for index in &healthy {
+        let version = ledger.wallet(&wallet(*index)).unwrap().version;
+        assert_eq!(version, 41, "created and credited 40 times");
+        assert_eq!(
+            store.projected_version(Projection::ReadModel, &wallet(*index)).await.unwrap(),
+            version,
+            "{} flows while another partition is down",
+            wallet(*index)
+        );
+    }
+    assert_eq!(store.projected_version(Projection::ReadModel, &wallet(0)).await.unwrap(), 0, "w0's partition is down");
+    // What the broker acknowledged was sent once: the healthy partitions hold each event once.
+    let healthy_events = store.all_events().iter().filter(|event| healthy.contains(&wallet_index(event))).count();
+    let published: usize = bus
+        .log()
+        .iter()
+        .enumerate()
+        .filter(|(partition, _)| u32::try_from(*partition).unwrap() != down)
+        .map(|(_, log)| log.len())
+        .sum();
+    assert_eq!(published, healthy_events, "no acknowledged message was published again");
+    assert!(pipeline.stats.relay.publish_failures.load(std::sync::atomic::Ordering::Relaxed) > 0);
+
+    // The partition comes back: its wallets catch up, in order, and everything converges.
+    bus.partition_down(down, false);
+    check_promises(&store, &bus).await;
+    pipeline.shutdown().await;
+}
+
+fn wallet_index(event: &wallex_engine::Event) -> usize {
+    event.wallet_id.as_str()[1..].parse().unwrap()
+}

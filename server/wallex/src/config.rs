@@ -106,6 +106,12 @@ pub struct BusConfig {
     /// Where messages no projector can decode go, with the reason in their headers.
     pub dead_letter_topic: String,
     pub dead_letter_partitions: i32,
+    /// Replicas per partition when Wallex creates the topics: 3 in production (a broker may be
+    /// lost without losing an acknowledged event); 1 only for a single-broker test setup.
+    pub replication_factor: i32,
+    /// The topics' `min.insync.replicas`: how many replicas must have an event before the broker
+    /// acknowledges it (2 of 3 by default); at most `replication_factor`.
+    pub min_insync_replicas: i32,
     /// How long a produce may wait for its acknowledgement, in milliseconds.
     pub message_timeout_ms: u64,
     /// How long a consumer group waits for a silent member before moving its partitions, in
@@ -122,6 +128,8 @@ impl Default for BusConfig {
             partitions: kafka.partitions,
             dead_letter_topic: kafka.dead_letter_topic,
             dead_letter_partitions: kafka.dead_letter_partitions,
+            replication_factor: kafka.replication_factor,
+            min_insync_replicas: kafka.min_insync_replicas,
             message_timeout_ms: kafka.message_timeout_ms,
             session_timeout_ms: kafka.session_timeout_ms,
         }
@@ -262,6 +270,15 @@ impl Config {
         if self.http.request_timeout_ms == 0 {
             return Err(ConfigError::new("http.request_timeout_ms", "must be at least 1"));
         }
+        if self.bus.replication_factor < 1 {
+            return Err(ConfigError::new("bus.replication_factor", "must be at least 1"));
+        }
+        if self.bus.min_insync_replicas < 1 || self.bus.min_insync_replicas > self.bus.replication_factor {
+            return Err(ConfigError::new(
+                "bus.min_insync_replicas",
+                format!("must be 1..=bus.replication_factor ({})", self.bus.replication_factor),
+            ));
+        }
         if self.bus.partitions < 1 || self.bus.dead_letter_partitions < 1 {
             return Err(ConfigError::new("bus.partitions", "topics need at least one partition"));
         }
@@ -276,6 +293,8 @@ impl Config {
         kafka.partitions = self.bus.partitions;
         kafka.dead_letter_topic.clone_from(&self.bus.dead_letter_topic);
         kafka.dead_letter_partitions = self.bus.dead_letter_partitions;
+        kafka.replication_factor = self.bus.replication_factor;
+        kafka.min_insync_replicas = self.bus.min_insync_replicas;
         kafka.message_timeout_ms = self.bus.message_timeout_ms;
         kafka.session_timeout_ms = self.bus.session_timeout_ms;
         Some(kafka)
@@ -469,6 +488,11 @@ mod tests {
             ("bus.dead_letter_topic=wallet-events", "bus.dead_letter_topic"),
             ("store.database_url=mysql://x", "store.database_url"),
             ("pipeline.relay.batch=0", "pipeline.relay.batch"),
+            ("pipeline.relay.window=10", "pipeline.relay.window"),
+            ("bus.replication_factor=0", "bus.replication_factor"),
+            ("bus.min_insync_replicas=4", "bus.min_insync_replicas"),
+            ("http.max_concurrent_requests=0", "http.max_concurrent_requests"),
+            ("http.request_timeout_ms=0", "http.request_timeout_ms"),
         ];
         for (assignment, field) in cases {
             let args = ConfigArgs { set: vec![assignment.to_owned()], ..ConfigArgs::default() };
@@ -477,7 +501,10 @@ mod tests {
             assert_eq!(refused.field, field, "{assignment}");
         }
         // A relay round larger than the producer's queue: fine in-process, refused with Kafka.
-        let args = ConfigArgs { set: vec!["pipeline.relay.batch=200000".to_owned()], ..ConfigArgs::default() };
+        let args = ConfigArgs {
+            set: vec!["pipeline.relay.batch=200000".to_owned(), "pipeline.relay.window=200000".to_owned()],
+            ..ConfigArgs::default()
+        };
         assert!(Config::load(&args, Vec::new()).is_ok());
         let error = Config::load(&args, env(&[("KAFKA_BROKERS", "127.0.0.1:9092")])).unwrap_err();
         assert_eq!(error.downcast_ref::<ConfigError>().map(|error| error.field.as_str()), Some("pipeline.relay.batch"));

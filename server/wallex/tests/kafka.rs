@@ -68,6 +68,9 @@ async fn postgres_and_kafka_carry_every_event_in_order_to_both_projections() {
     let store = PostgresStore::connect(&database.url).await.unwrap();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let mut config = KafkaConfig::new(&broker.brokers);
+    // One test broker: one replica.
+    config.replication_factor = 1;
+    config.min_insync_replicas = 1;
     config.topic = format!("wallet-events-{suffix}");
     config.dead_letter_topic = format!("wallet-events-dlq-{suffix}");
     let bus = KafkaBus::connect(config.clone()).await.unwrap();

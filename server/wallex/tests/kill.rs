@@ -54,6 +54,11 @@ async fn start(setup: &Setup, port: u16) -> Server {
             topic,
             "--kafka-dlq-topic",
             &format!("{topic}-dlq"),
+            // One test broker: one replica.
+            "--set",
+            "bus.replication_factor=1",
+            "--set",
+            "bus.min_insync_replicas=1",
         ]),
         None => command.env_remove("KAFKA_BROKERS"),
     };
