@@ -26,10 +26,12 @@ pub enum Bug {
     ExpiryIgnoresNow,
     /// Recovery loads the latest snapshot and forgets the journal after it.
     RecoveryForgetsJournal,
+    /// Projectors never fetch a gap's missing versions from the event store.
+    RepairSkipped,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeCommit,
         Bug::PublishedBeforeAck,
         Bug::CheckpointOutsideTransaction,
@@ -38,6 +40,7 @@ impl Bug {
         Bug::OverdraftOffByOne,
         Bug::ExpiryIgnoresNow,
         Bug::RecoveryForgetsJournal,
+        Bug::RepairSkipped,
     ];
 
     /// The name the command line uses.
@@ -51,6 +54,7 @@ impl Bug {
             Bug::OverdraftOffByOne => "overdraft_off_by_one",
             Bug::ExpiryIgnoresNow => "expiry_ignores_now",
             Bug::RecoveryForgetsJournal => "recovery_forgets_journal",
+            Bug::RepairSkipped => "repair_skipped",
         }
     }
 

@@ -60,6 +60,8 @@ pub fn pipeline_config() -> PipelineConfig {
             retry_backoff_ms: 100,
             max_held: 10_000,
             linger_ms,
+            repair_after_ms: 1_000,
+            reconcile_interval_ms: 3_000,
         },
     }
 }

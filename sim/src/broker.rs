@@ -32,6 +32,9 @@ pub struct BrokerDisk {
     pub generations: BTreeMap<String, u64>,
     /// Keys of the undecodable messages injected into the events topic.
     pub poisoned: Vec<String>,
+    /// Messages the broker acknowledged and lost: the checkers excuse them from the bus, never
+    /// from the projections.
+    pub lost: Vec<BusMessage>,
 }
 
 impl BrokerDisk {
@@ -101,8 +104,25 @@ async fn handle(request: Request) -> Option<Response> {
     let response = match request {
         Request::Produce(messages) => {
             let mut acks = Vec::with_capacity(messages.len());
-            for message in messages {
+            let lose =
+                world.chance(world.swarm.produce_loss_permille).then(|| thread_rng().gen_range(0..messages.len()));
+            let refuse =
+                world.chance(world.swarm.produce_reorder_permille).then(|| thread_rng().gen_range(0..messages.len()));
+            for (index, message) in messages.into_iter().enumerate() {
                 let partition = InProcessBus::partition_of(&message.key);
+                if refuse == Some(index) {
+                    // Not appended, while the messages after it are: a retry lands it after them.
+                    world
+                        .fault("produce_reorder", format_args!("p{partition} key {} refused mid-request", message.key));
+                    acks.push(Err(BusError("not leader for partition".to_owned())));
+                    continue;
+                }
+                if lose == Some(index) {
+                    world.fault("acked_loss", format_args!("p{partition} key {} acknowledged and lost", message.key));
+                    disk.lost.push(message);
+                    acks.push(Ok(()));
+                    continue;
+                }
                 let log = disk.log(partition);
                 world.note(format_args!("broker append p{partition}@{} key {}", log.len(), message.key));
                 log.push(message);

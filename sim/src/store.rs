@@ -17,7 +17,7 @@ use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, StreamHeads, WalletView,
 };
 use wallex_testkit::memory::ReadSide;
 
@@ -76,6 +76,15 @@ enum Request {
         from: u64,
         to: u64,
     },
+    StreamHeads {
+        after: TransactionId,
+        before: Timestamp,
+        limit: usize,
+    },
+    ProjectedVersions {
+        projection: Projection,
+        wallets: Vec<WalletId>,
+    },
     Project {
         projection: Projection,
         events: Vec<Event>,
@@ -118,6 +127,8 @@ impl Request {
             Request::MarkPublished(_) => "mark_published",
             Request::OutboxBacklog => "outbox_backlog",
             Request::WalletEvents { .. } => "wallet_events",
+            Request::StreamHeads { .. } => "stream_heads",
+            Request::ProjectedVersions { .. } => "projected_versions",
             Request::Project { .. } => "project",
             Request::ProjectCheckpoints { .. } => "project_checkpoints",
             Request::ProjectRows(_) => "project_rows",
@@ -142,6 +153,8 @@ enum Response {
     Verdicts(Result<Vec<Applied>, StoreError>),
     Plan(Result<ProjectionPlan, StoreError>),
     Version(Result<u64, StoreError>),
+    Versions(Result<Vec<u64>, StoreError>),
+    StreamHeads(Result<StreamHeads, StoreError>),
     Wallet(Result<Option<WalletView>, StoreError>),
     Wallets(Result<Vec<WalletView>, StoreError>),
     Entries(Result<Vec<LedgerEntry>, StoreError>),
@@ -198,6 +211,24 @@ async fn handle(request: Request) -> Option<Response> {
         Request::WalletEvents { wallet_id, from, to } => {
             Response::Events(store.wallet_events(&wallet_id, from, to).await)
         }
+        Request::StreamHeads { after, before, limit } => {
+            let result = store.stream_heads(after, before, limit).await;
+            if let Ok(stretch) = &result {
+                world.note(format_args!(
+                    "store journal after tx {after} checked through tx {}: {} wallets",
+                    stretch.through,
+                    stretch.heads.len()
+                ));
+            }
+            Response::StreamHeads(result)
+        }
+        Request::ProjectedVersions { projection, wallets } => {
+            let tables = lock(&world.projections);
+            Response::Versions(Ok(wallets
+                .iter()
+                .map(|wallet| tables.tables.projected_version(projection, wallet))
+                .collect()))
+        }
         Request::Project { projection, events } => {
             let mut tables = lock(&world.projections);
             let result = tables.tables.plan(projection, &events).map(|plan| {
@@ -248,10 +279,12 @@ fn trace_projection(projection: Projection, events: &[Event], result: &Result<Ve
         Ok(verdicts) => {
             let projected = verdicts.iter().filter(|verdict| **verdict == Applied::Projected).count();
             let duplicates = verdicts.iter().filter(|verdict| **verdict == Applied::Duplicate).count();
+            let first = events.first().map(|event| format!(" from {}@{}", event.wallet_id, event.version));
             world.note(format_args!(
-                "store project {} {} events: {projected} applied, {duplicates} duplicate, {} held",
+                "store project {} {} events{}: {projected} applied, {duplicates} duplicate, {} held",
                 projection.group(),
                 events.len(),
+                first.unwrap_or_default(),
                 verdicts.len() - projected - duplicates
             ));
         }
@@ -337,6 +370,15 @@ impl EventStore for SimStore {
         expect!(self.call(Request::OutboxBacklog).await, Backlog)
     }
 
+    async fn stream_heads(
+        &self,
+        after: TransactionId,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<StreamHeads, StoreError> {
+        expect!(self.call(Request::StreamHeads { after, before, limit }).await, StreamHeads)
+    }
+
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         expect!(self.call(Request::WalletEvents { wallet_id: *wallet_id, from, to }).await, Events)
     }
@@ -356,6 +398,10 @@ impl ProjectionStore for SimStore {
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
         expect!(self.call(Request::ProjectedVersion { projection, wallet_id: *wallet_id }).await, Version)
+    }
+
+    async fn projected_versions(&self, projection: Projection, wallets: &[WalletId]) -> Result<Vec<u64>, StoreError> {
+        expect!(self.call(Request::ProjectedVersions { projection, wallets: wallets.to_vec() }).await, Versions)
     }
 
     async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {

@@ -84,6 +84,12 @@ pub struct Swarm {
     pub ambiguous_commit_permille: u32,
     /// Chance in 1,000 that the broker appends a produce request and reports a timeout.
     pub produce_duplicate_permille: u32,
+    /// Chance in 1,000 that the broker acknowledges one message of a produce request and loses it
+    /// (an unclean leader election): a gap the projectors must repair from the event store.
+    pub produce_loss_permille: u32,
+    /// Chance in 1,000 that one message of a produce request fails while the later ones are
+    /// appended: retried, it lands after its successors (a reordering across retries).
+    pub produce_reorder_permille: u32,
     /// The discrete faults switched on.
     pub disruptions: Vec<Disruption>,
     /// Mean pause between discrete faults.
@@ -107,6 +113,8 @@ impl Swarm {
             response_loss_permille: [0; 3],
             ambiguous_commit_permille: 0,
             produce_duplicate_permille: 0,
+            produce_loss_permille: 0,
+            produce_reorder_permille: 0,
             disruptions: Vec::new(),
             disruption_interval_ms: rng.gen_range(300..=2_500),
             relay_mark_interval_ms: 0,
@@ -167,6 +175,12 @@ impl Swarm {
         // Pacing knobs, drawn last so the draws above stay what they were for every seed.
         swarm.relay_mark_interval_ms = [0, 10, 50, 250][rng.gen_range(0..4)];
         swarm.projector_linger_ms = [0, 10, 50][rng.gen_range(0..3)];
+        if matches!(profile, Profile::Swarm | Profile::Bus) && on(&mut rng) {
+            swarm.produce_loss_permille = rate(&mut rng, 30);
+        }
+        if matches!(profile, Profile::Swarm | Profile::Bus) && on(&mut rng) {
+            swarm.produce_reorder_permille = rate(&mut rng, 60);
+        }
         swarm
     }
 
@@ -174,8 +188,8 @@ impl Swarm {
     pub fn describe(&self) -> String {
         format!(
             "clients={} wallets={} fault_phase_ms={} think_ms={} request_loss‰={:?} response_loss‰={:?} \
-             ambiguous_commit‰={} produce_duplicate‰={} disruptions={:?} every~{}ms relay_mark_ms={} \
-             projector_linger_ms={}",
+             ambiguous_commit‰={} produce_duplicate‰={} produce_loss‰={} produce_reorder‰={} disruptions={:?} \
+             every~{}ms relay_mark_ms={} projector_linger_ms={}",
             self.clients,
             self.wallets,
             self.fault_phase_ms,
@@ -184,6 +198,8 @@ impl Swarm {
             self.response_loss_permille,
             self.ambiguous_commit_permille,
             self.produce_duplicate_permille,
+            self.produce_loss_permille,
+            self.produce_reorder_permille,
             self.disruptions,
             self.disruption_interval_ms,
             self.relay_mark_interval_ms,

@@ -56,6 +56,9 @@ struct BusState {
     failing_publishes: u32,
     /// Partitions whose leader is gone: every publish to them fails until healed.
     down: BTreeSet<u32>,
+    /// The next this many messages are acknowledged and never appended (a broker that loses
+    /// acknowledged data, as an unclean leader election does).
+    losing: u32,
     duplicate_deliveries: bool,
 }
 
@@ -122,6 +125,12 @@ impl InProcessBus {
     }
 
     #[cfg(feature = "faults")]
+    /// The next `count` published messages are acknowledged but lost: never delivered.
+    pub fn lose_next(&self, count: u32) {
+        self.lock().losing += count;
+    }
+
+    #[cfg(feature = "faults")]
     /// Takes `partition` down (every publish to it fails, the others go on) or brings it back.
     pub fn partition_down(&self, partition: u32, down: bool) {
         let mut state = self.lock();
@@ -176,6 +185,11 @@ impl Bus for InProcessBus {
                 state.failing_publishes = state.failing_publishes.saturating_sub(1);
                 failed_partitions[partition] = true;
                 results.push(Err(BusError("injected: broker unavailable".to_owned())));
+                continue;
+            }
+            if state.losing > 0 {
+                state.losing -= 1;
+                results.push(Ok(()));
                 continue;
             }
             let copies = if state.duplicate_deliveries { 2 } else { 1 };

@@ -75,6 +75,7 @@ pub struct PipelineStats {
     pub relay: Arc<RelayStats>,
     pub read_model: Arc<ProjectorStats>,
     pub ledger: Arc<ProjectorStats>,
+    pub reconciliation: Arc<projector::ReconciliationStats>,
 }
 
 impl PipelineStats {
@@ -134,6 +135,13 @@ impl Pipeline {
             clock_for_cleanup,
             config.writer.idempotency_retention_micros,
             config.writer.idempotency_cleanup_interval_ms,
+            stop.clone(),
+        )));
+        workers.push(tokio::spawn(projector::run_reconciliation(
+            store.clone(),
+            clock.clone(),
+            config.projector,
+            stats.reconciliation.clone(),
             stop.clone(),
         )));
         for projection in Projection::ALL {

@@ -81,6 +81,16 @@ pub struct StoredSnapshot {
     pub bytes: Vec<u8>,
 }
 
+/// A stretch of the journal as reconciliation reads it: how far it reaches, and every wallet the
+/// stretch touched with its highest version there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamHeads {
+    /// The last transaction of the stretch (the start, if it is empty).
+    pub through: TransactionId,
+    /// In wallet order.
+    pub heads: Vec<(WalletId, u64)>,
+}
+
 /// The write side: the event store, the idempotency records, the outbox and snapshots.
 pub trait EventStore: Clone + Send + Sync + 'static {
     /// The handle the single writer uses. A store with a connection pool gives the writer its own
@@ -134,6 +144,15 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// How many outbox messages are unpublished, and when the oldest of them was committed.
     fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send;
+
+    /// The next stretch of the journal after `after`: at most `limit` transactions, all committed
+    /// before `before`, with the highest version each touched wallet reached in it.
+    fn stream_heads(
+        &self,
+        after: TransactionId,
+        before: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<StreamHeads, StoreError>> + Send;
 
     /// A wallet's events with versions in `from..=to`, in version order.
     fn wallet_events(
@@ -231,6 +250,13 @@ pub trait ProjectionStore: Clone + Send + Sync + 'static {
         projection: Projection,
         wallet_id: &WalletId,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The versions of `wallets` that `projection` has applied (0 for none), in the same order.
+    fn projected_versions(
+        &self,
+        projection: Projection,
+        wallets: &[WalletId],
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
 
     fn wallet(&self, wallet_id: &WalletId) -> impl Future<Output = Result<Option<WalletView>, StoreError>> + Send;
 

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use wallex_engine::{Event, WalletId};
 
 use crate::codec::decode_event;
-use crate::ports::{Applied, Bus, BusMessage, Clock, Consumer, Delivery, Projection, ProjectionStore};
+use crate::ports::{Applied, Bus, BusMessage, Clock, Consumer, Delivery, EventStore, Projection, ProjectionStore};
+#[cfg(madsim)]
+use wallex_engine::planted::{Bug, is_planted as planted};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,11 +39,25 @@ pub struct ProjectorConfig {
     /// for far fewer, larger transactions (and fetches from the broker); docs/PERFORMANCE.md has
     /// the measurements behind the default.
     pub linger_ms: u64,
+    /// How long a gap (a wallet's version held while an earlier one has not arrived) may last
+    /// before the missing versions are fetched from the event store and applied, in milliseconds.
+    pub repair_after_ms: u64,
+    /// How often reconciliation compares the projections' checkpoints with the journal and
+    /// repairs what they lack, in milliseconds; it checks only what is at least this old.
+    pub reconcile_interval_ms: u64,
 }
 
 impl Default for ProjectorConfig {
     fn default() -> ProjectorConfig {
-        ProjectorConfig { batch: 4_096, poll_timeout_ms: 100, retry_backoff_ms: 100, max_held: 100_000, linger_ms: 50 }
+        ProjectorConfig {
+            batch: 4_096,
+            poll_timeout_ms: 100,
+            retry_backoff_ms: 100,
+            max_held: 100_000,
+            linger_ms: 50,
+            repair_after_ms: 2_000,
+            reconcile_interval_ms: 60_000,
+        }
     }
 }
 
@@ -49,6 +65,9 @@ impl ProjectorConfig {
     pub fn validate(&self) -> Result<(), crate::ConfigError> {
         if self.batch == 0 {
             return Err(crate::ConfigError::new("pipeline.projector.batch", "must be at least 1"));
+        }
+        if self.reconcile_interval_ms == 0 {
+            return Err(crate::ConfigError::new("pipeline.projector.reconcile_interval_ms", "must be at least 1"));
         }
         if self.max_held < self.batch {
             return Err(crate::ConfigError::new(
@@ -67,6 +86,8 @@ pub struct ProjectorStats {
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub held: AtomicU64,
+    /// Events fetched from the event store to fill a gap, and applied.
+    pub repaired: AtomicU64,
 }
 
 /// An event waiting for an earlier version, with where it came from.
@@ -149,7 +170,61 @@ impl Offsets {
     }
 }
 
-pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
+/// Wallets whose next version has not arrived while a later one waits, and since when: what gap
+/// repair fetches from the event store once a gap has lasted `repair_after_ms`.
+#[derive(Debug, Default)]
+struct Gaps {
+    /// Per wallet: the version the projection has, the first version held after the gap, and
+    /// since when the gap has been open at that projected version.
+    open: BTreeMap<WalletId, (u64, u64, tokio::time::Instant)>,
+}
+
+impl Gaps {
+    /// After an apply: `current` is every wallet still waiting, with (projected, first held). A gap
+    /// whose projected version moved counts from now again.
+    fn update(&mut self, current: BTreeMap<WalletId, (u64, u64)>) {
+        let now = tokio::time::Instant::now();
+        let open = std::mem::take(&mut self.open);
+        for (wallet, (projected, first_held)) in current {
+            let since = match open.get(&wallet) {
+                Some((was, _, since)) if *was == projected => *since,
+                _ => now,
+            };
+            self.open.insert(wallet, (projected, first_held, since));
+        }
+    }
+
+    /// The gaps open for at least `after`, at most `limit` of them: (wallet, first missing, last
+    /// missing).
+    fn due(&self, after: Duration, limit: usize) -> Vec<(WalletId, u64, u64)> {
+        self.open
+            .iter()
+            .filter(|(_, (_, _, since))| since.elapsed() >= after)
+            .take(limit)
+            .map(|(wallet, (projected, first_held, _))| (*wallet, projected + 1, first_held - 1))
+            .collect()
+    }
+
+    /// A repair of `wallets` was attempted: their gaps, if still open, count from now.
+    fn retried(&mut self, wallets: impl IntoIterator<Item = WalletId>) {
+        let now = tokio::time::Instant::now();
+        for wallet in wallets {
+            if let Some((_, _, since)) = self.open.get_mut(&wallet) {
+                *since = now;
+            }
+        }
+    }
+
+    /// How long until the oldest gap is due, if any is open.
+    fn next_due(&self, after: Duration) -> Option<Duration> {
+        self.open.values().map(|(_, _, since)| after.saturating_sub(since.elapsed())).min()
+    }
+}
+
+/// Most wallets one repair round fetches from the event store.
+const REPAIRS_PER_ROUND: usize = 256;
+
+pub async fn run_projector<S: EventStore + ProjectionStore, B: Bus, C: Clock>(
     projection: Projection,
     store: S,
     bus: B,
@@ -159,6 +234,7 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let backoff = Duration::from_millis(config.retry_backoff_ms);
+    let repair_after = Duration::from_millis(config.repair_after_ms);
     let mut consumer = loop {
         match bus.consumer(projection.group()).await {
             Ok(consumer) => break consumer,
@@ -172,6 +248,7 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
         }
     };
     let mut offsets = Offsets::default();
+    let mut gaps = Gaps::default();
     let linger = Duration::from_millis(config.linger_ms);
     let mut last_apply: Option<tokio::time::Instant> = None;
     while !*shutdown.borrow() {
@@ -184,91 +261,267 @@ pub async fn run_projector<S: ProjectionStore, B: Bus, C: Clock>(
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if offsets.held_count() >= config.max_held {
+        let mut arrived = false;
+        if offsets.held_count() < config.max_held {
+            let deliveries = match consumer.poll(config.batch, config.poll_timeout_ms).await {
+                Ok(deliveries) => deliveries,
+                Err(error) => {
+                    tracing::warn!(group = projection.group(), %error, "poll failed");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            // Decode; the undecodable go to the dead-letter topic (retried until it acknowledges).
+            for delivery in deliveries {
+                arrived = true;
+                offsets.delivered(delivery.partition, delivery.offset);
+                match decode_event(&delivery.payload) {
+                    Ok(event) => {
+                        if !offsets.hold(event, delivery.partition, delivery.offset) {
+                            metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group())
+                                .increment(1);
+                            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(error) => dead_letter(&bus, projection, &delivery, &error.to_string(), &stats, backoff).await,
+                }
+            }
+        } else {
+            // Consuming more would only hold more: repair what is due, or wait until it is.
             let held = offsets.held_count();
-            tracing::error!(group = projection.group(), held, "events held for a gap that does not fill");
+            tracing::error!(group = projection.group(), held, "events held for gaps; repairing from the event store");
+            let wait = gaps.next_due(repair_after).unwrap_or(backoff).max(Duration::from_millis(1));
             tokio::select! {
                 // Polled in order, not at random: the simulator replays a seed exactly.
                 biased;
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
             }
-            continue;
         }
-        let deliveries = match consumer.poll(config.batch, config.poll_timeout_ms).await {
-            Ok(deliveries) => deliveries,
-            Err(error) => {
-                tracing::warn!(group = projection.group(), %error, "poll failed");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        };
-        if deliveries.is_empty() {
-            commit_offsets(&mut consumer, projection, &mut offsets).await;
-            continue;
+        if arrived {
+            last_apply = Some(tokio::time::Instant::now());
+            apply_held(projection, &store, &clock, &mut offsets, &mut gaps, &stats, backoff).await;
         }
-        // Decode; the undecodable go to the dead-letter topic (retried until it acknowledges).
-        for delivery in deliveries {
-            offsets.delivered(delivery.partition, delivery.offset);
-            match decode_event(&delivery.payload) {
-                Ok(event) => {
-                    if !offsets.hold(event, delivery.partition, delivery.offset) {
-                        metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group())
-                            .increment(1);
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(error) => dead_letter(&bus, projection, &delivery, &error.to_string(), &stats, backoff).await,
-            }
-        }
-        // Apply the new events together with any held ones, until nothing more applies.
-        last_apply = Some(tokio::time::Instant::now());
-        loop {
-            let batch = offsets.held_events();
-            let verdicts = loop {
-                match store.project(projection, &batch).await {
-                    Ok(verdicts) => break verdicts,
-                    Err(error) => {
-                        tracing::warn!(group = projection.group(), %error, "projection failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                    }
-                }
-            };
-            let mut progressed = false;
-            let now = clock.now().unix_micros();
-            for (event, verdict) in batch.iter().zip(verdicts) {
-                match verdict {
-                    Applied::Projected => {
-                        metrics::counter!("wallex_projected_total", "group" => projection.group()).increment(1);
-                        // From the ledger's decision to the read side having it; microseconds as
-                        // f64 seconds: a latency measurement, not money.
-                        let lag_us = now.saturating_sub(event.at.unix_micros());
-                        metrics::histogram!("wallex_projection_lag_seconds", "group" => projection.group())
-                            .record(lag_us as f64 / 1e6);
-                        stats.projected.fetch_add(1, Ordering::Relaxed);
-                        offsets.settled(event);
-                        progressed = true;
-                    }
-                    Applied::Duplicate => {
-                        metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group())
-                            .increment(1);
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        offsets.settled(event);
-                    }
-                    Applied::Gap { .. } => {}
-                }
-            }
-            // Events of one wallet are in version order in the batch, so one pass applies every
-            // contiguous run; another pass is needed only if a gap filled mid-way.
-            if !progressed || offsets.held_count() == 0 {
-                break;
-            }
+        // A gap that lasted: the message was lost or skipped on the way. The write side has
+        // every version: fetch the missing ones from the event store and apply them.
+        let due = gaps.due(repair_after, REPAIRS_PER_ROUND);
+        #[cfg(madsim)]
+        let due = if planted(Bug::RepairSkipped) { Vec::new() } else { due };
+        if !due.is_empty() {
+            let repaired = repair(projection, &store, &due, "gap").await.applied;
+            stats.repaired.fetch_add(repaired, Ordering::Relaxed);
+            // A gap still open after this (a failed read, say) waits a whole period again.
+            gaps.retried(due.iter().map(|(wallet, _, _)| *wallet));
+            // Even when nothing was applied here, something else (reconciliation, another
+            // instance) may have filled the gap: the held events are tried again either way.
+            apply_held(projection, &store, &clock, &mut offsets, &mut gaps, &stats, backoff).await;
         }
         let held = offsets.held_count();
         stats.held.store(held as u64, Ordering::Relaxed);
         metrics::gauge!("wallex_projection_held_events", "group" => projection.group()).set(held as f64);
         commit_offsets(&mut consumer, projection, &mut offsets).await;
     }
+}
+
+/// Applies the held events, pass after pass while one fills a gap for another; notes the gaps
+/// left open.
+async fn apply_held<S: ProjectionStore, C: Clock>(
+    projection: Projection,
+    store: &S,
+    clock: &C,
+    offsets: &mut Offsets,
+    gaps: &mut Gaps,
+    stats: &ProjectorStats,
+    backoff: Duration,
+) {
+    loop {
+        let batch = offsets.held_events();
+        let verdicts = loop {
+            match store.project(projection, &batch).await {
+                Ok(verdicts) => break verdicts,
+                Err(error) => {
+                    tracing::warn!(group = projection.group(), %error, "projection failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        };
+        let mut progressed = false;
+        let mut open = BTreeMap::new();
+        let now = clock.now().unix_micros();
+        for (event, verdict) in batch.iter().zip(verdicts) {
+            match verdict {
+                Applied::Projected => {
+                    metrics::counter!("wallex_projected_total", "group" => projection.group()).increment(1);
+                    // From the ledger's decision to the read side having it; microseconds as
+                    // f64 seconds: a latency measurement, not money.
+                    let lag_us = now.saturating_sub(event.at.unix_micros());
+                    metrics::histogram!("wallex_projection_lag_seconds", "group" => projection.group())
+                        .record(lag_us as f64 / 1e6);
+                    stats.projected.fetch_add(1, Ordering::Relaxed);
+                    offsets.settled(event);
+                    progressed = true;
+                }
+                Applied::Duplicate => {
+                    metrics::counter!("wallex_projection_duplicates_total", "group" => projection.group()).increment(1);
+                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    offsets.settled(event);
+                }
+                Applied::Gap { projected_version } => {
+                    // Held events come in version order: the first is the lowest held.
+                    open.entry(event.wallet_id).or_insert((projected_version, event.version));
+                }
+            }
+        }
+        // Events of one wallet are in version order in the batch, so one pass applies every
+        // contiguous run; another pass is needed only if a gap filled mid-way.
+        if !progressed || offsets.held_count() == 0 {
+            gaps.update(open);
+            return;
+        }
+    }
+}
+
+/// What one repair round did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Repaired {
+    /// Events applied from the event store.
+    applied: u64,
+    /// Some wallet could not be repaired now (a store call failed): try again later.
+    incomplete: bool,
+}
+
+/// Fetches each of `missing` (wallet, first, last version) from the event store and applies it to
+/// `projection`. Each repair is logged and counted.
+async fn repair<S: EventStore + ProjectionStore>(
+    projection: Projection,
+    store: &S,
+    missing: &[(WalletId, u64, u64)],
+    cause: &'static str,
+) -> Repaired {
+    let mut repaired = Repaired::default();
+    for (wallet, first, last) in missing {
+        let events = match store.wallet_events(wallet, *first, *last).await {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(group = projection.group(), %wallet, %error, "repair cannot read the event store");
+                repaired.incomplete = true;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            continue;
+        }
+        match store.project(projection, &events).await {
+            Ok(verdicts) => {
+                let applied = verdicts.iter().filter(|verdict| **verdict == Applied::Projected).count() as u64;
+                if applied > 0 {
+                    tracing::warn!(
+                        group = projection.group(),
+                        %wallet,
+                        first,
+                        last,
+                        applied,
+                        cause,
+                        "projection repaired from the event store"
+                    );
+                    metrics::counter!("wallex_projection_repaired_total", "group" => projection.group(), "cause" => cause)
+                        .increment(applied);
+                }
+                repaired.applied += applied;
+            }
+            Err(error) => {
+                tracing::warn!(group = projection.group(), %wallet, %error, "repair failed; retrying later");
+                repaired.incomplete = true;
+            }
+        }
+    }
+    repaired
+}
+
+/// Reconciliation: every `reconcile_interval_ms`, compares each projection's checkpoints with the
+/// journal, and repairs what a projection lacks. It walks the journal forward (from the start,
+/// once per process, then only what is new), each stretch only once it is `reconcile_interval_ms`
+/// old, so it does not chase what the projectors are applying right now; whatever it finds missing
+/// then was lost or skipped, and it applies it from the event store (the projection's own rule
+/// skips what arrived meanwhile).
+pub async fn run_reconciliation<S: EventStore + ProjectionStore, C: Clock>(
+    store: S,
+    clock: C,
+    config: ProjectorConfig,
+    stats: Arc<ReconciliationStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const STRETCH: usize = 10_000;
+    let interval = Duration::from_millis(config.reconcile_interval_ms);
+    let mut checked = wallex_engine::TransactionId(0);
+    loop {
+        tokio::select! {
+            // Polled in order, not at random: the simulator replays a seed exactly.
+            biased;
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let before = wallex_engine::Timestamp::from_unix_micros(
+            clock.now().unix_micros().saturating_sub(config.reconcile_interval_ms.saturating_mul(1_000)),
+        );
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let stretch = match store.stream_heads(checked, before, STRETCH).await {
+                Ok(stretch) => stretch,
+                Err(error) => {
+                    tracing::warn!(%error, "reconciliation cannot read the journal; retrying next round");
+                    break;
+                }
+            };
+            if stretch.through == checked {
+                break;
+            }
+            let mut complete = true;
+            for projection in Projection::ALL {
+                let wallets: Vec<WalletId> = stretch.heads.iter().map(|(wallet, _)| *wallet).collect();
+                let versions = match store.projected_versions(projection, &wallets).await {
+                    Ok(versions) => versions,
+                    Err(error) => {
+                        tracing::warn!(%error, "reconciliation cannot read the checkpoints; retrying next round");
+                        complete = false;
+                        break;
+                    }
+                };
+                let missing: Vec<(WalletId, u64, u64)> = stretch
+                    .heads
+                    .iter()
+                    .zip(versions)
+                    .filter(|((_, head), projected)| projected < head)
+                    .map(|((wallet, head), projected)| (*wallet, projected + 1, *head))
+                    .collect();
+                if !missing.is_empty() {
+                    let repaired = repair(projection, &store, &missing, "reconciliation").await;
+                    stats.repaired.fetch_add(repaired.applied, Ordering::Relaxed);
+                    if repaired.incomplete {
+                        // The stretch stays unchecked: the next round repairs what is left.
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                break;
+            }
+            checked = stretch.through;
+            stats.checked_through.store(checked.0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What reconciliation has done.
+#[derive(Debug, Default)]
+pub struct ReconciliationStats {
+    /// The journal is checked through this transaction.
+    pub checked_through: AtomicU64,
+    /// Events it found missing from a projection and applied.
+    pub repaired: AtomicU64,
 }
 
 /// Commits what `offsets` says is due; keeps it to retry if the bus does not acknowledge.

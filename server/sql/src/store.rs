@@ -27,7 +27,7 @@ use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, Transac
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, StreamHeads, WalletView,
 };
 
 use crate::common::{
@@ -141,6 +141,7 @@ pub trait Driver:
                  + DecodeRow<OutboxRow>
                  + DecodeRow<BacklogRow>
                  + DecodeRow<(i64,)>
+                 + DecodeRow<(String, i64)>
                  + DecodeRow<(Vec<u8>,)>
                  + DecodeRow<(i64, Vec<u8>)>,
     >
@@ -446,6 +447,38 @@ impl<D: Dialect> EventStore for SqlStore<D> {
         rows.pop().ok_or_else(|| corrupt("no backlog row"))?.into_backlog()
     }
 
+    async fn stream_heads(
+        &self,
+        after: TransactionId,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<StreamHeads, StoreError> {
+        let mut through: Vec<(i64,)> = self
+            .read(
+                "SELECT COALESCE(MAX(transaction_id), $1) FROM ( \
+                   SELECT transaction_id FROM commands WHERE transaction_id > $1 AND at < $2 \
+                   ORDER BY transaction_id LIMIT $3) AS stretch",
+                Values::new().and(int(after.0)).and(int(before.unix_micros())).and(sql_limit(limit)),
+            )
+            .await?;
+        let through = TransactionId(uint(through.pop().ok_or_else(|| corrupt("no stretch row"))?.0)?);
+        if through == after {
+            return Ok(StreamHeads { through, heads: Vec::new() });
+        }
+        let rows: Vec<(String, i64)> = self
+            .read(
+                "SELECT wallet_id, MAX(version) FROM events WHERE transaction_id > $1 AND transaction_id <= $2 \
+                 GROUP BY wallet_id ORDER BY wallet_id",
+                Values::new().and(int(after.0)).and(int(through.0)),
+            )
+            .await?;
+        let heads = rows
+            .into_iter()
+            .map(|(wallet_id, version)| Ok((WalletId::parse(&wallet_id).map_err(corrupt)?, uint(version)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(StreamHeads { through, heads })
+    }
+
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let payloads: Vec<(Vec<u8>,)> = self
             .read(
@@ -489,6 +522,15 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
             )
             .await?;
         rows.pop().map_or(Ok(0), |(version,)| uint(version))
+    }
+
+    async fn projected_versions(&self, projection: Projection, wallets: &[WalletId]) -> Result<Vec<u64>, StoreError> {
+        let mut reader = self.pool.acquire().await.map_err(store_error)?;
+        let mut versions = BTreeMap::new();
+        for row in D::checkpoints(&mut reader, projection.group(), wallets).await? {
+            versions.insert(row.wallet_id, uint(row.version)?);
+        }
+        Ok(wallets.iter().map(|wallet| versions.get(wallet.as_str()).copied().unwrap_or(0)).collect())
     }
 
     async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {

@@ -11,7 +11,7 @@ use wallex_engine::{
 use wallex_pipeline::codec::encode_event;
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, OutboxMessage, OutboxPosition, Projection, ProjectionStore, StoreError,
-    StoredSnapshot,
+    StoredSnapshot, StreamHeads,
 };
 
 /// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch the writer would commit.
@@ -154,6 +154,21 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     assert!(store.wallet_events(&wallet("a"), u64::MAX - 1, u64::MAX).await.unwrap().is_empty());
     assert_eq!(store.wallet_events(&wallet("a"), 1, u64::MAX).await.unwrap().len(), events.len());
 
+    // Stream heads: stretches of the journal by count and commit time, each touched wallet's
+    // highest version in the stretch.
+    let far = Timestamp::from_unix_micros(1 << 62);
+    let (a, b) = (wallet("a"), wallet("b"));
+    let whole = store.stream_heads(TransactionId(0), far, 10).await.unwrap();
+    assert_eq!(whole, StreamHeads { through: TransactionId(4), heads: vec![(a, 3), (b, 3)] }, "the whole journal");
+    let page = store.stream_heads(TransactionId(0), far, 2).await.unwrap();
+    assert_eq!(page, StreamHeads { through: TransactionId(2), heads: vec![(a, 1), (b, 1)] }, "a stretch of two");
+    let next = store.stream_heads(TransactionId(2), far, 1).await.unwrap();
+    assert_eq!(next, StreamHeads { through: TransactionId(3), heads: vec![(a, 2), (b, 2)] }, "the next stretch");
+    let young = store.stream_heads(TransactionId(0), journal[2].record.at, 10).await.unwrap();
+    assert_eq!(young.through, TransactionId(2), "transactions committed at or after `before` wait");
+    let done = store.stream_heads(TransactionId(4), far, 10).await.unwrap();
+    assert_eq!(done, StreamHeads { through: TransactionId(4), heads: vec![] }, "nothing after the end");
+
     // Snapshots: the latest wins. A snapshot is the state after its transaction, which never
     // changes: the one stored first for a transaction is kept, and an older one changes nothing.
     let snapshot = StoredSnapshot { transaction_id: ledger.last_transaction_id(), bytes: ledger.encode_snapshot() };
@@ -180,6 +195,9 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
         let again = store.project(projection, &all[..2]).await.unwrap();
         assert!(again.iter().all(|v| *v == Applied::Duplicate), "{projection:?}: duplicates are skipped");
         assert_eq!(store.projected_version(projection, &wallet("a")).await.unwrap(), 3, "{projection:?}: checkpoint");
+        let versions = store.projected_versions(projection, &[wallet("b"), wallet("nobody"), wallet("a")]).await;
+        assert_eq!(versions.unwrap(), vec![3, 0, 3], "{projection:?}: checkpoints in the order asked, 0 for none");
+        assert!(store.projected_versions(projection, &[]).await.unwrap().is_empty());
     }
     let a = store.wallet(&wallet("a")).await.unwrap().expect("a is projected");
     assert_eq!((a.balance, a.version), (800, 3), "read model matches the write side");

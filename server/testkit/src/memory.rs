@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, StreamHeads, WalletView,
 };
 
 /// How an injected commit failure behaves.
@@ -212,6 +212,30 @@ impl EventStore for MemoryStore {
         Ok((state.outbox.len() as u64, state.outbox.values().next().map(|message| message.committed_at)))
     }
 
+    async fn stream_heads(
+        &self,
+        after: TransactionId,
+        before: wallex_engine::Timestamp,
+        limit: usize,
+    ) -> Result<StreamHeads, StoreError> {
+        let state = self.lock();
+        let mut stretch = StreamHeads { through: after, heads: Vec::new() };
+        let mut heads: BTreeMap<WalletId, u64> = BTreeMap::new();
+        let first = TransactionId(after.0.saturating_add(1));
+        for (id, record) in state.records.range(first..).take(limit) {
+            if record.at >= before {
+                break;
+            }
+            stretch.through = *id;
+            for event in state.events.get(id).into_iter().flatten() {
+                let head = heads.entry(event.wallet_id).or_default();
+                *head = (*head).max(event.version);
+            }
+        }
+        stretch.heads = heads.into_iter().collect();
+        Ok(stretch)
+    }
+
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let state = self.lock();
         Ok(state
@@ -237,6 +261,11 @@ impl ProjectionStore for MemoryStore {
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
         Ok(self.lock().read_side.projected_version(projection, wallet_id))
+    }
+
+    async fn projected_versions(&self, projection: Projection, wallets: &[WalletId]) -> Result<Vec<u64>, StoreError> {
+        let state = self.lock();
+        Ok(wallets.iter().map(|wallet| state.read_side.projected_version(projection, wallet)).collect())
     }
 
     async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
