@@ -28,10 +28,16 @@ pub enum Bug {
     RecoveryForgetsJournal,
     /// Projectors never fetch a gap's missing versions from the event store.
     RepairSkipped,
+    /// A projector commits its delivered offsets past events it still holds for a gap.
+    OffsetsPastHeld,
+    /// A projector drops an event that arrived before its predecessor instead of holding it.
+    GapDropped,
+    /// A relay lane whose publish failed waits forever instead of retrying: its partition stalls.
+    LaneStallsOnFailure,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeCommit,
         Bug::PublishedBeforeAck,
         Bug::CheckpointOutsideTransaction,
@@ -41,6 +47,9 @@ impl Bug {
         Bug::ExpiryIgnoresNow,
         Bug::RecoveryForgetsJournal,
         Bug::RepairSkipped,
+        Bug::OffsetsPastHeld,
+        Bug::GapDropped,
+        Bug::LaneStallsOnFailure,
     ];
 
     /// The name the command line uses.
@@ -55,6 +64,9 @@ impl Bug {
             Bug::ExpiryIgnoresNow => "expiry_ignores_now",
             Bug::RecoveryForgetsJournal => "recovery_forgets_journal",
             Bug::RepairSkipped => "repair_skipped",
+            Bug::OffsetsPastHeld => "offsets_past_held",
+            Bug::GapDropped => "gap_dropped",
+            Bug::LaneStallsOnFailure => "lane_stalls_on_failure",
         }
     }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 use madsim::net::Endpoint;
 use madsim::rand::{Rng, thread_rng};
 use wallex_pipeline::bus::{InProcessBus, PARTITIONS};
-use wallex_pipeline::ports::{Bus, BusError, BusMessage, Consumer, Delivery};
+use wallex_pipeline::codec::decode_event;
+use wallex_pipeline::ports::{Bus, BusError, BusMessage, Consumer, Delivery, Projection};
 
 use crate::rpc::{self, BROKER_SERVICE};
 use crate::swarm::Link;
@@ -35,6 +36,9 @@ pub struct BrokerDisk {
     /// Messages the broker acknowledged and lost: the checkers excuse them from the bus, never
     /// from the projections.
     pub lost: Vec<BusMessage>,
+    /// Offset commits that passed a message whose event the group's projection did not have yet:
+    /// a crash then would skip it for good.
+    pub premature_commits: Vec<String>,
 }
 
 impl BrokerDisk {
@@ -189,6 +193,28 @@ async fn handle(request: Request) -> Option<Response> {
         }
         Request::Commit { group, generation, offsets } => {
             if disk.generations.get(&group).copied().unwrap_or(0) == generation {
+                let projection = Projection::ALL.into_iter().find(|projection| projection.group() == group);
+                if let Some(projection) = projection {
+                    let tables = lock(&world.projections);
+                    let mut premature = Vec::new();
+                    for (partition, offset) in &offsets {
+                        let from = disk.committed.get(&(group.clone(), *partition)).copied().unwrap_or(0);
+                        let log = disk.partitions.get(partition).map_or(&[][..], Vec::as_slice);
+                        let end = usize::try_from(*offset).unwrap_or(usize::MAX).min(log.len());
+                        let start = usize::try_from(from).unwrap_or(usize::MAX).min(end);
+                        for (at, message) in log.iter().enumerate().take(end).skip(start) {
+                            let Ok(event) = decode_event(&message.payload) else { continue };
+                            if tables.tables.projected_version(projection, &event.wallet_id) < event.version {
+                                premature.push(format!(
+                                    "{group} committed p{partition} to {offset} past p{partition}@{at} ({} version {}), \
+                                     which it had not applied",
+                                    event.wallet_id, event.version
+                                ));
+                            }
+                        }
+                    }
+                    disk.premature_commits.extend(premature);
+                }
                 for (partition, offset) in &offsets {
                     disk.committed.insert((group.clone(), *partition), *offset);
                 }

@@ -245,6 +245,10 @@ fn check_bus(world: &World, journal: &[JournalEntry]) -> Result<u64, Violation> 
     let broker = lock(&world.broker);
     let mut on_bus: BTreeSet<(WalletId, u64, TransactionId)> = BTreeSet::new();
     let mut lost: BTreeSet<(WalletId, u64, TransactionId)> = BTreeSet::new();
+    checks += 1;
+    if let Some(premature) = broker.premature_commits.first() {
+        return violated("no_loss", premature.clone());
+    }
     for message in &broker.lost {
         let event = decode_event(&message.payload).expect("the relay publishes only events");
         lost.insert((event.wallet_id, event.version, event.transaction_id));

@@ -124,10 +124,23 @@ impl Offsets {
     }
 
     /// Holds `event` until it is projected (or found to be a duplicate). Returns `false` if a copy
-    /// of it was held already (a duplicate delivery; the later copy is kept).
+    /// of it was held already (a duplicate delivery): the copy at the lower offset is the one held,
+    /// so no offset is committed past any copy of an event not yet applied.
     pub fn hold(&mut self, event: Event, partition: u32, offset: u64) -> bool {
         assert!(self.delivered.get(&partition).is_some_and(|next| offset < *next), "held before it was delivered");
-        self.held.insert((event.wallet_id, event.version), HeldEvent { event, partition, offset }).is_none()
+        match self.held.entry((event.wallet_id, event.version)) {
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                vacant.insert(HeldEvent { event, partition, offset });
+                true
+            }
+            std::collections::btree_map::Entry::Occupied(mut held) => {
+                let held = held.get_mut();
+                if (partition, offset) < (held.partition, held.offset) {
+                    (held.partition, held.offset) = (partition, offset);
+                }
+                false
+            }
+        }
     }
 
     /// Every held event, in wallet and version order: what the next projection batch tries.
@@ -153,6 +166,12 @@ impl Offsets {
             .into_iter()
             .map(|partition| (partition, self.delivered[&partition]))
             .collect();
+        #[cfg(madsim)]
+        if planted(Bug::OffsetsPastHeld) {
+            // Bypasses the check below, which would stop this bug before the checkers do.
+            self.uncommitted.extend(next);
+            return self.uncommitted.iter().map(|(partition, offset)| (*partition, *offset)).collect();
+        }
         for item in self.held.values() {
             next.entry(item.partition).and_modify(|offset| *offset = (*offset).min(item.offset));
         }
@@ -366,6 +385,8 @@ async fn apply_held<S: ProjectionStore, C: Clock>(
                     stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     offsets.settled(event);
                 }
+                #[cfg(madsim)]
+                Applied::Gap { .. } if planted(Bug::GapDropped) => offsets.settled(event),
                 Applied::Gap { projected_version } => {
                     // Held events come in version order: the first is the lowest held.
                     open.entry(event.wallet_id).or_insert((projected_version, event.version));

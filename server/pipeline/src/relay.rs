@@ -324,6 +324,10 @@ async fn run_lane<B: Bus, C: Clock>(
         metrics::counter!("wallex_relay_published_total").increment(prefix as u64);
         stats.published.fetch_add(prefix as u64, Ordering::Relaxed);
         if prefix < outgoing.len() {
+            #[cfg(madsim)]
+            if planted(Bug::LaneStallsOnFailure) {
+                std::future::pending::<()>().await;
+            }
             metrics::counter!("wallex_relay_publish_failures_total").increment(1);
             stats.publish_failures.fetch_add(1, Ordering::Relaxed);
             if let Some(Err(error)) = results.get(prefix) {
