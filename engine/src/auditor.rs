@@ -296,6 +296,17 @@ impl Auditor {
         }
     }
 
+    /// The model's wallet `id`: (currency, balance, held, floor, version). For checkers that hold
+    /// a read side against the model rather than against the engine's own events.
+    pub fn wallet(&self, id: &str) -> Option<(Currency, i128, i128, i128, u64)> {
+        self.wallets.get(id).map(|wallet| (wallet.currency, wallet.balance, wallet.held, wallet.floor, wallet.version))
+    }
+
+    /// The model's balance of the currency's system account (`@world`).
+    pub fn world_balance(&self, currency: Currency) -> i128 {
+        self.world.get(&currency).copied().unwrap_or(0)
+    }
+
     /// Compares every wallet, system account and hold state of `ledger` with the model.
     pub fn compare(&self, ledger: &Ledger) -> Result<(), String> {
         if ledger.wallets().len() != self.wallets.len() {

@@ -34,10 +34,12 @@ pub enum Bug {
     GapDropped,
     /// A relay lane whose publish failed waits forever instead of retrying: its partition stalls.
     LaneStallsOnFailure,
+    /// The read model shows every wallet with nothing held.
+    ReadModelHeldZero,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeCommit,
         Bug::PublishedBeforeAck,
         Bug::CheckpointOutsideTransaction,
@@ -50,6 +52,7 @@ impl Bug {
         Bug::OffsetsPastHeld,
         Bug::GapDropped,
         Bug::LaneStallsOnFailure,
+        Bug::ReadModelHeldZero,
     ];
 
     /// The name the command line uses.
@@ -67,6 +70,7 @@ impl Bug {
             Bug::OffsetsPastHeld => "offsets_past_held",
             Bug::GapDropped => "gap_dropped",
             Bug::LaneStallsOnFailure => "lane_stalls_on_failure",
+            Bug::ReadModelHeldZero => "read_model_held_zero",
         }
     }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use wallex_engine::auditor::{Auditor, Expected};
 use wallex_engine::{Account, Command, CommandId, CommandKind, Currency, EventKind, Ledger, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
-use wallex_pipeline::ports::{EventStore, JournalEntry, LedgerEntry, Projection, WalletView};
+use wallex_pipeline::ports::{Direction, EventStore, JournalEntry, LedgerEntry, Projection, WalletView};
 use wallex_pipeline::writer::SYSTEM_COMMAND_TAG;
 
 use crate::workload::{Attempt, Operation};
@@ -46,8 +46,89 @@ pub async fn journal(world: &World) -> Vec<JournalEntry> {
     world.store.journal(TransactionId(0), usize::MAX).await.expect("the store's disk is always readable")
 }
 
-/// The read side as the write side says it must be: `None` if it is, else the first difference.
-pub async fn divergence(world: &World, journal: &[JournalEntry]) -> Option<String> {
+/// The commands of the seed's operations, by id: what the auditor replays the journal with.
+pub fn commands(operations: &[Operation]) -> BTreeMap<CommandId, CommandKind> {
+    operations.iter().map(|operation| (operation.command.id, operation.command.kind.clone())).collect()
+}
+
+/// The read side there must be, from a model that shares no code with the projections (neither
+/// `WalletView::after` nor `LedgerEntry::of`): balances, held amounts, floors and versions from
+/// the auditor replaying the journal's commands, owners and creation times from the create
+/// commands and their records, and each ledger entry's balance as a running sum of the postings.
+fn expected_read_side(
+    journal: &[JournalEntry],
+    commands: &BTreeMap<CommandId, CommandKind>,
+    config: wallex_engine::Config,
+) -> Result<(BTreeMap<WalletId, WalletView>, BTreeMap<(WalletId, u64), LedgerEntry>), String> {
+    let mut auditor = Auditor::new(config);
+    let mut created: BTreeMap<WalletId, (wallex_engine::OwnerId, wallex_engine::Timestamp)> = BTreeMap::new();
+    let mut updated: BTreeMap<WalletId, wallex_engine::Timestamp> = BTreeMap::new();
+    let mut running: BTreeMap<WalletId, i128> = BTreeMap::new();
+    let mut entries = BTreeMap::new();
+    for entry in journal {
+        let record = &entry.record;
+        let kind = commands.get(&record.command_id).cloned().unwrap_or(CommandKind::ExpireHolds);
+        if let (Ok(()), CommandKind::CreateWallet { wallet_id, owner_id, .. }) = (record.result, &kind) {
+            created.insert(*wallet_id, (*owner_id, record.at));
+        }
+        auditor.execute(record.at, &Command { id: record.command_id, kind });
+        for event in &entry.events {
+            updated.insert(event.wallet_id, record.at);
+            let Some(posting) = event.posting else { continue };
+            let this = Account::Wallet(event.wallet_id);
+            let amount = i128::from(posting.amount.minor());
+            let (direction, other, delta) = if posting.destination == this {
+                (Direction::Credit, posting.source, amount)
+            } else if posting.source == this {
+                (Direction::Debit, posting.destination, -amount)
+            } else {
+                return Err(format!("{} version {} carries a posting not its own", event.wallet_id, event.version));
+            };
+            let balance = running.entry(event.wallet_id).or_default();
+            *balance += delta;
+            let expected = LedgerEntry {
+                wallet_id: event.wallet_id,
+                transaction_id: record.transaction_id,
+                version: event.version,
+                entry_type: event.kind.name().to_owned(),
+                direction,
+                amount: posting.amount.minor(),
+                balance_after: i64::try_from(*balance).map_err(|_| "a balance beyond i64".to_owned())?,
+                currency: posting.currency,
+                counterparty: other.to_string(),
+                description: event.description.as_ref().map(|description| description.as_str().to_owned()),
+                at: record.at,
+            };
+            entries.insert((event.wallet_id, event.version), expected);
+        }
+    }
+    let mut views = BTreeMap::new();
+    for (wallet_id, (owner_id, created_at)) in created {
+        let (currency, balance, held, floor, version) =
+            auditor.wallet(wallet_id.as_str()).ok_or(format!("the auditor has no wallet {wallet_id}"))?;
+        let view = WalletView {
+            wallet_id,
+            owner_id,
+            currency,
+            balance: i64::try_from(balance).map_err(|_| "a balance beyond i64".to_owned())?,
+            held: u64::try_from(held).map_err(|_| "a negative held amount".to_owned())?,
+            overdraft_limit: u64::try_from(-floor).map_err(|_| "a floor above zero".to_owned())?,
+            version,
+            created_at,
+            updated_at: updated.get(&wallet_id).copied().unwrap_or(created_at),
+        };
+        views.insert(wallet_id, view);
+    }
+    Ok((views, entries))
+}
+
+/// The read side as the model says it must be: `None` if it is, else the first difference.
+pub async fn divergence(
+    world: &World,
+    journal: &[JournalEntry],
+    commands: &BTreeMap<CommandId, CommandKind>,
+    config: wallex_engine::Config,
+) -> Option<String> {
     let (backlog, _) = world.store.outbox_backlog().await.expect("the store's disk is always readable");
     if backlog > 0 {
         return Some(format!("{backlog} outbox messages unpublished"));
@@ -61,15 +142,10 @@ pub async fn divergence(world: &World, journal: &[JournalEntry]) -> Option<Strin
             }
         }
     }
-    let mut views: BTreeMap<WalletId, WalletView> = BTreeMap::new();
-    let mut entries: BTreeMap<(WalletId, u64), LedgerEntry> = BTreeMap::new();
-    for event in journal.iter().flat_map(|entry| &entry.events) {
-        let view = WalletView::after(views.get(&event.wallet_id), event)?;
-        views.insert(event.wallet_id, view);
-        if let Some(entry) = LedgerEntry::of(event) {
-            entries.insert((event.wallet_id, event.version), entry);
-        }
-    }
+    let (views, entries) = match expected_read_side(journal, commands, config) {
+        Ok(expected) => expected,
+        Err(reason) => return Some(format!("the journal has no read side: {reason}")),
+    };
     let tables = lock(&world.projections);
     for projection in Projection::ALL {
         for (wallet_id, view) in &views {
@@ -86,14 +162,15 @@ pub async fn divergence(world: &World, journal: &[JournalEntry]) -> Option<Strin
     if tables.tables.wallets != views {
         let differing =
             views.keys().chain(tables.tables.wallets.keys()).find(|id| views.get(id) != tables.tables.wallets.get(id));
-        return Some(format!("the read model differs from the journal at wallet {differing:?}"));
+        let shown = differing.map(|id| (tables.tables.wallets.get(id), views.get(id)));
+        return Some(format!("the read model differs from the model at wallet {differing:?}: (has, model) {shown:?}"));
     }
     if tables.tables.ledger != entries {
         let differing = entries
             .keys()
             .chain(tables.tables.ledger.keys())
             .find(|key| entries.get(key) != tables.tables.ledger.get(key));
-        return Some(format!("the ledger projection differs from the journal at {differing:?}"));
+        return Some(format!("the ledger projection differs from the model at {differing:?}"));
     }
     None
 }
@@ -191,6 +268,7 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
 
     // Conservation and floors, from the event log alone.
     checks += check_event_log(&journal)?;
+    checks += check_money_supply(&journal, &commands(operations))?;
 
     // Replies: an answered operation got exactly what the journal holds.
     for operation in operations {
@@ -234,7 +312,7 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
 
     // Convergence (the runner waited for it; this is the verdict).
     checks += 1;
-    if let Some(difference) = divergence(world, &journal).await {
+    if let Some(difference) = divergence(world, &journal, &commands(operations), config).await {
         return violated("convergence", difference);
     }
     Ok(checks)
@@ -327,7 +405,7 @@ fn check_applied_order(world: &World) -> Result<u64, Violation> {
 
 /// Conservation and floors from the events alone: each event's balance moves by exactly its
 /// posting, one posting per transaction, no balance or available balance below the wallet's floor,
-/// versions contiguous per wallet, and per currency every account sums to zero.
+/// versions contiguous per wallet, and every wallet's postings sum to its final balance.
 fn check_event_log(journal: &[JournalEntry]) -> Result<u64, Violation> {
     let mut checks = 0;
     let mut wallets: BTreeMap<WalletId, (i128, i128, u64)> = BTreeMap::new(); // balance, floor, version
@@ -384,9 +462,7 @@ fn check_event_log(journal: &[JournalEntry]) -> Result<u64, Violation> {
             *state = (balance, state.1, event.version);
         }
     }
-    let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
-    for ((currency, account), balance) in &accounts {
-        *sums.entry(*currency).or_default() += balance;
+    for ((_, account), balance) in &accounts {
         if !account.starts_with('@') {
             let wallet = WalletId::parse(account).expect("a wallet account");
             let final_balance = wallets.get(&wallet).map_or(0, |state| state.0);
@@ -398,10 +474,72 @@ fn check_event_log(journal: &[JournalEntry]) -> Result<u64, Violation> {
             }
         }
     }
-    for (currency, sum) in sums {
+    Ok(checks)
+}
+
+/// The money supply: per currency, the wallets' final balances (from the events) sum to exactly
+/// what the accepted commands brought in and took out (initial balances, credits, debits, captures
+/// out of the system), computed from the commands alone. A transfer, hold or capture that made or
+/// destroyed money, or an external movement recorded with another amount than its command's,
+/// breaks it; a sum over postings (each adds and removes one amount) could not.
+fn check_money_supply(journal: &[JournalEntry], commands: &BTreeMap<CommandId, CommandKind>) -> Result<u64, Violation> {
+    let mut checks = 0;
+    let mut expected: BTreeMap<Currency, i128> = BTreeMap::new();
+    let mut holds: BTreeMap<wallex_engine::HoldId, u64> = BTreeMap::new();
+    let mut currencies: BTreeMap<WalletId, Currency> = BTreeMap::new();
+    let mut balances: BTreeMap<WalletId, i64> = BTreeMap::new();
+    for entry in journal {
+        for event in &entry.events {
+            balances.insert(event.wallet_id, event.balance_after);
+        }
+        if entry.record.result.is_err() {
+            continue;
+        }
+        let Some(kind) = commands.get(&entry.record.command_id) else { continue };
+        let minor = |amount: &wallex_engine::Amount| i128::from(amount.minor());
+        match kind {
+            CommandKind::CreateWallet { wallet_id, currency, initial_balance, .. } => {
+                currencies.insert(*wallet_id, *currency);
+                *expected.entry(*currency).or_default() += minor(initial_balance);
+            }
+            CommandKind::Credit { currency, amount, .. } => *expected.entry(*currency).or_default() += minor(amount),
+            CommandKind::Debit { currency, amount, .. } => *expected.entry(*currency).or_default() -= minor(amount),
+            CommandKind::PlaceHold { hold_id, amount, .. } => {
+                holds.insert(*hold_id, amount.minor());
+            }
+            CommandKind::CaptureHold { hold_id, amount, destination, .. } => {
+                let Some(held) = holds.get(hold_id) else {
+                    return violated("conservation", format!("hold {hold_id} captured but never placed"));
+                };
+                let captured = amount.map_or(*held, |amount| amount.minor());
+                if destination.is_none() {
+                    let currency = entry.events.first().map(|event| event.currency);
+                    let currency = currency.ok_or(Violation {
+                        promise: "conservation",
+                        detail: format!("a capture of {hold_id} without events"),
+                    })?;
+                    *expected.entry(currency).or_default() -= i128::from(captured);
+                }
+            }
+            CommandKind::Transfer { .. } | CommandKind::VoidHold { .. } | CommandKind::ExpireHolds => {}
+        }
+    }
+    let mut actual: BTreeMap<Currency, i128> = BTreeMap::new();
+    for (wallet, balance) in balances {
+        let currency = currencies.get(&wallet).ok_or(Violation {
+            promise: "conservation",
+            detail: format!("{wallet} has events but no accepted creation"),
+        })?;
+        *actual.entry(*currency).or_default() += i128::from(balance);
+    }
+    for currency in expected.keys().chain(actual.keys()) {
         checks += 1;
-        if sum != 0 {
-            return violated("conservation", format!("{currency}: accounts sum to {sum}"));
+        let (want, have) = (expected.get(currency).copied().unwrap_or(0), actual.get(currency).copied().unwrap_or(0));
+        if want != have {
+            return violated(
+                "conservation",
+                format!("{currency}: wallets hold {have} in all, the commands brought in {want} net"),
+            );
         }
     }
     Ok(checks)

@@ -146,9 +146,11 @@ async fn simulate() -> Finished {
     // Liveness: the read side converges within a bound once everything is healed.
     let deadline = world.elapsed() + Duration::from_millis(CONVERGENCE_MS);
     let mut last_difference = None;
+    let commands = check::commands(&operations);
+    let engine = app::pipeline_config().writer.engine();
     while world.elapsed() < deadline {
         let journal = check::journal(&world).await;
-        last_difference = check::divergence(&world, &journal).await;
+        last_difference = check::divergence(&world, &journal, &commands, engine).await;
         if last_difference.is_none() {
             break;
         }

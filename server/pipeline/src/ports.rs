@@ -356,6 +356,10 @@ impl WalletView {
         };
         view.balance = event.balance_after;
         view.held = event.held_after;
+        #[cfg(madsim)]
+        if wallex_engine::planted::is_planted(wallex_engine::planted::Bug::ReadModelHeldZero) {
+            view.held = 0;
+        }
         view.version = event.version;
         view.updated_at = event.at;
         Some(view)
