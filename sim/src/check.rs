@@ -46,6 +46,11 @@ pub async fn journal(world: &World) -> Vec<JournalEntry> {
     world.store.journal(TransactionId(0), usize::MAX).await.expect("the store's disk is always readable")
 }
 
+/// The read model's wallets, by id.
+type Views = BTreeMap<WalletId, WalletView>;
+/// The ledger projection's entries, by wallet and version.
+type Entries = BTreeMap<(WalletId, u64), LedgerEntry>;
+
 /// The commands of the seed's operations, by id: what the auditor replays the journal with.
 pub fn commands(operations: &[Operation]) -> BTreeMap<CommandId, CommandKind> {
     operations.iter().map(|operation| (operation.command.id, operation.command.kind.clone())).collect()
@@ -59,7 +64,7 @@ fn expected_read_side(
     journal: &[JournalEntry],
     commands: &BTreeMap<CommandId, CommandKind>,
     config: wallex_engine::Config,
-) -> Result<(BTreeMap<WalletId, WalletView>, BTreeMap<(WalletId, u64), LedgerEntry>), String> {
+) -> Result<(Views, Entries), String> {
     let mut auditor = Auditor::new(config);
     let mut created: BTreeMap<WalletId, (wallex_engine::OwnerId, wallex_engine::Timestamp)> = BTreeMap::new();
     let mut updated: BTreeMap<WalletId, wallex_engine::Timestamp> = BTreeMap::new();
