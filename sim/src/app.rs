@@ -9,6 +9,7 @@ use std::time::Duration;
 use madsim::net::Endpoint;
 use madsim::rand::{Rng, thread_rng};
 use wallex_engine::{Command, Timestamp};
+use wallex_pipeline::SteadyTime;
 use wallex_pipeline::ports::Clock;
 use wallex_pipeline::{
     Pipeline, PipelineConfig, ProjectorConfig, RecoveryError, RelayConfig, StartError, WriterConfig,
@@ -23,13 +24,27 @@ use crate::world::world;
 /// the store's idempotency records instead.
 pub const ENGINE_RETENTION_MICROS: u64 = 2_000_000;
 
-/// The ledger's clock: simulated time plus the clock jumps the fault driver injects.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SimClock;
+/// The app's clock, read as production reads the system clock: the world's wall clock (simulated
+/// time plus the steps the fault driver injects, forward and back) through `SteadyTime`, anchored
+/// when the app starts, with simulated time as the monotonic clock.
+#[derive(Clone, Debug)]
+pub struct SimClock {
+    started: tokio::time::Instant,
+    steady: Arc<std::sync::Mutex<SteadyTime>>,
+}
+
+impl SimClock {
+    pub fn new() -> SimClock {
+        let steady = SteadyTime::new(world().now().unix_micros(), 0);
+        SimClock { started: tokio::time::Instant::now(), steady: Arc::new(std::sync::Mutex::new(steady)) }
+    }
+}
 
 impl Clock for SimClock {
     fn now(&self) -> Timestamp {
-        world().now()
+        let monotonic = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let wall = world().now().unix_micros();
+        Timestamp::from_unix_micros(crate::world::lock(&self.steady).read(wall, monotonic))
     }
 }
 
@@ -71,7 +86,7 @@ pub async fn run_node() {
     let store = SimStore::new(endpoint.clone());
     let bus = SimBus::new(endpoint.clone());
     let pipeline = loop {
-        match Pipeline::start(store.clone(), bus.clone(), SimClock, pipeline_config()).await {
+        match Pipeline::start(store.clone(), bus.clone(), SimClock::new(), pipeline_config()).await {
             Ok(pipeline) => break pipeline,
             Err(StartError::Recovery(RecoveryError::Store(error))) => {
                 world().note(format_args!("app recovery failed: {error}; retrying"));

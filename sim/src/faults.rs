@@ -88,6 +88,9 @@ async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disr
             tokio::time::sleep(Duration::from_millis(down_ms)).await;
             if !world.is_healed() && lock(&disrupted).down.remove(name) {
                 world.note(format_args!("{name} restarts"));
+                if node == nodes.app {
+                    world.correct_clock();
+                }
                 handle.restart(node);
             }
         }
@@ -138,9 +141,15 @@ async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disr
             world.fault("poison_message", format_args!("{key} appended to the events topic"));
         }
         Disruption::ClockJump => {
-            let seconds = rng.gen_range(1..=300);
-            world.fault("clock_jump", format_args!("+{seconds}s"));
-            world.jump_clock(Duration::from_secs(seconds));
+            // The system clock steps: mostly a little ahead (past the engine's own retention),
+            // sometimes back, sometimes days ahead (past the store's idempotency retention).
+            let (seconds, wrong): (i64, bool) = match rng.gen_range(0..10) {
+                0..=5 => (rng.gen_range(1..=300), false),
+                6 | 7 => (-rng.gen_range(1..=3_600), false),
+                _ => (rng.gen_range(25 * 3_600..=72 * 3_600), true),
+            };
+            world.fault("clock_jump", format_args!("{seconds:+}s"));
+            world.jump_clock(seconds * 1_000_000, wrong);
         }
     }
 }
@@ -150,6 +159,7 @@ fn heal(nodes: &Nodes, disrupted: &Mutex<Disrupted>) {
     world.heal();
     let mut disrupted = lock(disrupted);
     let handle = Handle::current();
+    world.correct_clock();
     for name in std::mem::take(&mut disrupted.down) {
         let node = match name {
             "store" => nodes.store,

@@ -17,7 +17,7 @@ use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, StreamHeads, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
 use wallex_testkit::memory::ReadSide;
 
@@ -78,8 +78,7 @@ enum Request {
     },
     StreamHeads {
         after: TransactionId,
-        before: Timestamp,
-        limit: usize,
+        through: TransactionId,
     },
     ProjectedVersions {
         projection: Projection,
@@ -154,7 +153,7 @@ enum Response {
     Plan(Result<ProjectionPlan, StoreError>),
     Version(Result<u64, StoreError>),
     Versions(Result<Vec<u64>, StoreError>),
-    StreamHeads(Result<StreamHeads, StoreError>),
+    StreamHeads(Result<Vec<(WalletId, u64)>, StoreError>),
     Wallet(Result<Option<WalletView>, StoreError>),
     Wallets(Result<Vec<WalletView>, StoreError>),
     Entries(Result<Vec<LedgerEntry>, StoreError>),
@@ -211,15 +210,10 @@ async fn handle(request: Request) -> Option<Response> {
         Request::WalletEvents { wallet_id, from, to } => {
             Response::Events(store.wallet_events(&wallet_id, from, to).await)
         }
-        Request::StreamHeads { after, before, limit } => {
-            let result = store.stream_heads(after, before, limit).await;
-            if let Ok(stretch) = &result {
-                world.note(format_args!(
-                    "store journal after tx {after} checked through tx {}: {} wallets",
-                    stretch.through,
-                    stretch.heads.len()
-                ));
-            }
+        Request::StreamHeads { after, through } => {
+            let result = store.stream_heads(after, through).await;
+            let touched = result.as_ref().map_or(0, Vec::len);
+            world.note(format_args!("store journal heads of tx {after}..={through}: {touched} wallets"));
             Response::StreamHeads(result)
         }
         Request::ProjectedVersions { projection, wallets } => {
@@ -373,10 +367,9 @@ impl EventStore for SimStore {
     async fn stream_heads(
         &self,
         after: TransactionId,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<StreamHeads, StoreError> {
-        expect!(self.call(Request::StreamHeads { after, before, limit }).await, StreamHeads)
+        through: TransactionId,
+    ) -> Result<Vec<(WalletId, u64)>, StoreError> {
+        expect!(self.call(Request::StreamHeads { after, through }).await, StreamHeads)
     }
 
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,8 +36,12 @@ pub struct World {
     /// The store's durable read side.
     pub projections: Mutex<ProjectionTables>,
     pub broker: Mutex<BrokerDisk>,
-    /// Forward clock jumps so far, in microseconds.
-    clock_jump_micros: AtomicU64,
+    /// The wall clock's steps so far (forward and back), in microseconds.
+    clock_jump_micros: AtomicI64,
+    /// The part of those steps that is an error past the idempotency retention, which is corrected
+    /// before the app restarts: a server does not come back on a clock wrong by more than the
+    /// retention (nothing could tell it from a real outage; see `RetentionClock`).
+    wrong_by_micros: AtomicI64,
     /// Once set, no more probabilistic faults are injected (the liveness phase).
     healed: AtomicBool,
     started: tokio::time::Instant,
@@ -74,7 +78,8 @@ impl World {
             store: MemoryStore::new(),
             projections: Mutex::new(ProjectionTables::default()),
             broker: Mutex::new(BrokerDisk::default()),
-            clock_jump_micros: AtomicU64::new(0),
+            clock_jump_micros: AtomicI64::new(0),
+            wrong_by_micros: AtomicI64::new(0),
             healed: AtomicBool::new(false),
             started: tokio::time::Instant::now(),
             trace: Mutex::new(Trace { hasher: Xxh3::new(), lines: keep_trace.then(Vec::new), count: 0 }),
@@ -97,12 +102,27 @@ impl World {
     /// The ledger's clock: the simulated epoch plus simulated time plus every clock jump.
     pub fn now(&self) -> Timestamp {
         let elapsed = u64::try_from(self.elapsed().as_micros()).unwrap_or(u64::MAX);
-        Timestamp::from_unix_micros(EPOCH_MICROS + elapsed + self.clock_jump_micros.load(Ordering::Relaxed))
+        let wall = (EPOCH_MICROS + elapsed).saturating_add_signed(self.clock_jump_micros.load(Ordering::Relaxed));
+        Timestamp::from_unix_micros(wall)
     }
 
-    pub fn jump_clock(&self, by: Duration) {
-        let micros = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
+    /// Steps the wall clock by `micros` (back when negative); `wrong` marks a step to be corrected
+    /// before the app restarts.
+    pub fn jump_clock(&self, micros: i64, wrong: bool) {
         self.clock_jump_micros.fetch_add(micros, Ordering::Relaxed);
+        if wrong {
+            self.wrong_by_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+
+    /// Corrects the wall clock's outstanding error (as NTP or an operator does), before the app
+    /// restarts.
+    pub fn correct_clock(&self) {
+        let wrong = self.wrong_by_micros.swap(0, Ordering::Relaxed);
+        if wrong != 0 {
+            self.clock_jump_micros.fetch_sub(wrong, Ordering::Relaxed);
+            self.fault("clock_correction", format_args!("{:+}s", -wrong / 1_000_000));
+        }
     }
 
     pub fn heal(&self) {

@@ -119,8 +119,8 @@ impl Pipeline {
         )
         .await?;
         let (shutdown, stop) = watch::channel(false);
+        let clock_for_cleanup = RetentionClock::new(clock.clone(), writer.ledger().clock());
         let writer = tokio::spawn(writer.run());
-        let clock_for_cleanup = clock.clone();
         let mut workers = vec![tokio::spawn(relay::run_relay(
             store.clone(),
             bus.clone(),
@@ -139,7 +139,7 @@ impl Pipeline {
         )));
         workers.push(tokio::spawn(projector::run_reconciliation(
             store.clone(),
-            clock.clone(),
+            stats.writer.clone(),
             config.projector,
             stats.reconciliation.clone(),
             stop.clone(),
@@ -209,13 +209,89 @@ async fn run_cleanup<S: EventStore, C: Clock>(
     }
 }
 
-/// The wall clock, for production; the simulator passes its own clock.
+/// The ledger's clock in production: the system clock, read through [`SteadyTime`] so that a step
+/// of it cannot jump the ledger's time. The simulator passes its own clock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
 impl ports::Clock for SystemClock {
     fn now(&self) -> wallex_engine::Timestamp {
+        static ANCHOR: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        static STEADY: std::sync::Mutex<Option<SteadyTime>> = std::sync::Mutex::new(None);
+        let monotonic =
+            u64::try_from(ANCHOR.get_or_init(std::time::Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX);
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        wallex_engine::Timestamp::from_unix_micros(u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX))
+        let wall = u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX);
+        let mut steady = STEADY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reading = steady.get_or_insert_with(|| SteadyTime::new(wall, monotonic)).read(wall, monotonic);
+        // Microseconds as f64 seconds: a clock offset for the operator, not money.
+        metrics::gauge!("wallex_clock_offset_seconds").set((wall as f64 - reading as f64) / 1e6);
+        wallex_engine::Timestamp::from_unix_micros(reading)
+    }
+}
+
+/// The clock that judges when an idempotency key may be forgotten: the ledger's clock, but never
+/// ahead of the last committed time at start plus the (monotonic) time this process has run.
+/// Downtime counts as none, so a wall clock that is ahead when the process starts (stepped while it
+/// was down, or wrong at boot) cannot expire keys a client may still retry with; after a real
+/// outage, keys merely live longer than the retention. Steps while running are absorbed by
+/// [`SteadyTime`] already.
+#[derive(Clone, Debug)]
+pub struct RetentionClock<C> {
+    inner: C,
+    anchor: wallex_engine::Timestamp,
+    started: tokio::time::Instant,
+}
+
+impl<C: ports::Clock> RetentionClock<C> {
+    /// Counts from `anchor`, the ledger's clock after recovery (its last commit's time); from the
+    /// clock's own reading when the ledger is empty (no key to protect).
+    pub fn new(inner: C, anchor: wallex_engine::Timestamp) -> RetentionClock<C> {
+        let anchor = if anchor == wallex_engine::Timestamp::ZERO { inner.now() } else { anchor };
+        RetentionClock { inner, anchor, started: tokio::time::Instant::now() }
+    }
+}
+
+impl<C: ports::Clock> ports::Clock for RetentionClock<C> {
+    fn now(&self) -> wallex_engine::Timestamp {
+        let ran = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let bound = wallex_engine::Timestamp::from_unix_micros(self.anchor.unix_micros().saturating_add(ran));
+        self.inner.now().min(bound)
+    }
+}
+
+/// Time that follows the wall clock without jumping with it. It advances by the monotonic clock and
+/// moves toward the wall clock by at most [`MAX_SLEW_PPM`] of the time elapsed (as `ntpd` slews):
+/// a real drift is tracked, while a step (an operator, a resumed VM, NTP correcting a wrong time)
+/// is absorbed slowly instead of landing at once. A forward step past the idempotency retention
+/// would otherwise forget every key in one cleanup, and a retry would apply twice; a backward step
+/// would leave lapsed holds reserving funds. It never goes back. Pure: the caller supplies both
+/// readings, in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteadyTime {
+    monotonic: u64,
+    reading: u64,
+}
+
+/// How fast [`SteadyTime`] closes a gap to the wall clock: microseconds per second elapsed.
+pub const MAX_SLEW_PPM: u64 = 1_000;
+
+impl SteadyTime {
+    /// Starts at the wall clock's reading.
+    pub fn new(wall: u64, monotonic: u64) -> SteadyTime {
+        SteadyTime { monotonic, reading: wall }
+    }
+
+    /// The time now, given the wall clock's and the monotonic clock's readings.
+    pub fn read(&mut self, wall: u64, monotonic: u64) -> u64 {
+        let elapsed = monotonic.saturating_sub(self.monotonic);
+        let free = self.reading.saturating_add(elapsed);
+        let slew = elapsed.saturating_mul(MAX_SLEW_PPM) / 1_000_000;
+        let reading = if wall >= free { free + (wall - free).min(slew) } else { free - (free - wall).min(slew) };
+        // A backward slew never reaches behind the last reading: it is at most a thousandth of
+        // the time elapsed.
+        self.monotonic = self.monotonic.max(monotonic);
+        self.reading = reading.max(self.reading);
+        self.reading
     }
 }

@@ -81,16 +81,6 @@ pub struct StoredSnapshot {
     pub bytes: Vec<u8>,
 }
 
-/// A stretch of the journal as reconciliation reads it: how far it reaches, and every wallet the
-/// stretch touched with its highest version there.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StreamHeads {
-    /// The last transaction of the stretch (the start, if it is empty).
-    pub through: TransactionId,
-    /// In wallet order.
-    pub heads: Vec<(WalletId, u64)>,
-}
-
 /// The write side: the event store, the idempotency records, the outbox and snapshots.
 pub trait EventStore: Clone + Send + Sync + 'static {
     /// The handle the single writer uses. A store with a connection pool gives the writer its own
@@ -145,14 +135,13 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     /// How many outbox messages are unpublished, and when the oldest of them was committed.
     fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send;
 
-    /// The next stretch of the journal after `after`: at most `limit` transactions, all committed
-    /// before `before`, with the highest version each touched wallet reached in it.
+    /// Every wallet the transactions in `after + 1 ..= through` touched, with the highest version
+    /// it reached among them, in wallet order: what reconciliation compares checkpoints with.
     fn stream_heads(
         &self,
         after: TransactionId,
-        before: Timestamp,
-        limit: usize,
-    ) -> impl Future<Output = Result<StreamHeads, StoreError>> + Send;
+        through: TransactionId,
+    ) -> impl Future<Output = Result<Vec<(WalletId, u64)>, StoreError>> + Send;
 
     /// A wallet's events with versions in `from..=to`, in version order.
     fn wallet_events(

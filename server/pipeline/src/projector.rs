@@ -43,7 +43,8 @@ pub struct ProjectorConfig {
     /// before the missing versions are fetched from the event store and applied, in milliseconds.
     pub repair_after_ms: u64,
     /// How often reconciliation compares the projections' checkpoints with the journal and
-    /// repairs what they lack, in milliseconds; it checks only what is at least this old.
+    /// repairs what they lack, in milliseconds; each round checks what the writer had committed
+    /// by the round before.
     pub reconcile_interval_ms: u64,
 }
 
@@ -461,20 +462,22 @@ async fn repair<S: EventStore + ProjectionStore>(
 
 /// Reconciliation: every `reconcile_interval_ms`, compares each projection's checkpoints with the
 /// journal, and repairs what a projection lacks. It walks the journal forward (from the start,
-/// once per process, then only what is new), each stretch only once it is `reconcile_interval_ms`
-/// old, so it does not chase what the projectors are applying right now; whatever it finds missing
-/// then was lost or skipped, and it applies it from the event store (the projection's own rule
-/// skips what arrived meanwhile).
-pub async fn run_reconciliation<S: EventStore + ProjectionStore, C: Clock>(
+/// once per process, then only what is new), each round only as far as the writer had committed
+/// one round earlier, so it does not chase what the projectors are applying right now: whatever it
+/// finds missing then was lost or skipped, and it applies it from the event store (the projection's
+/// own rule skips what arrived meanwhile). No clock is involved, so a clock step cannot make it
+/// skip or rush a stretch.
+pub async fn run_reconciliation<S: EventStore + ProjectionStore>(
     store: S,
-    clock: C,
+    writer: Arc<crate::WriterHealth>,
     config: ProjectorConfig,
     stats: Arc<ReconciliationStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    const STRETCH: usize = 10_000;
+    const STRETCH: u64 = 10_000;
     let interval = Duration::from_millis(config.reconcile_interval_ms);
     let mut checked = wallex_engine::TransactionId(0);
+    let mut committed_before = None;
     loop {
         tokio::select! {
             // Polled in order, not at random: the simulator replays a seed exactly.
@@ -482,58 +485,62 @@ pub async fn run_reconciliation<S: EventStore + ProjectionStore, C: Clock>(
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let before = wallex_engine::Timestamp::from_unix_micros(
-            clock.now().unix_micros().saturating_sub(config.reconcile_interval_ms.saturating_mul(1_000)),
-        );
-        loop {
+        // What was committed a round ago has had a whole round to reach the projections.
+        let due = committed_before.replace(writer.committed_through());
+        let Some(due) = due else { continue };
+        while checked < due {
             if *shutdown.borrow() {
                 return;
             }
-            let stretch = match store.stream_heads(checked, before, STRETCH).await {
-                Ok(stretch) => stretch,
-                Err(error) => {
-                    tracing::warn!(%error, "reconciliation cannot read the journal; retrying next round");
-                    break;
-                }
-            };
-            if stretch.through == checked {
+            let through = wallex_engine::TransactionId(due.0.min(checked.0.saturating_add(STRETCH)));
+            if !reconcile(&store, checked, through, &stats).await {
                 break;
             }
-            let mut complete = true;
-            for projection in Projection::ALL {
-                let wallets: Vec<WalletId> = stretch.heads.iter().map(|(wallet, _)| *wallet).collect();
-                let versions = match store.projected_versions(projection, &wallets).await {
-                    Ok(versions) => versions,
-                    Err(error) => {
-                        tracing::warn!(%error, "reconciliation cannot read the checkpoints; retrying next round");
-                        complete = false;
-                        break;
-                    }
-                };
-                let missing: Vec<(WalletId, u64, u64)> = stretch
-                    .heads
-                    .iter()
-                    .zip(versions)
-                    .filter(|((_, head), projected)| projected < head)
-                    .map(|((wallet, head), projected)| (*wallet, projected + 1, *head))
-                    .collect();
-                if !missing.is_empty() {
-                    let repaired = repair(projection, &store, &missing, "reconciliation").await;
-                    stats.repaired.fetch_add(repaired.applied, Ordering::Relaxed);
-                    if repaired.incomplete {
-                        // The stretch stays unchecked: the next round repairs what is left.
-                        complete = false;
-                        break;
-                    }
-                }
-            }
-            if !complete {
-                break;
-            }
-            checked = stretch.through;
+            checked = through;
             stats.checked_through.store(checked.0, Ordering::Relaxed);
         }
     }
+}
+
+/// Reconciles the transactions `after + 1 ..= through`; `false` if a store call failed (the
+/// stretch is tried again next round).
+async fn reconcile<S: EventStore + ProjectionStore>(
+    store: &S,
+    after: wallex_engine::TransactionId,
+    through: wallex_engine::TransactionId,
+    stats: &ReconciliationStats,
+) -> bool {
+    let heads = match store.stream_heads(after, through).await {
+        Ok(heads) => heads,
+        Err(error) => {
+            tracing::warn!(%error, "reconciliation cannot read the journal; retrying next round");
+            return false;
+        }
+    };
+    let wallets: Vec<WalletId> = heads.iter().map(|(wallet, _)| *wallet).collect();
+    for projection in Projection::ALL {
+        let versions = match store.projected_versions(projection, &wallets).await {
+            Ok(versions) => versions,
+            Err(error) => {
+                tracing::warn!(%error, "reconciliation cannot read the checkpoints; retrying next round");
+                return false;
+            }
+        };
+        let missing: Vec<(WalletId, u64, u64)> = heads
+            .iter()
+            .zip(versions)
+            .filter(|((_, head), projected)| projected < head)
+            .map(|((wallet, head), projected)| (*wallet, projected + 1, *head))
+            .collect();
+        if !missing.is_empty() {
+            let repaired = repair(projection, store, &missing, "reconciliation").await;
+            stats.repaired.fetch_add(repaired.applied, Ordering::Relaxed);
+            if repaired.incomplete {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// What reconciliation has done.

@@ -634,3 +634,105 @@ async fn check_promises_without_bus_log(store: &MemoryStore) {
         assert_eq!(store.ledger_entries(&wallet.id, None, 100_000).await.unwrap().len(), postings);
     }
 }
+
+/// A clock over a wall clock the test steps, read the way `SystemClock` reads the system clock.
+#[derive(Clone, Debug)]
+struct SteppedWall {
+    wall: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    anchor: std::time::Instant,
+    steady: std::sync::Arc<std::sync::Mutex<wallex_pipeline::SteadyTime>>,
+}
+
+impl SteppedWall {
+    fn new(start: u64) -> SteppedWall {
+        SteppedWall {
+            wall: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start)),
+            anchor: std::time::Instant::now(),
+            steady: std::sync::Arc::new(std::sync::Mutex::new(wallex_pipeline::SteadyTime::new(start, 0))),
+        }
+    }
+
+    fn step(&self, micros: i64) {
+        let wall = self.wall.load(std::sync::atomic::Ordering::SeqCst);
+        self.wall.store(wall.checked_add_signed(micros).unwrap(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for SteppedWall {
+    fn now(&self) -> Timestamp {
+        let monotonic = u64::try_from(self.anchor.elapsed().as_micros()).unwrap();
+        let wall = self.wall.load(std::sync::atomic::Ordering::SeqCst) + monotonic;
+        Timestamp::from_unix_micros(self.steady.lock().unwrap().read(wall, monotonic))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_step_of_the_wall_clock_past_the_retention_forgets_no_idempotency_key() {
+    let store = MemoryStore::new();
+    let clock = SteppedWall::new(1_767_225_600_000_000);
+    let mut config = PipelineConfig::default();
+    config.writer.idempotency_cleanup_interval_ms = 20;
+    let pipeline = Pipeline::start(store.clone(), InProcessBus::new(), clock.clone(), config).await.unwrap();
+    create_wallets(&pipeline).await;
+    let (original, _) = decided(&pipeline.commands.submit(credit(500, 1, 42)).await);
+    assert!(original.result.is_ok());
+
+    // The system clock steps two days ahead (past the 24 h retention), and the cleanup runs.
+    clock.step(48 * 3_600 * 1_000_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (replayed, was_replay) = decided(&pipeline.commands.submit(credit(500, 1, 42)).await);
+    assert!(was_replay, "the retry is answered from the first decision");
+    assert_eq!(replayed, original, "the same transaction");
+    assert_eq!(store.all_events().iter().filter(|e| e.command_id == CommandId(500)).count(), 1, "applied once");
+
+    // A backward step does not move the ledger's time back either.
+    let before = clock.now();
+    clock.step(-3 * 3_600 * 1_000_000);
+    assert!(clock.now() >= before, "time never goes back");
+    pipeline.shutdown().await;
+}
+
+#[test]
+fn steady_time_absorbs_steps_and_tracks_drift() {
+    use wallex_pipeline::{MAX_SLEW_PPM, SteadyTime};
+    const HOUR: u64 = 3_600 * 1_000_000;
+    let start = 1_767_225_600_000_000;
+    // A step of two days forward: an hour later the reading has moved by the hour and at most
+    // the slew, not by two days.
+    let mut steady = SteadyTime::new(start, 0);
+    let reading = steady.read(start + 48 * HOUR + HOUR, HOUR);
+    assert_eq!(reading, start + HOUR + HOUR * MAX_SLEW_PPM / 1_000_000);
+    // A step back: the reading still advances with the monotonic clock, slowed by the slew.
+    let mut steady = SteadyTime::new(start, 0);
+    let reading = steady.read(start + HOUR - 5 * HOUR, HOUR);
+    assert_eq!(reading, start + HOUR - HOUR * MAX_SLEW_PPM / 1_000_000);
+    assert!(steady.read(start - 5 * HOUR, HOUR) >= reading, "never back");
+    // A wall clock that runs 100 ppm fast is followed exactly (within the slew).
+    let mut steady = SteadyTime::new(start, 0);
+    for hour in 1..=24 {
+        let wall = start + hour * HOUR + hour * HOUR / 10_000;
+        assert_eq!(steady.read(wall, hour * HOUR), wall, "hour {hour}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_a_wall_clock_two_days_ahead_forgets_no_idempotency_key() {
+    let store = MemoryStore::new();
+    let start = 1_767_225_600_000_000;
+    let mut config = PipelineConfig::default();
+    config.writer.idempotency_cleanup_interval_ms = 20;
+    let pipeline = Pipeline::start(store.clone(), InProcessBus::new(), SteppedWall::new(start), config).await.unwrap();
+    create_wallets(&pipeline).await;
+    let (original, _) = decided(&pipeline.commands.submit(credit(600, 2, 9)).await);
+    pipeline.shutdown().await;
+
+    // The process comes back on a system clock two days ahead: nothing tells it from a real outage.
+    let ahead = SteppedWall::new(start + 48 * 3_600 * 1_000_000);
+    let pipeline = Pipeline::start(store.clone(), InProcessBus::new(), ahead, config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (replayed, was_replay) = decided(&pipeline.commands.submit(credit(600, 2, 9)).await);
+    assert!(was_replay, "the retry is answered from the first decision");
+    assert_eq!(replayed, original);
+    assert_eq!(store.all_events().iter().filter(|e| e.command_id == CommandId(600)).count(), 1, "applied once");
+    pipeline.shutdown().await;
+}

@@ -617,3 +617,44 @@ fn a_thousand_duplicates_cost_one_read_and_do_not_delay_a_new_command() {
         }
     }
 }
+
+#[test]
+fn a_commit_of_an_earlier_writer_that_lands_late_is_found_reloaded_and_answered() {
+    // A killed process's last commit reaches the store after this writer recovered: the store is
+    // one transaction ahead of the ledger. A retry of that command finds its record; the writer
+    // reloads and answers it (the client never had an answer: not a replay).
+    let mut pair = Pair::new(BTreeMap::new());
+    pair.batch(&[create(1, "a", 100)], false);
+    let mut earlier = ready(recover(&pair.store, config().engine(), config().journal_page)).unwrap();
+    let mut late = wallex_pipeline::ports::CommitBatch::default();
+    let command = credit(77, "a", 5);
+    let wallex_engine::Outcome::Recorded(record) = earlier.execute(pair.now, &command, &mut late.events) else {
+        panic!("a new command")
+    };
+    late.records.push(record);
+    for (index, event) in late.events.iter().enumerate() {
+        late.outbox.push(wallex_pipeline::ports::OutboxMessage {
+            position: wallex_pipeline::ports::OutboxPosition {
+                transaction_id: record.transaction_id,
+                index: u32::try_from(index).unwrap(),
+            },
+            key: event.wallet_id,
+            payload: wallex_pipeline::codec::encode_event(event),
+            committed_at: record.at,
+        });
+    }
+    ready(pair.store.commit(&late)).unwrap();
+
+    let tokens = pair.batch(&[command, credit(78, "a", 1)], false);
+    match pair.answer(tokens[0]) {
+        Reply::Decided { record: answered, replayed, events } => {
+            assert_eq!(*answered, record, "the late commit's own record");
+            assert!(!replayed);
+            assert_eq!(events.len(), 1);
+        }
+        other => panic!("not decided: {other:?}"),
+    }
+    assert!(matches!(pair.answer(tokens[1]), Reply::Decided { record, .. } if record.result.is_ok()));
+    assert!(pair.seen.contains("load_snapshot"), "the writer reloaded");
+    assert_eq!(pair.core.ledger().wallet(&wallet("a")).unwrap().balance, 106);
+}

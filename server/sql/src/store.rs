@@ -27,7 +27,7 @@ use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, Transac
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, StreamHeads, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
 
 use crate::common::{
@@ -450,21 +450,8 @@ impl<D: Dialect> EventStore for SqlStore<D> {
     async fn stream_heads(
         &self,
         after: TransactionId,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<StreamHeads, StoreError> {
-        let mut through: Vec<(i64,)> = self
-            .read(
-                "SELECT COALESCE(MAX(transaction_id), $1) FROM ( \
-                   SELECT transaction_id FROM commands WHERE transaction_id > $1 AND at < $2 \
-                   ORDER BY transaction_id LIMIT $3) AS stretch",
-                Values::new().and(int(after.0)).and(int(before.unix_micros())).and(sql_limit(limit)),
-            )
-            .await?;
-        let through = TransactionId(uint(through.pop().ok_or_else(|| corrupt("no stretch row"))?.0)?);
-        if through == after {
-            return Ok(StreamHeads { through, heads: Vec::new() });
-        }
+        through: TransactionId,
+    ) -> Result<Vec<(WalletId, u64)>, StoreError> {
         let rows: Vec<(String, i64)> = self
             .read(
                 "SELECT wallet_id, MAX(version) FROM events WHERE transaction_id > $1 AND transaction_id <= $2 \
@@ -472,11 +459,9 @@ impl<D: Dialect> EventStore for SqlStore<D> {
                 Values::new().and(int(after.0)).and(int(through.0)),
             )
             .await?;
-        let heads = rows
-            .into_iter()
+        rows.into_iter()
             .map(|(wallet_id, version)| Ok((WalletId::parse(&wallet_id).map_err(corrupt)?, uint(version)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(StreamHeads { through, heads })
+            .collect()
     }
 
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {

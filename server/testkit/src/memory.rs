@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, StreamHeads, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
 };
 
 /// How an injected commit failure behaves.
@@ -215,25 +215,19 @@ impl EventStore for MemoryStore {
     async fn stream_heads(
         &self,
         after: TransactionId,
-        before: wallex_engine::Timestamp,
-        limit: usize,
-    ) -> Result<StreamHeads, StoreError> {
+        through: TransactionId,
+    ) -> Result<Vec<(WalletId, u64)>, StoreError> {
         let state = self.lock();
-        let mut stretch = StreamHeads { through: after, heads: Vec::new() };
         let mut heads: BTreeMap<WalletId, u64> = BTreeMap::new();
-        let first = TransactionId(after.0.saturating_add(1));
-        for (id, record) in state.records.range(first..).take(limit) {
-            if record.at >= before {
-                break;
-            }
-            stretch.through = *id;
-            for event in state.events.get(id).into_iter().flatten() {
-                let head = heads.entry(event.wallet_id).or_default();
-                *head = (*head).max(event.version);
+        if through > after {
+            for events in state.events.range(TransactionId(after.0 + 1)..=through).map(|(_, events)| events) {
+                for event in events {
+                    let head = heads.entry(event.wallet_id).or_default();
+                    *head = (*head).max(event.version);
+                }
             }
         }
-        stretch.heads = heads.into_iter().collect();
-        Ok(stretch)
+        Ok(heads.into_iter().collect())
     }
 
     async fn wallet_events(&self, wallet_id: &WalletId, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {

@@ -142,6 +142,9 @@ pub struct WriterCore<T> {
     events_since_snapshot: u64,
     /// The last transaction the store is known to hold: no fresh answer names a later one.
     committed_through: TransactionId,
+    /// The retention clock's reading for the current batch (see [`crate::RetentionClock`]); the
+    /// batch's own time when unset.
+    keys_now: Option<Timestamp>,
 }
 
 impl<T> WriterCore<T> {
@@ -159,6 +162,7 @@ impl<T> WriterCore<T> {
             batch: CommitBatch::default(),
             events_since_snapshot: 0,
             committed_through,
+            keys_now: None,
         }
     }
 
@@ -218,6 +222,12 @@ impl<T> WriterCore<T> {
         self.replies.pop_front()
     }
 
+    /// The retention clock's reading for the next batches: which stored idempotency keys are
+    /// still live is judged by it when it is earlier than the batch's time.
+    pub fn set_keys_now(&mut self, keys_now: Timestamp) {
+        self.keys_now = Some(keys_now);
+    }
+
     /// Starts a batch at `now` with `commands` (and the writer's own `ExpireHolds` if a hold has
     /// lapsed). The core must be idle.
     pub fn handle_batch(&mut self, now: Timestamp, commands: impl IntoIterator<Item = (Command, T)>) {
@@ -251,8 +261,11 @@ impl<T> WriterCore<T> {
             match &mut self.phase {
                 Phase::Idle => return None,
                 Phase::LookingUp { now, ids, .. } => {
+                    // Keys are live for the retention as the retention clock counts it, which a
+                    // wall clock that stepped ahead (even across a restart) cannot hurry.
+                    let keys_now = self.keys_now.map_or(*now, |keys_now| keys_now.min(*now));
                     let not_before = Timestamp::from_unix_micros(
-                        now.unix_micros().saturating_sub(self.config.idempotency_retention_micros),
+                        keys_now.unix_micros().saturating_sub(self.config.idempotency_retention_micros),
                     );
                     (Asked::Records, Io::LookUpRecords { ids: ids.clone(), not_before })
                 }
@@ -297,6 +310,16 @@ impl<T> WriterCore<T> {
                 return self.looked_up(now, known, retry);
             }
         };
+        if stored.values().any(|record| record.transaction_id > self.committed_through) {
+            // The store holds transactions this writer never saw: a commit of an earlier writer
+            // (a process that was killed) landed after this one recovered. The ledger is stale:
+            // reload it, then answer and decide on the store's state.
+            tracing::warn!(committed_through = %self.committed_through, "the store is ahead of the writer; reloading");
+            let last_error = "the store holds transactions this writer has not seen".to_owned();
+            let retry = retry.unwrap_or(Retry { attempt: 0, last_error });
+            self.phase = Phase::Reloading { recovery: self.recovery(), pending, retry };
+            return;
+        }
         let mut kept = Vec::with_capacity(pending.len());
         for pending in pending {
             match stored.get(&pending.command.id) {

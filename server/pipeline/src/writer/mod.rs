@@ -11,12 +11,12 @@ mod core;
 mod recovery;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
-use wallex_engine::{Command, CommandRecord, Event, Hold, Ledger, Wallet};
+use wallex_engine::{Command, CommandRecord, Event, Hold, Ledger, TransactionId, Wallet};
 
 pub use self::core::{Io, WriterCore};
 pub use self::recovery::{Recovery, RecoveryError, RecoveryStep, recover};
@@ -241,9 +241,17 @@ pub struct WriterHealth {
     /// A `WriterState` as 0, 1 or 2.
     state: AtomicU8,
     stopped: Notify,
+    /// The last transaction the writer knows committed.
+    committed: AtomicU64,
 }
 
 impl WriterHealth {
+    /// The last transaction the writer knows the store holds: everything up to it is in the
+    /// journal for good.
+    pub fn committed_through(&self) -> TransactionId {
+        TransactionId(self.committed.load(Ordering::Acquire))
+    }
+
     pub fn state(&self) -> WriterState {
         match self.state.load(Ordering::Acquire) {
             0 => WriterState::Running,
@@ -298,6 +306,7 @@ pub struct Writer<S, C> {
     requests: mpsc::Receiver<Request>,
     committed: Arc<Notify>,
     health: Arc<WriterHealth>,
+    keys_clock: crate::RetentionClock<C>,
 }
 
 impl<S: EventStore, C: Clock> Writer<S, C> {
@@ -312,9 +321,12 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
     ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
         let ledger = recover(&store, config.engine(), config.journal_page).await?;
         let (sender, requests) = mpsc::channel(config.queue_depth);
+        let keys_clock = crate::RetentionClock::new(clock.clone(), ledger.clock());
+        health.committed.store(ledger.last_transaction_id().0, Ordering::Release);
         let core = WriterCore::new(config, ledger);
         health.set(WriterState::Running);
-        Ok((Writer { store, clock, core, config, requests, committed, health }, CommandSender { requests: sender }))
+        let writer = Writer { store, clock, core, config, requests, committed, health, keys_clock };
+        Ok((writer, CommandSender { requests: sender }))
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -339,6 +351,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
             }
             self.gather(&mut requests).await;
             let now = self.clock.now();
+            self.core.set_keys_now(self.keys_clock.now());
             let mut commands = Vec::with_capacity(requests.len());
             for request in requests.drain(..) {
                 match request {
@@ -381,7 +394,11 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                 let _ = reply.send(answer);
             }
             self.health.set(if self.core.is_reloading() { WriterState::Reloading } else { WriterState::Running });
-            let Some(io) = self.core.poll_io() else { return };
+            let Some(io) = self.core.poll_io() else {
+                // Idle: the ledger holds exactly the committed state.
+                self.health.committed.store(self.core.ledger().last_transaction_id().0, Ordering::Release);
+                return;
+            };
             match io {
                 Io::LookUpRecords { ids, not_before } => {
                     let result = self.store.command_records(&ids, not_before).await;
