@@ -284,6 +284,44 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
                 format!("client {} was told its key {} was reused", operation.client, operation.command.id),
             );
         }
+        // The same key with another body: refused as reused whenever it got a definitive answer.
+        for attempt in &operation.reuse {
+            checks += 1;
+            if matches!(attempt, Attempt::Decided { .. } | Attempt::InFlight) {
+                return violated(
+                    "exactly_once",
+                    format!(
+                        "client {} reused key {} for another body and got {attempt:?}, not key reused",
+                        operation.client, operation.command.id
+                    ),
+                );
+            }
+        }
+        // The twin sent at the same time: the same decision, or in flight; never its own.
+        if let Some((attempt, twin)) = &operation.twin {
+            checks += 1;
+            match (attempt, twin, &operation.decided) {
+                (Attempt::KeyReused, _, _) => {
+                    return violated(
+                        "exactly_once",
+                        format!(
+                            "client {}'s twin of {} was told its key was reused",
+                            operation.client, operation.command.id
+                        ),
+                    );
+                }
+                (_, Some(twin), Some(decided)) if twin != decided => {
+                    return violated(
+                        "exactly_once",
+                        format!(
+                            "client {}'s two copies of {} were answered transactions {} and {}",
+                            operation.client, operation.command.id, twin.0.transaction_id, decided.0.transaction_id
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
         let Some((record, events)) = &operation.decided else { continue };
         let entry = usize::try_from(record.transaction_id.0).ok().and_then(|id| journal.get(id.wrapping_sub(1)));
         match entry {

@@ -174,6 +174,14 @@ async fn handle(request: Request) -> Option<Response> {
     let store = &world.store;
     let response = match request {
         Request::Commit(batch) => {
+            if world.chance(world.swarm.late_commit_permille) {
+                // The transaction waits (a lock, a stalled disk) past the writer's timeout, which
+                // has given up on it and moved on; then it commits, or is refused if the writer
+                // has meanwhile committed that transaction itself.
+                let first = batch.records.first().map_or(0, |record| record.transaction_id.0);
+                world.fault("late_commit", format_args!("tx {first} lands after the writer gave up"));
+                tokio::time::sleep(STORE_TIMEOUT + Duration::from_millis(thread_rng().gen_range(1..=3_000))).await;
+            }
             let result = store.commit(&batch).await;
             let first = batch.records.first().map_or(0, |record| record.transaction_id.0);
             let last = batch.records.last().map_or(0, |record| record.transaction_id.0);

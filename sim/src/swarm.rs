@@ -82,6 +82,8 @@ pub struct Swarm {
     pub response_loss_permille: [u32; 3],
     /// Chance in 1,000 that the store commits and the reply is lost.
     pub ambiguous_commit_permille: u32,
+    /// Chance in 1,000 that a commit waits past the writer's timeout and then lands.
+    pub late_commit_permille: u32,
     /// Chance in 1,000 that the broker appends a produce request and reports a timeout.
     pub produce_duplicate_permille: u32,
     /// Chance in 1,000 that the broker acknowledges one message of a produce request and loses it
@@ -113,6 +115,7 @@ impl Swarm {
             response_loss_permille: [0; 3],
             ambiguous_commit_permille: 0,
             produce_duplicate_permille: 0,
+            late_commit_permille: 0,
             produce_loss_permille: 0,
             produce_reorder_permille: 0,
             disruptions: Vec::new(),
@@ -181,6 +184,9 @@ impl Swarm {
         if matches!(profile, Profile::Swarm | Profile::Bus) && on(&mut rng) {
             swarm.produce_reorder_permille = rate(&mut rng, 60);
         }
+        if matches!(profile, Profile::Swarm | Profile::Store) && on(&mut rng) {
+            swarm.late_commit_permille = rate(&mut rng, 40);
+        }
         swarm
     }
 
@@ -188,7 +194,7 @@ impl Swarm {
     pub fn describe(&self) -> String {
         format!(
             "clients={} wallets={} fault_phase_ms={} think_ms={} request_loss‰={:?} response_loss‰={:?} \
-             ambiguous_commit‰={} produce_duplicate‰={} produce_loss‰={} produce_reorder‰={} disruptions={:?} \
+             ambiguous_commit‰={} produce_duplicate‰={} produce_loss‰={} produce_reorder‰={} late_commit‰={} disruptions={:?} \
              every~{}ms relay_mark_ms={} projector_linger_ms={}",
             self.clients,
             self.wallets,
@@ -200,6 +206,7 @@ impl Swarm {
             self.produce_duplicate_permille,
             self.produce_loss_permille,
             self.produce_reorder_permille,
+            self.late_commit_permille,
             self.disruptions,
             self.disruption_interval_ms,
             self.relay_mark_interval_ms,

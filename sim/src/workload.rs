@@ -45,6 +45,12 @@ pub struct Operation {
     pub command: Command,
     pub attempts: Vec<Attempt>,
     pub decided: Option<(CommandRecord, Vec<Event>)>,
+    /// A second copy of the first attempt, sent at the same time under the same key, and what it
+    /// got: the same decision, or "in flight", never a second effect.
+    pub twin: Option<(Attempt, Option<(CommandRecord, Vec<Event>)>)>,
+    /// After the decision, the same key sent with another body: every definitive answer must be
+    /// "key reused" (422), and nothing applied.
+    pub reuse: Vec<Attempt>,
 }
 
 pub fn wallet_id(index: usize) -> WalletId {
@@ -175,21 +181,26 @@ impl Client {
         self.next_op += 1;
         let id = CommandId((1u128 << 100) | ((self.index as u128) << 32) | u128::from(self.next_op));
         let command = Command { id, kind };
-        let mut operation =
-            Operation { client: self.index, command: command.clone(), attempts: Vec::new(), decided: None };
+        let mut operation = Operation {
+            client: self.index,
+            command: command.clone(),
+            attempts: Vec::new(),
+            decided: None,
+            twin: None,
+            reuse: Vec::new(),
+        };
+        let mut twin = thread_rng().gen_bool(0.05);
         let give_up = Duration::from_millis(world.swarm.fault_phase_ms + LIVENESS_MS);
         world.note(format_args!("client {} submit {} {}", self.index, id, command.kind.name()));
         while world.elapsed() < give_up {
-            let answer: Result<Reply, _> = rpc::call(
-                &self.endpoint,
-                rpc::app_addr(),
-                APP_SERVICE,
-                Link::ClientApp,
-                "submit",
-                command.clone(),
-                ATTEMPT_TIMEOUT,
-            )
-            .await;
+            let answer: Result<Reply, _> = if std::mem::take(&mut twin) {
+                world.note(format_args!("client {} submits {id} twice at once", self.index));
+                let (first, second) = tokio::join!(self.submit(&command), self.submit(&command));
+                operation.twin = Some(classify(second));
+                first
+            } else {
+                self.submit(&command).await
+            };
             let attempt = match answer {
                 Ok(Reply::Decided { record, events, replayed }) => {
                     for event in &events {
@@ -227,6 +238,47 @@ impl Client {
             let backoff = thread_rng().gen_range(50..=400);
             tokio::time::sleep(Duration::from_millis(backoff)).await;
         }
+        if operation.decided.is_some() && thread_rng().gen_bool(0.05) {
+            // The same key with another body: a client bug the service must refuse, every time.
+            let other = Command {
+                id,
+                kind: CommandKind::VoidHold { hold_id: HoldId::parse("reused-key").expect("a valid hold id") },
+            };
+            world.note(format_args!("client {} reuses {id} for another body", self.index));
+            for _ in 0..20 {
+                let (attempt, _) = classify(self.submit(&other).await);
+                let definitive = !matches!(attempt, Attempt::Timeout | Attempt::Unavailable);
+                operation.reuse.push(attempt);
+                if definitive {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(50..=400))).await;
+            }
+        }
         self.log.push(operation);
+    }
+
+    async fn submit(&self, command: &Command) -> Result<Reply, rpc::RpcError> {
+        rpc::call(
+            &self.endpoint,
+            rpc::app_addr(),
+            APP_SERVICE,
+            Link::ClientApp,
+            "submit",
+            command.clone(),
+            ATTEMPT_TIMEOUT,
+        )
+        .await
+    }
+}
+
+/// An answer as an attempt, with the decision if there was one.
+fn classify(answer: Result<Reply, rpc::RpcError>) -> (Attempt, Option<(CommandRecord, Vec<Event>)>) {
+    match answer {
+        Ok(Reply::Decided { record, events, replayed }) => (Attempt::Decided { replayed }, Some((record, events))),
+        Ok(Reply::KeyReused { .. }) => (Attempt::KeyReused, None),
+        Ok(Reply::InFlight) => (Attempt::InFlight, None),
+        Ok(Reply::Unavailable(_) | Reply::Unconfirmed { .. }) => (Attempt::Unavailable, None),
+        Err(_) => (Attempt::Timeout, None),
     }
 }
