@@ -37,6 +37,9 @@ pub enum Attempt {
     Decided { replayed: bool },
 }
 
+/// A decided answer: the command's record and its events.
+pub type Decision = (CommandRecord, Vec<Event>);
+
 /// One operation: the command (its id is the idempotency key), every attempt, and the decided
 /// answer if one came.
 #[derive(Clone, Debug)]
@@ -44,10 +47,10 @@ pub struct Operation {
     pub client: usize,
     pub command: Command,
     pub attempts: Vec<Attempt>,
-    pub decided: Option<(CommandRecord, Vec<Event>)>,
+    pub decided: Option<Decision>,
     /// A second copy of the first attempt, sent at the same time under the same key, and what it
     /// got: the same decision, or "in flight", never a second effect.
-    pub twin: Option<(Attempt, Option<(CommandRecord, Vec<Event>)>)>,
+    pub twin: Option<(Attempt, Option<Decision>)>,
     /// After the decision, the same key sent with another body: every definitive answer must be
     /// "key reused" (422), and nothing applied.
     pub reuse: Vec<Attempt>,
@@ -273,7 +276,7 @@ impl Client {
 }
 
 /// An answer as an attempt, with the decision if there was one.
-fn classify(answer: Result<Reply, rpc::RpcError>) -> (Attempt, Option<(CommandRecord, Vec<Event>)>) {
+fn classify(answer: Result<Reply, rpc::RpcError>) -> (Attempt, Option<Decision>) {
     match answer {
         Ok(Reply::Decided { record, events, replayed }) => (Attempt::Decided { replayed }, Some((record, events))),
         Ok(Reply::KeyReused { .. }) => (Attempt::KeyReused, None),
