@@ -91,6 +91,10 @@ impl Dialect for PostgresDialect {
         pool.acquire().await.map_err(store_error)
     }
 
+    async fn reset_writer(&self, writer: &mut PoolConnection<Postgres>) {
+        writer.close_on_drop();
+    }
+
     fn rows_affected(result: &PgQueryResult) -> u64 {
         result.rows_affected()
     }

@@ -60,6 +60,8 @@ pub type SqliteStore = SqlStore<SqliteDialect>;
 #[derive(Clone, Debug)]
 pub struct SqliteDialect {
     writer: Arc<Mutex<SqliteConnection>>,
+    /// How to open the writer connection again after a failure left it unusable.
+    options: SqliteConnectOptions,
 }
 
 impl SqliteStore {
@@ -87,8 +89,9 @@ impl SqliteStore {
         // The single writer reads (lookups, replays, reloads) through a connection of its own;
         // its writes, like everyone's, go through the one writer connection.
         let writer_pool =
-            SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(store_error)?;
-        Ok(SqlStore { pool, writer_pool, dialect: SqliteDialect { writer: Arc::new(Mutex::new(writer)) } })
+            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(store_error)?;
+        let dialect = SqliteDialect { writer: Arc::new(Mutex::new(writer)), options };
+        Ok(SqlStore { pool, writer_pool, dialect })
     }
 }
 
@@ -138,6 +141,17 @@ impl Dialect for SqliteDialect {
 
     async fn writer<'a>(&'a self, _: &'a SqlitePool) -> Result<MutexGuard<'a, SqliteConnection>, StoreError> {
         Ok(self.writer.lock().await)
+    }
+
+    async fn reset_writer<'a>(&'a self, writer: &mut MutexGuard<'a, SqliteConnection>) {
+        match self.options.connect().await {
+            Ok(fresh) => {
+                let failed = std::mem::replace(&mut **writer, fresh);
+                // Closing rolls back whatever transaction the failure left open.
+                let _ = failed.close().await;
+            }
+            Err(error) => tracing::warn!(%error, "cannot reopen the writer connection; retrying at the next failure"),
+        }
     }
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {

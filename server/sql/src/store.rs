@@ -77,6 +77,12 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
         pool: &'a Pool<Self::Db>,
     ) -> impl Future<Output = Result<Self::Writer<'a>, StoreError>> + Send;
 
+    /// After a write failed on `writer`: makes it usable again. A failed statement or COMMIT can
+    /// leave a connection inside a transaction nothing will end (sqlx then refuses to begin
+    /// another), so a dialect whose writer is one long-lived connection replaces it, and a pooled
+    /// one is closed rather than returned to the pool.
+    fn reset_writer<'a>(&'a self, writer: &mut Self::Writer<'a>) -> impl Future<Output = ()> + Send;
+
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 
     /// Makes the whole batch durable in one transaction, or nothing of it.
@@ -282,9 +288,39 @@ impl<D: Dialect> SqlStore<D> {
     /// One write statement on the writer; how many rows it changed.
     async fn write(&self, sql: &'static str, values: Values<D::Db>) -> Result<u64, StoreError> {
         let mut writer = self.dialect.writer(&self.pool).await?;
-        let done = statement(sql, values)?.execute(writer.run()).await.map_err(store_error)?;
+        let done = match statement(sql, values)?.execute(writer.run()).await {
+            Ok(done) => done,
+            Err(error) => {
+                self.dialect.reset_writer(&mut writer).await;
+                return Err(store_error(error));
+            }
+        };
         Ok(D::rows_affected(&done))
     }
+}
+
+/// Saves `snapshot` in one transaction on the writer.
+async fn save_snapshot_on<D: Dialect>(writer: &mut Conn<D>, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
+    let transaction_id = int(snapshot.transaction_id.0);
+    let mut transaction = writer.begin_with(D::BEGIN).await.map_err(store_error)?;
+    // A snapshot is the state after its transaction, and committed state never changes: one
+    // stored already for this transaction or a later one makes this one redundant, so it is
+    // neither written nor rewritten.
+    statement(
+        "INSERT INTO snapshots (transaction_id, bytes) SELECT $1, $2 \
+         WHERE NOT EXISTS (SELECT 1 FROM snapshots WHERE transaction_id >= $1) \
+         ON CONFLICT (transaction_id) DO NOTHING",
+        Values::new().and(transaction_id).and(snapshot.bytes.as_slice()),
+    )?
+    .execute(transaction.run())
+    .await
+    .map_err(store_error)?;
+    // Older snapshots are never read again.
+    statement("DELETE FROM snapshots WHERE transaction_id < $1", Values::new().and(transaction_id))?
+        .execute(transaction.run())
+        .await
+        .map_err(store_error)?;
+    transaction.commit().await.map_err(store_error)
 }
 
 impl<D: Dialect> EventStore for SqlStore<D> {
@@ -298,7 +334,11 @@ impl<D: Dialect> EventStore for SqlStore<D> {
 
     async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
         let mut writer = self.dialect.writer(&self.pool).await?;
-        D::commit(&mut writer, batch).await
+        let result = D::commit(&mut writer, batch).await;
+        if result.is_err() {
+            self.dialect.reset_writer(&mut writer).await;
+        }
+        result
     }
 
     async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
@@ -313,27 +353,12 @@ impl<D: Dialect> EventStore for SqlStore<D> {
     }
 
     async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StoreError> {
-        let transaction_id = int(snapshot.transaction_id.0);
         let mut writer = self.dialect.writer(&self.pool).await?;
-        let mut transaction = writer.begin_with(D::BEGIN).await.map_err(store_error)?;
-        // A snapshot is the state after its transaction, and committed state never changes: one
-        // stored already for this transaction or a later one makes this one redundant, so it is
-        // neither written nor rewritten.
-        statement(
-            "INSERT INTO snapshots (transaction_id, bytes) SELECT $1, $2 \
-             WHERE NOT EXISTS (SELECT 1 FROM snapshots WHERE transaction_id >= $1) \
-             ON CONFLICT (transaction_id) DO NOTHING",
-            Values::new().and(transaction_id).and(snapshot.bytes.as_slice()),
-        )?
-        .execute(transaction.run())
-        .await
-        .map_err(store_error)?;
-        // Older snapshots are never read again.
-        statement("DELETE FROM snapshots WHERE transaction_id < $1", Values::new().and(transaction_id))?
-            .execute(transaction.run())
-            .await
-            .map_err(store_error)?;
-        transaction.commit().await.map_err(store_error)
+        let result = save_snapshot_on::<D>(&mut writer, snapshot).await;
+        if result.is_err() {
+            self.dialect.reset_writer(&mut writer).await;
+        }
+        result
     }
 
     async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
@@ -475,28 +500,41 @@ impl<D: Dialect> EventStore for SqlStore<D> {
     }
 }
 
+/// Applies `events` to `projection` in one transaction on the writer.
+async fn project_on<D: Dialect>(
+    writer: &mut Conn<D>,
+    projection: Projection,
+    events: &[Event],
+) -> Result<Vec<Applied>, StoreError> {
+    let name = projection.group();
+    let wallets = ProjectionPlan::wallets(events);
+    let mut transaction = writer.begin_with(D::BEGIN).await.map_err(store_error)?;
+    D::lock_projection(&mut transaction, projection).await?;
+    let mut checkpoints = BTreeMap::new();
+    for row in D::checkpoints(&mut transaction, name, &wallets).await? {
+        checkpoints.insert(WalletId::parse(&row.wallet_id).map_err(corrupt)?, uint(row.version)?);
+    }
+    let mut views = BTreeMap::new();
+    if projection == Projection::ReadModel {
+        for row in D::wallet_rows(&mut transaction, &wallets).await? {
+            let view = row.into_view()?;
+            views.insert(view.wallet_id, view);
+        }
+    }
+    let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
+    D::write_plan(&mut transaction, name, &plan).await?;
+    transaction.commit().await.map_err(store_error)?;
+    Ok(plan.verdicts)
+}
+
 impl<D: Dialect> ProjectionStore for SqlStore<D> {
     async fn project(&self, projection: Projection, events: &[Event]) -> Result<Vec<Applied>, StoreError> {
-        let name = projection.group();
-        let wallets = ProjectionPlan::wallets(events);
         let mut writer = self.dialect.writer(&self.pool).await?;
-        let mut transaction = writer.begin_with(D::BEGIN).await.map_err(store_error)?;
-        D::lock_projection(&mut transaction, projection).await?;
-        let mut checkpoints = BTreeMap::new();
-        for row in D::checkpoints(&mut transaction, name, &wallets).await? {
-            checkpoints.insert(WalletId::parse(&row.wallet_id).map_err(corrupt)?, uint(row.version)?);
+        let result = project_on::<D>(&mut writer, projection, events).await;
+        if result.is_err() {
+            self.dialect.reset_writer(&mut writer).await;
         }
-        let mut views = BTreeMap::new();
-        if projection == Projection::ReadModel {
-            for row in D::wallet_rows(&mut transaction, &wallets).await? {
-                let view = row.into_view()?;
-                views.insert(view.wallet_id, view);
-            }
-        }
-        let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
-        D::write_plan(&mut transaction, name, &plan).await?;
-        transaction.commit().await.map_err(store_error)?;
-        Ok(plan.verdicts)
+        result
     }
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
