@@ -64,6 +64,7 @@ enum Request {
     },
     ForgetKeys {
         before: Timestamp,
+        limit: usize,
     },
     OutboxAfter {
         after: Option<OutboxPosition>,
@@ -208,7 +209,7 @@ async fn handle(request: Request) -> Option<Response> {
             world.note(format_args!("store idempotency lookup of {} ids: {found} recorded", ids.len()));
             Response::Records(result)
         }
-        Request::ForgetKeys { before } => Response::Count(store.forget_idempotency_keys(before).await),
+        Request::ForgetKeys { before, limit } => Response::Count(store.forget_idempotency_keys(before, limit).await),
         Request::OutboxAfter { after, limit } => Response::Outbox(store.outbox_after(after, limit).await),
         Request::MarkPublished(through) => {
             world.note(format_args!("store outbox published through {}.{}", through.transaction_id, through.index));
@@ -352,8 +353,8 @@ impl EventStore for SimStore {
         expect!(self.call(Request::CommandRecords { ids: ids.to_vec(), not_before }).await, Records)
     }
 
-    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, StoreError> {
-        expect!(self.call(Request::ForgetKeys { before }).await, Count)
+    async fn forget_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<u64, StoreError> {
+        expect!(self.call(Request::ForgetKeys { before, limit }).await, Count)
     }
 
     async fn outbox_after(

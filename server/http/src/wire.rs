@@ -152,6 +152,9 @@ pub struct WalletJson {
     pub currency: &'static str,
     pub balance: String,
     pub held_balance: String,
+    /// What the wallet may still spend or reserve: `balance - heldBalance + overdraftLimit`, the
+    /// amount the ledger checks every debit, transfer and hold against (one minor unit more is
+    /// `insufficient_funds`). With no overdraft it is the balance less holds.
     pub available_balance: String,
     pub overdraft_limit: String,
     pub version: u64,
@@ -168,7 +171,11 @@ impl WalletJson {
             currency: view.currency.code(),
             balance: money(i128::from(view.balance)),
             held_balance: money(i128::from(view.held)),
-            available_balance: money(i128::from(view.balance) - i128::from(view.held)),
+            // What the wallet may still spend or reserve, exactly as the ledger decides
+            // `insufficient_funds`: an amount up to it is accepted, one minor unit more refused.
+            available_balance: money(
+                i128::from(view.balance) - i128::from(view.held) + i128::from(view.overdraft_limit),
+            ),
             overdraft_limit: money(i128::from(view.overdraft_limit)),
             version: view.version,
             created_at: time(view.created_at),

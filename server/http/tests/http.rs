@@ -783,3 +783,27 @@ async fn requests_beyond_the_limits_are_refused_at_once_and_a_timed_out_write_is
     assert_eq!((again.status, again.replayed), (StatusCode::CREATED, true));
     assert_eq!(store.all_events().len(), 1, "created once");
 }
+
+#[tokio::test]
+async fn the_available_balance_is_exactly_what_the_ledger_lets_the_wallet_spend() {
+    // balance 10.00, 3.00 held, overdraft 5.00: 12.00 may still be spent, and not a cent more.
+    let api = api().await;
+    let created = api
+        .post("/wallets", json!({"walletId": "od", "ownerId": "o", "initialBalance": "10", "overdraftLimit": "5"}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(api.post("/wallets/od/holds", json!({"amount": "3"})).await.status, StatusCode::CREATED);
+    let wallet = api.get("/wallets/od?consistency=strong").await;
+    assert_eq!(wallet.body["availableBalance"], "12.00", "{:?}", wallet.body);
+    problem(
+        &api.post("/wallets/od/debit", json!({"amount": "12.01"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    );
+    assert_eq!(api.post("/wallets/od/debit", json!({"amount": "12.00"})).await.status, StatusCode::OK);
+    let after = api.get("/wallets/od?consistency=strong").await;
+    assert_eq!(
+        (after.body["balance"].as_str(), after.body["availableBalance"].as_str()),
+        (Some("-2.00"), Some("0.00"))
+    );
+}

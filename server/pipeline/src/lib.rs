@@ -14,6 +14,7 @@ pub mod codec;
 pub mod ports;
 pub mod projector;
 pub mod relay;
+pub mod snapshotter;
 pub mod writer;
 
 use std::sync::Arc;
@@ -120,6 +121,8 @@ impl Pipeline {
         .await?;
         let (shutdown, stop) = watch::channel(false);
         let clock_for_cleanup = RetentionClock::new(clock.clone(), writer.ledger().clock());
+        // The snapshotter keeps its own copy of the ledger, so snapshots never stall the writer.
+        let replica = writer.ledger().clone();
         let writer = tokio::spawn(writer.run());
         let mut workers = vec![tokio::spawn(relay::run_relay(
             store.clone(),
@@ -135,6 +138,13 @@ impl Pipeline {
             clock_for_cleanup,
             config.writer.idempotency_retention_micros,
             config.writer.idempotency_cleanup_interval_ms,
+            stop.clone(),
+        )));
+        workers.push(tokio::spawn(snapshotter::run_snapshotter(
+            store.writer_handle(),
+            replica,
+            config.writer,
+            stats.writer.clone(),
             stop.clone(),
         )));
         workers.push(tokio::spawn(projector::run_reconciliation(
@@ -199,13 +209,33 @@ async fn run_cleanup<S: EventStore, C: Clock>(
         }
         let before =
             wallex_engine::Timestamp::from_unix_micros(clock.now().unix_micros().saturating_sub(retention_micros));
-        match store.forget_idempotency_keys(before).await {
-            Ok(forgotten) => {
-                metrics::counter!("wallex_idempotency_keys_forgotten_total").increment(forgotten);
-                tracing::debug!(forgotten, "expired idempotency keys deleted");
-            }
+        match forget_expired_keys(&store, before, CLEANUP_CHUNK, &mut shutdown).await {
+            Ok(forgotten) => tracing::debug!(forgotten, "expired idempotency keys deleted"),
             Err(error) => tracing::warn!(%error, "idempotency cleanup failed; retrying next round"),
         }
+    }
+}
+
+/// Keys deleted per statement by the cleanup: each statement is short, and commits go between.
+pub const CLEANUP_CHUNK: usize = 2_000;
+
+/// Deletes every idempotency key recorded before `before`, `chunk` at a time, yielding between
+/// chunks; stops early when `shutdown` changes. Returns how many it deleted.
+pub async fn forget_expired_keys<S: EventStore>(
+    store: &S,
+    before: wallex_engine::Timestamp,
+    chunk: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<u64, ports::StoreError> {
+    let mut forgotten = 0;
+    loop {
+        let deleted = store.forget_idempotency_keys(before, chunk).await?;
+        forgotten += deleted;
+        metrics::counter!("wallex_idempotency_keys_forgotten_total").increment(deleted);
+        if deleted < chunk as u64 || *shutdown.borrow() {
+            return Ok(forgotten);
+        }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -119,7 +119,13 @@ pub trait EventStore: Clone + Send + Sync + 'static {
 
     /// Forgets the idempotency keys of commands recorded before `before` (their ids may then be
     /// used again); the commands themselves stay in the journal. Returns how many were forgotten.
-    fn forget_idempotency_keys(&self, before: Timestamp) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// At most `limit` of them per call: a cleanup of a million keys is many short statements
+    /// between which the writer commits, not one that holds the writer up.
+    fn forget_idempotency_keys(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Up to `limit` unpublished outbox messages after `after` (from the start when `None`), in
     /// commit order.

@@ -26,7 +26,7 @@ use wallex_engine::{
     WalletId,
 };
 use wallex_pipeline::Reply;
-use wallex_pipeline::ports::{EventStore, StoreError};
+use wallex_pipeline::ports::{EventStore, StoreError, StoredSnapshot};
 use wallex_pipeline::writer::{Io, WriterConfig, WriterCore, recover};
 use wallex_testkit::memory::MemoryStore;
 
@@ -86,6 +86,7 @@ struct Pair {
     seen: BTreeSet<&'static str>,
     /// How many IO steps had been carried out when each token got its first answer.
     answered_at: BTreeMap<u32, usize>,
+    batches: u64,
 }
 
 impl Pair {
@@ -103,6 +104,7 @@ impl Pair {
             next_token: 0,
             seen: BTreeSet::new(),
             answered_at: BTreeMap::new(),
+            batches: 0,
         }
     }
 
@@ -131,6 +133,15 @@ impl Pair {
             assert_eq!(answers.len(), 1, "command {} got {} answers: {answers:?}", command.id, answers.len());
         }
         self.check_store();
+        // The snapshotter's part: every other batch, a snapshot of the committed state, so that
+        // reloads start from a snapshot and replay the journal after it.
+        self.batches += 1;
+        if self.batches.is_multiple_of(2) {
+            let ledger = self.core.ledger();
+            let snapshot =
+                StoredSnapshot { transaction_id: ledger.last_transaction_id(), bytes: ledger.encode_snapshot() };
+            ready(self.store.save_snapshot(&snapshot)).unwrap();
+        }
         tokens
     }
 
@@ -145,7 +156,6 @@ impl Pair {
                 Io::LookUpRecords { .. } => "look_up_records",
                 Io::ReadTransactions(_) => "read_transactions",
                 Io::Commit => "commit",
-                Io::SaveSnapshot(_) => "save_snapshot",
                 Io::LoadSnapshot => "load_snapshot",
                 Io::ReadJournal { .. } => "read_journal",
                 Io::Wait { .. } => "wait",
@@ -176,11 +186,6 @@ impl Pair {
                         None => ready(self.store.commit(self.core.batch())),
                     };
                     self.core.handle_commit(result);
-                }
-                Io::SaveSnapshot(snapshot) => {
-                    let result =
-                        if fault.is_some() { failed(step) } else { ready(self.store.save_snapshot(&snapshot)) };
-                    self.core.handle_snapshot_saved(result);
                 }
                 Io::LoadSnapshot => {
                     let result = if fault.is_some() { failed(step) } else { ready(self.store.latest_snapshot()) };
@@ -409,7 +414,7 @@ fn steps_without_faults() -> (usize, Books, Settled) {
 #[test]
 fn without_faults_every_command_settles_as_the_engine_decides() {
     let (steps, books, settled) = steps_without_faults();
-    assert!(steps > 10, "the scenario asks for IO: {steps} steps");
+    assert!(steps >= 10, "the scenario asks for IO: {steps} steps");
     // a: 1000 + 500 - 700 - 50 + 300 = 1050; b: 0 + 700 - 300 + 1 = 401 (the hold lapsed).
     assert_eq!(books, vec![(wallet("a"), 1_050, 0), (wallet("b"), 401, 0)]);
     assert_eq!(settled[&5], Some(Err(Rejection::InsufficientFunds)));
@@ -434,8 +439,7 @@ fn one_fault_at_any_step_changes_nothing_once_retried() {
         }
     }
     assert!(runs > 40);
-    let every =
-        ["commit", "load_snapshot", "look_up_records", "read_journal", "read_transactions", "save_snapshot", "wait"];
+    let every = ["commit", "load_snapshot", "look_up_records", "read_journal", "read_transactions", "wait"];
     assert_eq!(seen, BTreeSet::from(every), "the faults reached every kind of IO");
 }
 

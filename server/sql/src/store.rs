@@ -417,8 +417,14 @@ impl<D: Dialect> EventStore for SqlStore<D> {
         rows.into_iter().filter(|row| row.key_at >= not_before).map(|row| row.record.into_record()).collect()
     }
 
-    async fn forget_idempotency_keys(&self, before: Timestamp) -> Result<u64, StoreError> {
-        self.write("DELETE FROM idempotency_keys WHERE at < $1", Values::new().and(int(before.unix_micros()))).await
+    async fn forget_idempotency_keys(&self, before: Timestamp, limit: usize) -> Result<u64, StoreError> {
+        // The oldest first, by the age index, a bounded number per statement.
+        self.write(
+            "DELETE FROM idempotency_keys WHERE command_id IN ( \
+               SELECT command_id FROM idempotency_keys WHERE at < $1 ORDER BY at LIMIT $2)",
+            Values::new().and(int(before.unix_micros())).and(sql_limit(limit)),
+        )
+        .await
     }
 
     async fn outbox_after(

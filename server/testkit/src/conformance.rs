@@ -120,7 +120,14 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     let after_second = Timestamp::from_unix_micros(first.records[1].at.unix_micros() + 1);
     let live = store.command_records(&ids, after_second).await.unwrap();
     assert_eq!(live.iter().map(|r| r.command_id).collect::<Vec<_>>(), vec![CommandId(3)], "older keys are not live");
-    assert_eq!(store.forget_idempotency_keys(after_second).await.unwrap(), 2, "keys of commands 1 and 2 forgotten");
+    assert_eq!(store.forget_idempotency_keys(after_second, 1).await.unwrap(), 1, "at most the limit, oldest first");
+    assert_eq!(
+        store.command_records(&[CommandId(1), CommandId(2)], Timestamp::ZERO).await.unwrap(),
+        vec![first.records[1]],
+        "command 1's key went first"
+    );
+    assert_eq!(store.forget_idempotency_keys(after_second, 10).await.unwrap(), 1, "then command 2's");
+    assert_eq!(store.forget_idempotency_keys(after_second, 10).await.unwrap(), 0, "and nothing more");
     assert!(store.command_records(&[CommandId(1), CommandId(2)], Timestamp::ZERO).await.unwrap().is_empty(), "gone");
     assert_eq!(store.journal(TransactionId(0), 10).await.unwrap().len(), 3, "the journal keeps forgotten commands");
 

@@ -172,12 +172,17 @@ impl EventStore for MemoryStore {
             .collect())
     }
 
-    async fn forget_idempotency_keys(&self, before: wallex_engine::Timestamp) -> Result<u64, StoreError> {
+    async fn forget_idempotency_keys(&self, before: wallex_engine::Timestamp, limit: usize) -> Result<u64, StoreError> {
         let mut state = self.lock();
         let StoreState { keys, records, .. } = &mut *state;
-        let count = keys.len();
-        keys.retain(|_, tx| records[tx].at >= before);
-        Ok((count - keys.len()) as u64)
+        let mut expired: Vec<(wallex_engine::Timestamp, CommandId)> =
+            keys.iter().map(|(id, tx)| (records[tx].at, *id)).filter(|(at, _)| *at < before).collect();
+        expired.sort_unstable();
+        expired.truncate(limit);
+        for (_, id) in &expired {
+            keys.remove(id);
+        }
+        Ok(expired.len() as u64)
     }
 
     async fn outbox_after(

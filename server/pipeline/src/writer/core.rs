@@ -42,8 +42,6 @@ pub enum Io {
     ReadTransactions(Vec<TransactionId>),
     /// Make [`WriterCore::batch`] durable in one store transaction → [`WriterCore::handle_commit`].
     Commit,
-    /// → [`WriterCore::handle_snapshot_saved`].
-    SaveSnapshot(StoredSnapshot),
     /// Reload: the latest snapshot → [`WriterCore::handle_snapshot_loaded`].
     LoadSnapshot,
     /// Reload: journal entries after `after` → [`WriterCore::handle_journal`].
@@ -58,7 +56,6 @@ enum Asked {
     Records,
     Transactions,
     Commit,
-    SaveSnapshot,
     LoadSnapshot,
     Journal,
     Wait,
@@ -100,9 +97,6 @@ enum Phase<T> {
         decided: Vec<Decided<T>>,
         attempt: u32,
     },
-    Snapshotting {
-        snapshot: StoredSnapshot,
-    },
     /// After a failed commit: the ledger is rebuilt from the store before anything else.
     Reloading {
         recovery: Box<Recovery>,
@@ -139,7 +133,6 @@ pub struct WriterCore<T> {
     replies: VecDeque<(T, Reply)>,
     /// The batch being committed; reused between batches.
     batch: CommitBatch,
-    events_since_snapshot: u64,
     /// The last transaction the store is known to hold: no fresh answer names a later one.
     committed_through: TransactionId,
     /// The retention clock's reading for the current batch (see [`crate::RetentionClock`]); the
@@ -160,7 +153,6 @@ impl<T> WriterCore<T> {
             asked: None,
             replies: VecDeque::new(),
             batch: CommitBatch::default(),
-            events_since_snapshot: 0,
             committed_through,
             keys_now: None,
         }
@@ -270,14 +262,6 @@ impl<T> WriterCore<T> {
                     (Asked::Records, Io::LookUpRecords { ids: ids.clone(), not_before })
                 }
                 Phase::Committing { .. } => (Asked::Commit, Io::Commit),
-                // Handed over, not copied: a snapshot holds the whole ledger.
-                Phase::Snapshotting { snapshot } => (
-                    Asked::SaveSnapshot,
-                    Io::SaveSnapshot(StoredSnapshot {
-                        transaction_id: snapshot.transaction_id,
-                        bytes: std::mem::take(&mut snapshot.bytes),
-                    }),
-                ),
                 Phase::Reloading { recovery, .. } => match recovery.poll() {
                     RecoveryStep::LoadSnapshot => (Asked::LoadSnapshot, Io::LoadSnapshot),
                     RecoveryStep::ReadJournal { after, limit } => (Asked::Journal, Io::ReadJournal { after, limit }),
@@ -374,19 +358,11 @@ impl<T> WriterCore<T> {
                 }
                 self.committed_through = self.batch.records.last().expect("a commit holds a record").transaction_id;
                 assert_eq!(self.committed_through, self.ledger.last_transaction_id(), "the batch is the ledger's tail");
-                self.events_since_snapshot += self.batch.events.len() as u64;
                 for Decided { pending, record, events } in decided {
                     if let Some(reply) = pending.reply {
                         let events = self.batch.events[events].to_vec();
                         self.reply(reply, Reply::Decided { record, events, replayed: false });
                     }
-                }
-                if self.events_since_snapshot >= self.config.snapshot_every_events {
-                    let snapshot = StoredSnapshot {
-                        transaction_id: self.ledger.last_transaction_id(),
-                        bytes: self.ledger.encode_snapshot(),
-                    };
-                    self.phase = Phase::Snapshotting { snapshot };
                 }
             }
             Err(error) => {
@@ -399,18 +375,6 @@ impl<T> WriterCore<T> {
                     retry: Retry { attempt, last_error: error.to_string() },
                 };
             }
-        }
-    }
-
-    /// The answer to [`Io::SaveSnapshot`].
-    pub fn handle_snapshot_saved(&mut self, result: Result<(), StoreError>) {
-        self.answered(Asked::SaveSnapshot);
-        let Phase::Snapshotting { .. } = std::mem::replace(&mut self.phase, Phase::Idle) else {
-            unreachable!("a snapshot is saved only while snapshotting")
-        };
-        match result {
-            Ok(()) => self.events_since_snapshot = 0,
-            Err(error) => tracing::warn!(%error, "snapshot not saved; recovery replays a longer journal"),
         }
     }
 
@@ -564,7 +528,6 @@ impl<T> WriterCore<T> {
             Ok(()) if recovery.poll() == RecoveryStep::Done => {
                 self.ledger = (*recovery).into_ledger();
                 self.committed_through = self.ledger.last_transaction_id();
-                self.events_since_snapshot = 0;
                 self.resolve_reloaded(now, pending, retry);
             }
             Ok(()) => self.phase = Phase::Reloading { recovery, pending, retry },

@@ -39,7 +39,7 @@ pub struct WriterConfig {
     /// refused at once as unavailable (HTTP 503 with `Retry-After`): load is shed before the writer
     /// falls behind.
     pub queue_depth: usize,
-    /// Take a snapshot after this many events since the last one.
+    /// The snapshotter saves a snapshot after this many events since its last one.
     pub snapshot_every_events: u64,
     /// Attempts to make one batch durable before answering "unavailable".
     pub commit_attempts: u32,
@@ -417,10 +417,6 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                     if committed {
                         self.committed.notify_one();
                     }
-                }
-                Io::SaveSnapshot(snapshot) => {
-                    let result = self.store.save_snapshot(&snapshot).await;
-                    self.core.handle_snapshot_saved(result);
                 }
                 Io::LoadSnapshot => {
                     let result = self.store.latest_snapshot().await;
