@@ -141,7 +141,8 @@ impl Pipeline {
             stop.clone(),
         )));
         workers.push(tokio::spawn(snapshotter::run_snapshotter(
-            store.writer_handle(),
+            // Background work: the shared connections, never the writer's own.
+            store.clone(),
             replica,
             config.writer,
             stats.writer.clone(),
