@@ -14,7 +14,7 @@ use wallex_pipeline::ports::WalletView;
 use crate::extract::{
     Body, Params, PathId, command_id, page_size, parse_amount, parse_currency, parse_description, parse_wallet,
 };
-use crate::problem::{ProblemJson, store_problem, unavailable};
+use crate::problem::{ProblemJson, store_problem};
 use crate::reply::respond;
 use crate::wire::{
     CreateWalletBody, ListQuery, MoneyBody, Page, TransactionJson, TransferBody, WalletJson, WalletQuery,
@@ -64,7 +64,7 @@ pub(crate) async fn list_wallets<S: Queries>(
     Ok(Json(Page::of(&views, limit, |view| view.wallet_id.to_string(), items)))
 }
 
-#[utoipa::path(get, path = "/wallets/{id}", params(("id" = String, Path), ("consistency" = Option<String>, Query, description = "`strong` reads the write side")),
+#[utoipa::path(get, path = "/wallets/{id}", params(("id" = String, Path), ("consistency" = Option<String>, Query, description = "By default (and `strong`) the wallet after every write acknowledged before the request; `eventual` the read model alone, which may be behind")),
     responses((status = 200, description = "The wallet", body = WalletJson), (status = 404, description = "wallet_not_found", body = ProblemJson)))]
 pub(crate) async fn get_wallet<S: Queries>(
     State(state): Shared<S>,
@@ -74,13 +74,23 @@ pub(crate) async fn get_wallet<S: Queries>(
     let wallet_id = parse_wallet("walletId", &id)?;
     let not_found = || Problem::rejection(wallex_engine::Rejection::WalletNotFound);
     match query.consistency.as_deref() {
-        None | Some("eventual") => {
+        // Every write acknowledged before this request: the read model, or the committed view
+        // where the read model is behind. Neither waits for nor queues at the writer.
+        None | Some("strong") => {
+            let committed = state.stats.view.wallet(&wallet_id);
+            let projected = state.store.wallet(&wallet_id).await.map_err(store_problem)?;
+            let newest = match (committed, projected) {
+                (Some(committed), Some(projected)) if projected.version > committed.version => projected,
+                (Some(committed), _) => committed,
+                (None, Some(projected)) => projected,
+                (None, None) => return Err(not_found()),
+            };
+            Ok(Json(WalletJson::of(&newest)))
+        }
+        // The read model alone: the cheapest read, possibly behind the last acknowledged write.
+        Some("eventual") => {
             let view = state.store.wallet(&wallet_id).await.map_err(store_problem)?.ok_or_else(not_found)?;
             Ok(Json(WalletJson::of(&view)))
-        }
-        Some("strong") => {
-            let wallet = state.commands.wallet(wallet_id).await.ok_or_else(unavailable)?.ok_or_else(not_found)?;
-            Ok(Json(WalletJson::of_wallet(&wallet)))
         }
         Some(_) => Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "consistency is `strong` or `eventual`")),
     }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use wallex_engine::{Event, EventKind, Hold, HoldStatus, Timestamp, Wallet};
+use wallex_engine::{Event, EventKind, Hold, HoldStatus, Timestamp};
 use wallex_pipeline::ports::{Direction, LedgerEntry, WalletView};
 
 /// An instant as RFC 3339 in UTC, to the microsecond.
@@ -181,20 +181,6 @@ impl WalletJson {
             created_at: time(view.created_at),
             updated_at: time(view.updated_at),
         }
-    }
-
-    pub(crate) fn of_wallet(wallet: &Wallet) -> WalletJson {
-        WalletJson::of(&WalletView {
-            wallet_id: wallet.id,
-            owner_id: wallet.owner_id,
-            currency: wallet.currency,
-            balance: wallet.balance,
-            held: wallet.held,
-            overdraft_limit: wallet.overdraft_limit.minor(),
-            version: wallet.version,
-            created_at: wallet.created_at,
-            updated_at: wallet.updated_at,
-        })
     }
 }
 

@@ -807,3 +807,46 @@ async fn the_available_balance_is_exactly_what_the_ledger_lets_the_wallet_spend(
         (Some("-2.00"), Some("0.00"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_the_last_acknowledged_write_shows_it_on_any_connection() {
+    // 50 credits and debits at once on one wallet; the read model is slow on purpose (a long
+    // linger): the read issued after the last acknowledgement must still show the final balance
+    // and version, and must not ask the writer (its queue holds the writes only).
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let mut config = PipelineConfig::default();
+    config.projector.linger_ms = 2_000;
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await.unwrap();
+    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process").with_bus(bus);
+    let api = Arc::new(Api { router: router(Arc::new(state)), _pipeline: pipeline });
+    let created = api.post("/wallets", json!({"walletId": "hot", "ownerId": "o", "initialBalance": "100"})).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    for round in 0u64..3 {
+        let mut writes = Vec::new();
+        for n in 0..50 {
+            let api = api.clone();
+            writes.push(tokio::spawn(async move {
+                let (path, amount) = if n % 2 == 0 { ("credit", "1.25") } else { ("debit", "0.50") };
+                let key = format!("rw-{round}-{n}");
+                let body = json!({ "amount": amount }).to_string();
+                let answer = api.call("POST", &format!("/wallets/hot/{path}"), Some(&key), Some(&body)).await;
+                assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+            }));
+        }
+        for write in writes {
+            write.await.unwrap();
+        }
+        // 25 credits of 1.25 and 25 debits of 0.50 per round.
+        let cents = 10_000 + (round + 1) * 1_875;
+        let expected = format!("{}.{:02}", cents / 100, cents % 100);
+        let read = api.get("/wallets/hot").await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(
+            (read.body["balance"].as_str(), read.body["version"].as_u64()),
+            (Some(expected.as_str()), Some(1 + 50 * (round + 1))),
+            "round {round}: the read shows every acknowledged write"
+        );
+    }
+    let eventual = api.get("/wallets/hot?consistency=eventual").await;
+    assert!(eventual.body["version"].as_u64() <= Some(151), "the read model alone may be behind");
+}

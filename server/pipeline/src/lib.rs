@@ -15,6 +15,7 @@ pub mod ports;
 pub mod projector;
 pub mod relay;
 pub mod snapshotter;
+pub mod view;
 pub mod writer;
 
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub struct PipelineStats {
     pub read_model: Arc<ProjectorStats>,
     pub ledger: Arc<ProjectorStats>,
     pub reconciliation: Arc<projector::ReconciliationStats>,
+    /// Wallets committed and not yet in the read model (see [`view::CommittedView`]).
+    pub view: Arc<view::CommittedView>,
 }
 
 impl PipelineStats {
@@ -117,8 +120,10 @@ impl Pipeline {
             config.writer,
             committed.clone(),
             stats.writer.clone(),
+            stats.view.clone(),
         )
         .await?;
+        seed_view(&store, writer.ledger(), &stats.view).await?;
         let (shutdown, stop) = watch::channel(false);
         let clock_for_cleanup = RetentionClock::new(clock.clone(), writer.ledger().clock());
         // The snapshotter keeps its own copy of the ledger, so snapshots never stall the writer.
@@ -160,13 +165,15 @@ impl Pipeline {
                 Projection::ReadModel => stats.read_model.clone(),
                 Projection::Ledger => stats.ledger.clone(),
             };
+            // The read model's projector tells the committed view what the read model has.
+            let view = (projection == Projection::ReadModel).then(|| stats.view.clone());
             workers.push(tokio::spawn(projector::run_projector(
                 projection,
                 store.clone(),
                 bus.clone(),
                 clock.clone(),
                 config.projector,
-                projector_stats,
+                projector::ProjectorOutputs { stats: projector_stats, view },
                 stop.clone(),
             )));
         }
@@ -191,6 +198,26 @@ impl Pipeline {
         }
         ledger
     }
+}
+
+/// At start, the committed view gets every wallet whose read model is behind the recovered ledger:
+/// writes acknowledged before a restart stay visible while the projector catches up.
+async fn seed_view<S: ProjectionStore>(
+    store: &S,
+    ledger: &wallex_engine::Ledger,
+    view: &view::CommittedView,
+) -> Result<(), RecoveryError> {
+    const CHUNK: usize = 10_000;
+    for wallets in ledger.wallets().chunks(CHUNK) {
+        let ids: Vec<wallex_engine::WalletId> = wallets.iter().map(|wallet| wallet.id).collect();
+        let projected = store.projected_versions(Projection::ReadModel, &ids).await?;
+        for (wallet, projected) in wallets.iter().zip(projected) {
+            if projected < wallet.version {
+                view.publish(wallet);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes expired idempotency keys every `interval_ms` (their ids may then be used again).

@@ -241,6 +241,14 @@ impl Gaps {
     }
 }
 
+/// Where a projector reports what it applied: its counters and, for the read model, the committed
+/// view (which then drops the wallets the read model has caught up on).
+#[derive(Clone, Debug, Default)]
+pub struct ProjectorOutputs {
+    pub stats: Arc<ProjectorStats>,
+    pub view: Option<Arc<crate::view::CommittedView>>,
+}
+
 /// Most wallets one repair round fetches from the event store.
 const REPAIRS_PER_ROUND: usize = 256;
 
@@ -250,9 +258,10 @@ pub async fn run_projector<S: EventStore + ProjectionStore, B: Bus, C: Clock>(
     bus: B,
     clock: C,
     config: ProjectorConfig,
-    stats: Arc<ProjectorStats>,
+    outputs: ProjectorOutputs,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let stats = outputs.stats.clone();
     let backoff = Duration::from_millis(config.retry_backoff_ms);
     let repair_after = Duration::from_millis(config.repair_after_ms);
     let mut consumer = loop {
@@ -320,7 +329,7 @@ pub async fn run_projector<S: EventStore + ProjectionStore, B: Bus, C: Clock>(
         }
         if arrived {
             last_apply = Some(tokio::time::Instant::now());
-            apply_held(projection, &store, &clock, &mut offsets, &mut gaps, &stats, backoff).await;
+            apply_held(projection, &store, &clock, &mut offsets, &mut gaps, &outputs, backoff).await;
         }
         // A gap that lasted: the message was lost or skipped on the way. The write side has
         // every version: fetch the missing ones from the event store and apply them.
@@ -334,7 +343,7 @@ pub async fn run_projector<S: EventStore + ProjectionStore, B: Bus, C: Clock>(
             gaps.retried(due.iter().map(|(wallet, _, _)| *wallet));
             // Even when nothing was applied here, something else (reconciliation, another
             // instance) may have filled the gap: the held events are tried again either way.
-            apply_held(projection, &store, &clock, &mut offsets, &mut gaps, &stats, backoff).await;
+            apply_held(projection, &store, &clock, &mut offsets, &mut gaps, &outputs, backoff).await;
         }
         let held = offsets.held_count();
         stats.held.store(held as u64, Ordering::Relaxed);
@@ -351,9 +360,10 @@ async fn apply_held<S: ProjectionStore, C: Clock>(
     clock: &C,
     offsets: &mut Offsets,
     gaps: &mut Gaps,
-    stats: &ProjectorStats,
+    outputs: &ProjectorOutputs,
     backoff: Duration,
 ) {
+    let (stats, view) = (&outputs.stats, outputs.view.as_deref());
     loop {
         let batch = offsets.held_events();
         let verdicts = loop {
@@ -379,6 +389,9 @@ async fn apply_held<S: ProjectionStore, C: Clock>(
                         .record(lag_us as f64 / 1e6);
                     stats.projected.fetch_add(1, Ordering::Relaxed);
                     offsets.settled(event);
+                    if let Some(view) = view {
+                        view.projected(&event.wallet_id, event.version);
+                    }
                     progressed = true;
                 }
                 Applied::Duplicate => {

@@ -736,3 +736,25 @@ async fn a_restart_on_a_wall_clock_two_days_ahead_forgets_no_idempotency_key() {
     assert_eq!(store.all_events().iter().filter(|e| e.command_id == CommandId(600)).count(), 1, "applied once");
     pipeline.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_committed_view_holds_every_wallet_the_read_model_has_not_caught_up_on() {
+    let store = MemoryStore::new();
+    let bus = InProcessBus::new();
+    bus.fail_publishes(u32::MAX); // Nothing reaches the read model.
+    let pipeline = start(&store, &bus, PipelineConfig::default()).await;
+    create_wallets(&pipeline).await;
+    decided(&pipeline.commands.submit(credit(700, 4, 5)).await);
+    pipeline.shutdown().await;
+
+    let bus = InProcessBus::new();
+    bus.fail_publishes(u32::MAX);
+    let pipeline = start(&store, &bus, PipelineConfig::default()).await;
+    for index in 0..WALLETS {
+        let committed =
+            pipeline.stats.view.wallet(&wallet(index)).expect("a wallet the read model lacks is in the view");
+        let expected = if index == 4 { (10_005, 2) } else { (10_000, 1) };
+        assert_eq!((committed.balance, committed.version), expected, "{}", wallet(index));
+    }
+    pipeline.shutdown().await;
+}

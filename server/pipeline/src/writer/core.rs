@@ -167,6 +167,11 @@ impl<T> WriterCore<T> {
         &self.ledger
     }
 
+    /// The ledger holds only committed transactions: no batch is decided and waiting to commit.
+    pub fn holds_committed_state(&self) -> bool {
+        !matches!(self.phase, Phase::Committing { .. })
+    }
+
     /// Rebuilding the ledger from the store after a failed commit.
     pub fn is_reloading(&self) -> bool {
         matches!(self.phase, Phase::Reloading { .. } | Phase::ReloadBackoff { .. })

@@ -307,6 +307,7 @@ pub struct Writer<S, C> {
     committed: Arc<Notify>,
     health: Arc<WriterHealth>,
     keys_clock: crate::RetentionClock<C>,
+    view: Arc<crate::view::CommittedView>,
 }
 
 impl<S: EventStore, C: Clock> Writer<S, C> {
@@ -318,6 +319,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
         config: WriterConfig,
         committed: Arc<Notify>,
         health: Arc<WriterHealth>,
+        view: Arc<crate::view::CommittedView>,
     ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
         let ledger = recover(&store, config.engine(), config.journal_page).await?;
         let (sender, requests) = mpsc::channel(config.queue_depth);
@@ -325,7 +327,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
         health.committed.store(ledger.last_transaction_id().0, Ordering::Release);
         let core = WriterCore::new(config, ledger);
         health.set(WriterState::Running);
-        let writer = Writer { store, clock, core, config, requests, committed, health, keys_clock };
+        let writer = Writer { store, clock, core, config, requests, committed, health, keys_clock, view };
         Ok((writer, CommandSender { requests: sender }))
     }
 
@@ -390,6 +392,18 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
     async fn drive(&mut self) {
         loop {
             while let Some((reply, answer)) = self.core.poll_reply() {
+                if let Reply::Decided { events, replayed: false, .. } = &answer
+                    && self.core.holds_committed_state()
+                {
+                    // Before the answer leaves: a read that starts after it sees the write. A
+                    // first answer is released only when the ledger holds exactly the committed
+                    // state (a replayed one was published when it first committed).
+                    for event in events {
+                        if let Some(wallet) = self.core.ledger().wallet(&event.wallet_id) {
+                            self.view.publish(wallet);
+                        }
+                    }
+                }
                 // The caller may have gone; the outcome stands and a retry is answered from the store.
                 let _ = reply.send(answer);
             }
