@@ -3,7 +3,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use crate::extract::{Params, PathId, page_size, parse_instant, parse_wallet};
 use crate::problem::{ProblemJson, store_problem};
@@ -11,16 +12,18 @@ use crate::wire::{BalanceJson, BalanceQuery, EventJson, EventsQuery, LedgerEntry
 use crate::{Problem, Queries, Shared};
 
 #[utoipa::path(get, path = "/ledger/wallet/{id}", params(("id" = String, Path), ("cursor" = Option<i64>, Query, minimum = 0, description = "The last version seen"), ("limit" = Option<usize>, Query), ("type" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
-    responses((status = 200, description = "Ledger entries, newest first", body = Page<LedgerEntryJson>)))]
+    responses((status = 200, description = "Ledger entries, newest first: every entry the wallet had committed when the request arrived, unless the bounded wait for the ledger projection ran out", body = Page<LedgerEntryJson>,
+        headers(("wallex-behind" = u64, description = "Present when the wait ran out: how many committed versions of the wallet the answer lacks")))))]
 pub(crate) async fn ledger<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
     Params(query): Params<LedgerQuery>,
-) -> Result<Json<Page<LedgerEntryJson>>, Problem> {
+) -> Result<Response, Problem> {
     let wallet_id = parse_wallet("walletId", &id)?;
     let limit = page_size(query.limit)?;
     let from = parse_instant("from", query.from.as_deref())?;
     let to = parse_instant("to", query.to.as_deref())?;
+    let behind = caught_up(&state, &wallet_id).await?;
     let entries = state.store.ledger_entries(&wallet_id, query.cursor, limit).await.map_err(store_problem)?;
     // Filters narrow the page; the cursor still moves past everything scanned.
     let items = entries
@@ -30,7 +33,37 @@ pub(crate) async fn ledger<S: Queries>(
         .filter(|e| to.is_none_or(|to| e.at.unix_micros() < to))
         .map(LedgerEntryJson::of)
         .collect();
-    Ok(Json(Page::of(&entries, limit, |entry| entry.version.to_string(), items)))
+    let mut response = Json(Page::of(&entries, limit, |entry| entry.version.to_string(), items)).into_response();
+    if behind > 0 {
+        response.headers_mut().insert(BEHIND, HeaderValue::from(behind));
+    }
+    Ok(response)
+}
+
+/// The header a history read carries when the bounded wait ran out: how many of the wallet's
+/// committed versions the answer lacks.
+pub(crate) const BEHIND: &str = "wallex-behind";
+
+/// Waits (at most `Limits::read_wait`) until the ledger projection has every version of the
+/// wallet committed when the request arrived; returns how many it still lacks (0: all of them).
+async fn caught_up<S: Queries>(
+    state: &crate::AppState<S>,
+    wallet_id: &wallex_engine::WalletId,
+) -> Result<u64, Problem> {
+    let committed = state.stats.view.wallet(wallet_id).map(|view| view.version);
+    let projected = state.store.wallet(wallet_id).await.map_err(store_problem)?.map(|view| view.version);
+    let target = committed.max(projected).unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + state.limits.read_wait;
+    loop {
+        let applied = state.store.ledger_version(wallet_id).await.map_err(store_problem)?;
+        if applied >= target {
+            return Ok(0);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(target - applied);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 #[utoipa::path(get, path = "/wallets/{id}/events", params(("id" = String, Path), ("cursor" = Option<i64>, Query, minimum = 0, description = "The last version seen"), ("limit" = Option<usize>, Query)),

@@ -82,11 +82,18 @@ pub struct AppState<S> {
 pub struct Limits {
     pub max_concurrent: usize,
     pub timeout: std::time::Duration,
+    /// How long a history read waits for the ledger projection to reach the wallet's committed
+    /// version; past it, the answer says how far behind it is (`Wallex-Behind`).
+    pub read_wait: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_concurrent: 1_024, timeout: std::time::Duration::from_secs(10) }
+        Limits {
+            max_concurrent: 1_024,
+            timeout: std::time::Duration::from_secs(10),
+            read_wait: std::time::Duration::from_secs(2),
+        }
     }
 }
 

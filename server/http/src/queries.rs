@@ -31,6 +31,10 @@ pub trait Queries: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
 
+    /// The version of `wallet_id` the ledger projection has applied (0 if none): how far a ledger
+    /// read is behind the wallet's committed version.
+    fn ledger_version(&self, wallet_id: &WalletId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// A wallet's events with versions in `from..=to` (`/wallets/{id}/events` and `/balance`).
     fn wallet_events(
         &self,
@@ -67,6 +71,10 @@ impl<S: EventStore + ProjectionStore> Queries for S {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send {
         ProjectionStore::ledger_entries(self, wallet_id, before, limit)
+    }
+
+    fn ledger_version(&self, wallet_id: &WalletId) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        ProjectionStore::projected_version(self, wallex_pipeline::ports::Projection::Ledger, wallet_id)
     }
 
     fn wallet_events(

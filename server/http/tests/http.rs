@@ -529,6 +529,10 @@ impl Queries for Panicking {
         panic!("a planted bug in a read")
     }
 
+    async fn ledger_version(&self, _: &WalletId) -> Result<u64, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
     async fn wallet_events(&self, _: &WalletId, _: u64, _: u64) -> Result<Vec<Event>, StoreError> {
         panic!("a planted bug in a read")
     }
@@ -596,6 +600,10 @@ impl Queries for OneUnpublished {
 
     async fn ledger_entries(&self, _: &WalletId, _: Option<u64>, _: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         Ok(Vec::new())
+    }
+
+    async fn ledger_version(&self, _: &WalletId) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     async fn wallet_events(&self, _: &WalletId, _: u64, _: u64) -> Result<Vec<Event>, StoreError> {
@@ -751,7 +759,11 @@ async fn every_documented_operation_is_served_with_its_problems_as_problem_json(
 async fn requests_beyond_the_limits_are_refused_at_once_and_a_timed_out_write_is_retried_by_its_key() {
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
     let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, PipelineConfig::default()).await.unwrap();
-    let limits = wallex_http::Limits { max_concurrent: 1, timeout: Duration::from_millis(300) };
+    let limits = wallex_http::Limits {
+        max_concurrent: 1,
+        timeout: Duration::from_millis(300),
+        ..wallex_http::Limits::default()
+    };
     let state = AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), "in-process")
         .with_bus(bus)
         .with_limits(limits);
@@ -849,4 +861,27 @@ async fn a_read_after_the_last_acknowledged_write_shows_it_on_any_connection() {
     }
     let eventual = api.get("/wallets/hot?consistency=eventual").await;
     assert!(eventual.body["version"].as_u64() <= Some(151), "the read model alone may be behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_read_after_acknowledged_writes_lists_every_one_of_them() {
+    // The projectors linger (a slow read side): the ledger read waits, bounded, for the wallet's
+    // committed version instead of answering an old page.
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let mut config = PipelineConfig::default();
+    config.projector.linger_ms = 300;
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await.unwrap();
+    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process").with_bus(bus);
+    let api = Api { router: router(Arc::new(state)), _pipeline: pipeline };
+    api.post("/wallets", json!({"walletId": "led", "ownerId": "o", "initialBalance": "10"})).await;
+    for n in 0..20 {
+        let key = format!("led-{n}");
+        let body = json!({"amount": "1"}).to_string();
+        assert_eq!(api.call("POST", "/wallets/led/credit", Some(&key), Some(&body)).await.status, StatusCode::OK);
+        if n % 5 == 4 {
+            let page = api.get("/ledger/wallet/led?limit=100").await;
+            let entries = page.body["items"].as_array().map_or(0, Vec::len);
+            assert_eq!(entries, n + 2, "the creation and every credit so far: {:?}", page.body);
+        }
+    }
 }

@@ -53,6 +53,10 @@ pub struct HttpConfig {
     /// Longest an API request may take, in milliseconds; then it is answered 503 `timeout` (a
     /// command's outcome is then unknown: retry with the same `Idempotency-Key`).
     pub request_timeout_ms: u64,
+    /// Longest a history read (`GET /ledger/wallet/{id}`) waits for the ledger projection to
+    /// reach the wallet's committed version, in milliseconds; past it, the answer carries
+    /// `Wallex-Behind` (how many versions it lacks).
+    pub read_wait_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -63,6 +67,7 @@ impl Default for HttpConfig {
             require_idempotency_key: false,
             max_concurrent_requests: limits.max_concurrent,
             request_timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            read_wait_ms: u64::try_from(limits.read_wait.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -72,6 +77,7 @@ impl HttpConfig {
         wallex_http::Limits {
             max_concurrent: self.max_concurrent_requests,
             timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+            read_wait: std::time::Duration::from_millis(self.read_wait_ms),
         }
     }
 }
@@ -269,6 +275,12 @@ impl Config {
         }
         if self.http.request_timeout_ms == 0 {
             return Err(ConfigError::new("http.request_timeout_ms", "must be at least 1"));
+        }
+        if self.http.read_wait_ms >= self.http.request_timeout_ms {
+            return Err(ConfigError::new(
+                "http.read_wait_ms",
+                format!("must be shorter than http.request_timeout_ms ({})", self.http.request_timeout_ms),
+            ));
         }
         if self.bus.replication_factor < 1 {
             return Err(ConfigError::new("bus.replication_factor", "must be at least 1"));
