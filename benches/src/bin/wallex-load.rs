@@ -59,6 +59,11 @@ struct Args {
     /// Print one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// While the writes run, also read `GET /wallets/{id}` (the default, read-your-writes
+    /// consistency) at this many requests per second, open loop, and report them apart: what
+    /// reads cost the writes.
+    #[arg(long)]
+    read_rate: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -244,6 +249,43 @@ fn percentile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1_000.0
 }
 
+/// Reads random wallets at `rate` per second (open loop, at most 256 in flight) until the writes
+/// are done: how many, how many failed, and their latency in microseconds.
+async fn read_load(
+    run: Arc<Run>,
+    rate: u64,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<(u64, u64, Histogram<u64>)> {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep_until((started + interval * u32::try_from(sent).unwrap_or(u32::MAX)).into()).await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let (run, latency, failed) = (run.clone(), latency.clone(), failed.clone());
+        let index = usize::try_from(sent.wrapping_mul(0x9E37_79B9) % run.args.wallets as u64)?;
+        sent += 1;
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let answer = run.client.get(format!("{}/wallets/{}", run.args.url, wallet(&run, index))).send().await;
+            if answer.is_ok_and(|response| response.status().is_success()) {
+                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let _ = latency.lock().await.record(micros.max(1));
+            } else {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let latency = latency.lock().await.clone();
+    Ok((sent, failed.load(Ordering::Relaxed), latency))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -261,6 +303,8 @@ async fn main() -> anyhow::Result<()> {
     let deadline = run.args.duration.map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let limit = if deadline.is_some() { u64::MAX } else { run.args.operations };
     let started = Instant::now();
+    let writes_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = run.args.read_rate.map(|rate| tokio::spawn(read_load(run.clone(), rate, writes_done.clone())));
     match run.args.rate {
         None => {
             let mut workers = Vec::new();
@@ -302,6 +346,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    writes_done.store(true, Ordering::Relaxed);
+    let reads = match reader {
+        Some(reader) => Some(reader.await??),
+        None => None,
+    };
 
     let tally = run.tally.lock().await;
     let total: u64 = tally.outcomes.values().sum();
@@ -354,6 +403,16 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    if let Some((count, failed, latency)) = &reads {
+        println!(
+            "reads: {count} in {:.2} s = {:.0} reads/s, {failed} failed; latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            elapsed.as_secs_f64(),
+            *count as f64 / elapsed.as_secs_f64(),
+            percentile_ms(latency, 0.5),
+            percentile_ms(latency, 0.99),
+            latency.max() as f64 / 1_000.0
+        );
+    }
     if run.args.json {
         let mut operations = serde_json::Map::new();
         for ((kind, outcome), count) in &tally.outcomes {
@@ -386,6 +445,10 @@ async fn main() -> anyhow::Result<()> {
                 "transport_errors": transport, "operations": operations, "latency_ms": latency(&all),
                 "latency_ms_by_operation": per_kind, "balances_ok": balanced, "elapsed_s": elapsed.as_secs_f64(),
                 "server_ms": server_json,
+                "reads": reads.as_ref().map(|(count, failed, latency)| json!({
+                    "count": count, "failed": failed, "per_sec": *count as f64 / elapsed.as_secs_f64(),
+                    "p50_ms": percentile_ms(latency, 0.5), "p99_ms": percentile_ms(latency, 0.99),
+                })),
             })
         );
     }
