@@ -77,15 +77,14 @@ pub(crate) async fn get_wallet<S: Queries>(
         // Every write acknowledged before this request: the read model, or the committed view
         // where the read model is behind. Neither waits for nor queues at the writer.
         None | Some("strong") => {
-            let committed = state.stats.view.wallet(&wallet_id);
-            let projected = state.store.wallet(&wallet_id).await.map_err(store_problem)?;
-            let newest = match (committed, projected) {
-                (Some(committed), Some(projected)) if projected.version > committed.version => projected,
-                (Some(committed), _) => committed,
-                (None, Some(projected)) => projected,
-                (None, None) => return Err(not_found()),
-            };
-            Ok(Json(WalletJson::of(&newest)))
+            // A wallet in the view is there at its newest acknowledged version (the read model
+            // may at most hold a version not acknowledged yet): no store read needed.
+            if let Some(committed) = state.stats.view.wallet(&wallet_id) {
+                return Ok(Json(WalletJson::of(&committed)));
+            }
+            // Not in the view: the read model has every acknowledged write of it.
+            let projected = state.store.wallet(&wallet_id).await.map_err(store_problem)?.ok_or_else(not_found)?;
+            Ok(Json(WalletJson::of(&projected)))
         }
         // The read model alone: the cheapest read, possibly behind the last acknowledged write.
         Some("eventual") => {
