@@ -49,6 +49,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_PAGE: usize = 1_000;
 /// Page size when `limit` is absent.
 pub const DEFAULT_PAGE: usize = 50;
+/// The header that carries a request's correlation id, in and out.
+pub const CORRELATION_ID: &str = "x-correlation-id";
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 
@@ -210,7 +212,18 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Inside the trace layer, so the trace records the 500 a panic became.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(problem::panicked))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Every request's trace carries its correlation id.
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let correlation = request.headers().get(CORRELATION_ID).and_then(|value| value.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), correlation_id = %correlation)
+        }))
+        // The original service's `x-correlation-id`: the client's, or a fresh one when it sent
+        // none, echoed on the answer.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(axum::http::HeaderName::from_static(CORRELATION_ID)))
+        .layer(tower_http::request_id::SetRequestIdLayer::new(
+            axum::http::HeaderName::from_static(CORRELATION_ID),
+            tower_http::request_id::MakeRequestUuid,
+        ))
         .with_state(state)
 }
 

@@ -34,6 +34,11 @@ struct ProblemBody<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     transaction_id: Option<String>,
+    /// The original service's error members (NestJS): the status, the message and the reason
+    /// phrase, so its clients' error handling keeps working.
+    status_code: u16,
+    message: &'a str,
+    error: &'a str,
 }
 
 impl Problem {
@@ -128,6 +133,9 @@ impl IntoResponse for Problem {
             detail: &self.detail,
             code: self.code,
             transaction_id: self.transaction_id.map(|id| id.to_string()),
+            status_code: self.status.as_u16(),
+            message: &self.detail,
+            error: self.title(),
         };
         let bytes = serde_json::to_vec(&body).expect("problems serialize");
         let mut response = (self.status, bytes).into_response();
@@ -152,6 +160,11 @@ pub(crate) struct ProblemJson {
     /// Stable machine-readable code, e.g. `insufficient_funds`.
     code: String,
     transaction_id: Option<String>,
+    /// The original service's members: `statusCode` = `status`, `message` = `detail`, `error` =
+    /// `title`.
+    status_code: u16,
+    message: String,
+    error: String,
 }
 
 /// What the request limits ([`crate::Limits`]) answer: 503 `overloaded` when too many requests

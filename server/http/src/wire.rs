@@ -146,6 +146,8 @@ pub(crate) struct BalanceQuery {
 #[serde(rename_all = "camelCase")]
 #[derive(utoipa::ToSchema)]
 pub struct WalletJson {
+    /// The wallet's id, as the original service named it; the same as `walletId`.
+    pub id: String,
     pub wallet_id: String,
     pub owner_id: String,
     #[schema(value_type = String, example = "USD")]
@@ -166,6 +168,7 @@ impl WalletJson {
     pub(crate) fn of(view: &WalletView) -> WalletJson {
         let money = |minor: i128| view.currency.format_minor(minor);
         WalletJson {
+            id: view.wallet_id.to_string(),
             wallet_id: view.wallet_id.to_string(),
             owner_id: view.owner_id.to_string(),
             currency: view.currency.code(),

@@ -885,3 +885,38 @@ async fn the_ledger_read_after_acknowledged_writes_lists_every_one_of_them() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_original_clients_find_the_fields_they_read() {
+    // The original service answered a wallet with `id`, and errors with NestJS's `statusCode`,
+    // `message` and `error`: Wallex answers those beside its own.
+    let api = api().await;
+    let created = api.post("/wallets", json!({"walletId": "orig", "ownerId": "o", "initialBalance": 5})).await;
+    assert_eq!((created.body["id"].as_str(), created.body["walletId"].as_str()), (Some("orig"), Some("orig")));
+    assert_eq!(api.get("/wallets/orig").await.body["id"], "orig");
+    let missing = api.get("/wallets/nobody").await;
+    problem(&missing, StatusCode::NOT_FOUND, "wallet_not_found");
+    assert_eq!(missing.body["statusCode"], 404);
+    assert_eq!(missing.body["error"], "Not Found");
+    assert_eq!(missing.body["message"], missing.body["detail"]);
+    let refused = api.post("/wallets/orig/debit", json!({"amount": 50})).await;
+    assert_eq!(
+        (refused.body["statusCode"].as_u64(), refused.body["code"].as_str()),
+        (Some(422), Some("insufficient_funds"))
+    );
+}
+
+#[tokio::test]
+async fn the_correlation_id_is_echoed_or_made() {
+    let api = api().await;
+    let echoed = api
+        .router
+        .clone()
+        .oneshot(Request::get("/wallets/none").header("x-correlation-id", "order-7781").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-correlation-id"], "order-7781");
+    let made = api.router.clone().oneshot(Request::get("/health/live").body(Body::empty()).unwrap()).await.unwrap();
+    let id = made.headers()["x-correlation-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "a fresh id when the client sent none: {id}");
+}
