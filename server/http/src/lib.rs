@@ -49,6 +49,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_PAGE: usize = 1_000;
 /// Page size when `limit` is absent.
 pub const DEFAULT_PAGE: usize = 50;
+/// The header that carries a write's commit position (its transaction id); list reads accept it
+/// back as `?after=`.
+pub const POSITION: &str = "wallex-position";
 /// The header that carries a request's correlation id, in and out.
 pub const CORRELATION_ID: &str = "x-correlation-id";
 /// Longest accepted `Idempotency-Key`.

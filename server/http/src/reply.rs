@@ -27,6 +27,8 @@ pub(crate) fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event])
             if replayed {
                 response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
+            // The command's commit position: a list read with `?after=` it reflects this write.
+            response.headers_mut().insert(crate::POSITION, HeaderValue::from(record.transaction_id.0));
             response
         }
         Reply::KeyReused { .. } => Problem::rejection(wallex_engine::Rejection::IdempotencyKeyReused).into_response(),

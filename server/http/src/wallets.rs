@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use wallex_engine::{Amount, Command, CommandKind, Currency, OwnerId};
 use wallex_pipeline::ports::WalletView;
@@ -50,18 +50,35 @@ pub(crate) async fn create_wallet<S: Queries>(
     }))
 }
 
-#[utoipa::path(get, path = "/wallets", params(("ownerId" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query)),
-    responses((status = 200, description = "A page of wallets", body = Page<WalletJson>)))]
+#[utoipa::path(get, path = "/wallets", params(("ownerId" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query), ("after" = Option<i64>, Query, minimum = 0, description = "A write's Wallex-Position: the list includes every write committed through it (waiting, bounded, for the read side)")),
+    responses((status = 200, description = "A page of wallets", body = Page<WalletJson>,
+        headers(("wallex-behind" = u64, description = "Present when the bounded wait ran out: how many wallets the list may show before that position")))))]
 pub(crate) async fn list_wallets<S: Queries>(
     State(state): Shared<S>,
     Params(query): Params<ListQuery>,
-) -> Result<Json<Page<WalletJson>>, Problem> {
+) -> Result<Response, Problem> {
     let limit = page_size(query.limit)?;
+    let mut behind = 0;
+    if let Some(position) = query.after {
+        let position = wallex_engine::TransactionId(position);
+        let deadline = tokio::time::Instant::now() + state.limits.read_wait;
+        loop {
+            behind = state.stats.view.pending_through(position);
+            if behind == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
     let owner = query.owner_id.as_deref().map(OwnerId::parse).transpose().map_err(|e| Problem::field("ownerId", &e))?;
     let after = query.cursor.as_deref().map(|text| parse_wallet("cursor", text)).transpose()?;
     let views = state.store.wallets(owner.as_ref(), after.as_ref(), limit).await.map_err(store_problem)?;
     let items = views.iter().map(WalletJson::of).collect();
-    Ok(Json(Page::of(&views, limit, |view| view.wallet_id.to_string(), items)))
+    let mut response = Json(Page::of(&views, limit, |view| view.wallet_id.to_string(), items)).into_response();
+    if behind > 0 {
+        response.headers_mut().insert(crate::ledger::BEHIND, axum::http::HeaderValue::from(behind as u64));
+    }
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/wallets/{id}", params(("id" = String, Path), ("consistency" = Option<String>, Query, description = "By default (and `strong`) the wallet after every write acknowledged before the request; `eventual` the read model alone, which may be behind")),

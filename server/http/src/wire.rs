@@ -93,6 +93,10 @@ pub(crate) struct ListQuery {
     pub(crate) owner_id: Option<String>,
     pub(crate) cursor: Option<String>,
     pub(crate) limit: Option<usize>,
+    /// A commit position (a write's `Wallex-Position`): answer once the read side has every
+    /// write committed through it.
+    #[serde(default, deserialize_with = "optional_version")]
+    pub(crate) after: Option<u64>,
 }
 
 /// The largest version or cursor a query may name: stores keep them as signed 64-bit integers, so a

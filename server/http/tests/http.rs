@@ -920,3 +920,37 @@ async fn the_correlation_id_is_echoed_or_made() {
     let id = made.headers()["x-correlation-id"].to_str().unwrap().to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "a fresh id when the client sent none: {id}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_after_a_writes_position_includes_that_write() {
+    // A slow read model: the list without `after` may miss the new wallet; with the position the
+    // create answered, it waits (bounded) until the read model has it.
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let mut config = PipelineConfig::default();
+    config.projector.linger_ms = 300;
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await.unwrap();
+    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process").with_bus(bus);
+    let router = router(Arc::new(state));
+    for n in 0..5 {
+        let body = json!({"walletId": format!("pos-{n}"), "ownerId": "lister"}).to_string();
+        let created = router
+            .clone()
+            .oneshot(
+                Request::post("/wallets").header("content-type", "application/json").body(Body::from(body)).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+        let position: u64 = created.headers()["wallex-position"].to_str().unwrap().parse().unwrap();
+        let listed = router
+            .clone()
+            .oneshot(Request::get(format!("/wallets?ownerId=lister&after={position}")).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(listed.headers().get("wallex-behind").is_none(), "the wait did not run out");
+        let body: Value = serde_json::from_slice(&listed.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let ids: Vec<&str> =
+            body["items"].as_array().unwrap().iter().map(|w| w["walletId"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), n + 1, "every wallet created so far: {ids:?}");
+    }
+}

@@ -213,7 +213,8 @@ async fn seed_view<S: ProjectionStore>(
         let projected = store.projected_versions(Projection::ReadModel, &ids).await?;
         for (wallet, projected) in wallets.iter().zip(projected) {
             if projected < wallet.version {
-                view.publish(wallet);
+                // Which of its transactions the read model lacks is not known: the earliest.
+                view.publish(wallet, wallex_engine::TransactionId(0));
             }
         }
     }

@@ -10,23 +10,29 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use wallex_engine::{Wallet, WalletId};
+use wallex_engine::{TransactionId, Wallet, WalletId};
 
 use crate::ports::WalletView;
 
 /// Wallets committed and not yet in the read model, at their latest committed version.
 #[derive(Debug, Default)]
 pub struct CommittedView {
-    wallets: RwLock<BTreeMap<WalletId, Wallet>>,
+    /// Each wallet at its latest committed version, with the earliest of its transactions the
+    /// read model may still lack.
+    wallets: RwLock<BTreeMap<WalletId, (Wallet, TransactionId)>>,
 }
 
 impl CommittedView {
-    /// The writer committed `wallet` at its version (a later version replaces an earlier one).
-    pub fn publish(&self, wallet: &Wallet) {
+    /// The writer committed `wallet` at its version, in `transaction` (a later version replaces an
+    /// earlier one; the earliest transaction still unprojected is kept).
+    pub fn publish(&self, wallet: &Wallet, transaction: TransactionId) {
         let mut wallets = self.wallets.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let newer = wallets.get(&wallet.id).is_none_or(|held| held.version < wallet.version);
-        if newer {
-            wallets.insert(wallet.id, wallet.clone());
+        match wallets.get_mut(&wallet.id) {
+            Some((held, _)) if held.version >= wallet.version => {}
+            Some((held, _)) => *held = wallet.clone(),
+            None => {
+                wallets.insert(wallet.id, (wallet.clone(), transaction));
+            }
         }
         metrics::gauge!("wallex_committed_view_wallets").set(wallets.len() as f64);
     }
@@ -35,7 +41,7 @@ impl CommittedView {
     /// a later version.
     pub fn projected(&self, wallet_id: &WalletId, version: u64) {
         let mut wallets = self.wallets.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if wallets.get(wallet_id).is_some_and(|held| held.version <= version) {
+        if wallets.get(wallet_id).is_some_and(|(held, _)| held.version <= version) {
             wallets.remove(wallet_id);
         }
     }
@@ -43,7 +49,7 @@ impl CommittedView {
     /// The wallet as committed, if its read model may be behind.
     pub fn wallet(&self, wallet_id: &WalletId) -> Option<WalletView> {
         let wallets = self.wallets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        wallets.get(wallet_id).map(|wallet| WalletView {
+        wallets.get(wallet_id).map(|(wallet, _)| WalletView {
             wallet_id: wallet.id,
             owner_id: wallet.owner_id,
             currency: wallet.currency,
@@ -54,6 +60,13 @@ impl CommittedView {
             created_at: wallet.created_at,
             updated_at: wallet.updated_at,
         })
+    }
+
+    /// How many wallets may still lack in the read model a write committed at or before
+    /// `position` (0: the read model has every write through it).
+    pub fn pending_through(&self, position: TransactionId) -> usize {
+        let wallets = self.wallets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        wallets.values().filter(|(_, transaction)| *transaction <= position).count()
     }
 
     /// How many wallets the view holds: those whose read model is behind.

@@ -400,7 +400,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                     // state (a replayed one was published when it first committed).
                     for event in events {
                         if let Some(wallet) = self.core.ledger().wallet(&event.wallet_id) {
-                            self.view.publish(wallet);
+                            self.view.publish(wallet, event.transaction_id);
                         }
                     }
                 }
