@@ -8,11 +8,14 @@ use axum::response::{IntoResponse, Response};
 
 use crate::extract::{Params, PathId, page_size, parse_instant, parse_wallet};
 use crate::problem::{ProblemJson, store_problem};
-use crate::wire::{BalanceJson, BalanceQuery, EventJson, EventsQuery, LedgerEntryJson, LedgerQuery, Page};
-use crate::{Problem, Queries, Shared};
+use crate::wire::{
+    BalanceJson, BalanceQuery, EventJson, EventsQuery, LedgerEntryJson, LedgerPageJson, LedgerQuery, Page,
+    TRANSACTION_TYPES, TransactionEntryJson, transaction_type,
+};
+use crate::{MAX_PAGE, Problem, Queries, Shared};
 
-#[utoipa::path(get, path = "/ledger/wallet/{id}", params(("id" = String, Path), ("cursor" = Option<i64>, Query, minimum = 0, description = "The last version seen"), ("limit" = Option<usize>, Query), ("type" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
-    responses((status = 200, description = "Ledger entries, newest first: every entry the wallet had committed when the request arrived, unless the bounded wait for the ledger projection ran out", body = Page<LedgerEntryJson>,
+#[utoipa::path(get, path = "/ledger/wallet/{id}", params(("id" = String, Path), ("cursor" = Option<i64>, Query, minimum = 0, description = "The last version seen"), ("limit" = Option<usize>, Query), ("type" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query), ("transactionType" = Option<String>, Query, description = "The original service's type: CREDIT, DEBIT, TRANSFER_OUT, TRANSFER_IN, HOLD_CAPTURE, HOLD_CAPTURE_IN"), ("startDate" = Option<String>, Query, description = "As `from`"), ("endDate" = Option<String>, Query, description = "As `to`"), ("offset" = Option<usize>, Query, maximum = 1000, description = "Entries of the page to skip")),
+    responses((status = 200, description = "Ledger entries, newest first: every entry the wallet had committed when the request arrived, unless the bounded wait for the ledger projection ran out", body = LedgerPageJson,
         headers(("wallex-behind" = u64, description = "Present when the wait ran out: how many committed versions of the wallet the answer lacks")))))]
 pub(crate) async fn ledger<S: Queries>(
     State(state): Shared<S>,
@@ -21,19 +24,42 @@ pub(crate) async fn ledger<S: Queries>(
 ) -> Result<Response, Problem> {
     let wallet_id = parse_wallet("walletId", &id)?;
     let limit = page_size(query.limit)?;
-    let from = parse_instant("from", query.from.as_deref())?;
-    let to = parse_instant("to", query.to.as_deref())?;
+    if let Some(kind) = query.transaction_type.as_deref()
+        && !TRANSACTION_TYPES.contains(&kind)
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("transactionType is one of {}", TRANSACTION_TYPES.join(", ")),
+        ));
+    }
+    let offset = query.offset.unwrap_or(0);
+    if offset > MAX_PAGE {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("offset is at most {MAX_PAGE}")));
+    }
+    let from = parse_instant("from", query.from.as_deref().or(query.start_date.as_deref()))?;
+    let to = parse_instant("to", query.to.as_deref().or(query.end_date.as_deref()))?;
     let behind = caught_up(&state, &wallet_id).await?;
-    let entries = state.store.ledger_entries(&wallet_id, query.cursor, limit).await.map_err(store_problem)?;
+    let read = state.store.ledger_entries(&wallet_id, query.cursor, limit + offset).await.map_err(store_problem)?;
+    // `offset` skips entries of the page; the cursor still moves past everything read.
+    let entries = read.get(offset..).unwrap_or_default();
     // Filters narrow the page; the cursor still moves past everything scanned.
-    let items = entries
+    let shown: Vec<_> = entries
         .iter()
         .filter(|e| query.entry_type.as_deref().is_none_or(|kind| e.entry_type == kind))
+        .filter(|e| query.transaction_type.as_deref().is_none_or(|kind| transaction_type(&e.entry_type) == kind))
         .filter(|e| from.is_none_or(|from| e.at.unix_micros() >= from))
         .filter(|e| to.is_none_or(|to| e.at.unix_micros() < to))
-        .map(LedgerEntryJson::of)
         .collect();
-    let mut response = Json(Page::of(&entries, limit, |entry| entry.version.to_string(), items)).into_response();
+    let page: Page<()> = Page::of(entries, limit, |entry| entry.version.to_string(), Vec::new());
+    let body = LedgerPageJson {
+        wallet_id: wallet_id.to_string(),
+        count: shown.len(),
+        transactions: shown.iter().map(|entry| TransactionEntryJson::of(entry)).collect(),
+        items: shown.iter().map(|entry| LedgerEntryJson::of(entry)).collect(),
+        next_cursor: page.next_cursor,
+    };
+    let mut response = Json(body).into_response();
     if behind > 0 {
         response.headers_mut().insert(BEHIND, HeaderValue::from(behind));
     }

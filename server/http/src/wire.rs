@@ -125,6 +125,13 @@ pub(crate) struct LedgerQuery {
     pub(crate) entry_type: Option<String>,
     pub(crate) from: Option<String>,
     pub(crate) to: Option<String>,
+    /// The original service's filters: its transaction type (`CREDIT`, `DEBIT`, `TRANSFER_OUT`,
+    /// `TRANSFER_IN`, …), `startDate` and `endDate` (as `from` and `to`), and `offset` (entries
+    /// of the page skipped).
+    pub(crate) transaction_type: Option<String>,
+    pub(crate) start_date: Option<String>,
+    pub(crate) end_date: Option<String>,
+    pub(crate) offset: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +330,83 @@ impl<T> Page<T> {
     pub(crate) fn of<R>(read: &[R], limit: usize, cursor: impl Fn(&R) -> String, items: Vec<T>) -> Page<T> {
         let next_cursor = (read.len() == limit).then(|| read.last().map(cursor)).flatten();
         Page { items, next_cursor }
+    }
+}
+
+/// A page of a wallet's ledger: Wallex's `items` and `nextCursor`, and beside them the original
+/// service's `walletId`, `count` and `transactions` (the same entries, under its names).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LedgerPageJson {
+    pub(crate) wallet_id: String,
+    pub(crate) count: usize,
+    pub(crate) transactions: Vec<TransactionEntryJson>,
+    pub(crate) items: Vec<LedgerEntryJson>,
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// One ledger entry as the original service showed it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TransactionEntryJson {
+    /// `walletId:version`, unique per entry.
+    id: String,
+    wallet_id: String,
+    /// `CREDIT`, `DEBIT`, `TRANSFER_OUT`, `TRANSFER_IN`, `HOLD_CAPTURE` or `HOLD_CAPTURE_IN`.
+    transaction_type: &'static str,
+    amount: String,
+    balance_before: String,
+    balance_after: String,
+    description: Option<String>,
+    /// Not stored yet: always null.
+    reference_id: Option<String>,
+    /// The other wallet of a transfer or capture.
+    related_wallet_id: Option<String>,
+    /// Not stored yet: always empty.
+    metadata: std::collections::BTreeMap<String, String>,
+    transaction_id: String,
+    created_at: String,
+}
+
+/// Every transaction type the original service's filter accepts.
+pub(crate) const TRANSACTION_TYPES: [&str; 6] =
+    ["CREDIT", "DEBIT", "TRANSFER_OUT", "TRANSFER_IN", "HOLD_CAPTURE", "HOLD_CAPTURE_IN"];
+
+/// The original service's name for an entry of this Wallex type.
+pub(crate) fn transaction_type(entry_type: &str) -> &'static str {
+    match entry_type {
+        "wallet_created" | "credited" => "CREDIT",
+        "debited" => "DEBIT",
+        "transfer_sent" => "TRANSFER_OUT",
+        "transfer_received" => "TRANSFER_IN",
+        "hold_captured" => "HOLD_CAPTURE",
+        "capture_received" => "HOLD_CAPTURE_IN",
+        _ => "OTHER",
+    }
+}
+
+impl TransactionEntryJson {
+    pub(crate) fn of(entry: &LedgerEntry) -> TransactionEntryJson {
+        let amount = i128::from(entry.amount);
+        let after = i128::from(entry.balance_after);
+        let before = match entry.direction {
+            Direction::Credit => after - amount,
+            Direction::Debit => after + amount,
+        };
+        TransactionEntryJson {
+            id: format!("{}:{}", entry.wallet_id, entry.version),
+            wallet_id: entry.wallet_id.to_string(),
+            transaction_type: transaction_type(&entry.entry_type),
+            amount: entry.currency.format_minor(amount),
+            balance_before: entry.currency.format_minor(before),
+            balance_after: entry.currency.format_minor(after),
+            description: entry.description.clone(),
+            reference_id: None,
+            related_wallet_id: (!entry.counterparty.starts_with('@')).then(|| entry.counterparty.clone()),
+            metadata: std::collections::BTreeMap::new(),
+            transaction_id: entry.transaction_id.to_string(),
+            created_at: time(entry.at),
+        }
     }
 }
 

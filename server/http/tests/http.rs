@@ -954,3 +954,29 @@ async fn a_list_after_a_writes_position_includes_that_write() {
         assert_eq!(ids.len(), n + 1, "every wallet created so far: {ids:?}");
     }
 }
+
+#[tokio::test]
+async fn the_ledger_answers_the_original_shape_and_filters() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "la", "ownerId": "o", "initialBalance": "100"})).await;
+    api.post("/wallets", json!({"walletId": "lb", "ownerId": "o"})).await;
+    api.post("/wallets/la/credit", json!({"amount": "5", "description": "top-up"})).await;
+    api.post("/wallets/la/transfer", json!({"toWalletId": "lb", "amount": "30"})).await;
+    let ledger = api.get("/ledger/wallet/la").await;
+    assert_eq!(ledger.status, StatusCode::OK, "{:?}", ledger.body);
+    assert_eq!((ledger.body["walletId"].as_str(), ledger.body["count"].as_u64()), (Some("la"), Some(3)));
+    let newest = &ledger.body["transactions"][0];
+    assert_eq!(newest["transactionType"], "TRANSFER_OUT");
+    assert_eq!((newest["balanceBefore"].as_str(), newest["balanceAfter"].as_str()), (Some("105.00"), Some("75.00")));
+    assert_eq!((newest["amount"].as_str(), newest["relatedWalletId"].as_str()), (Some("30.00"), Some("lb")));
+    assert_eq!(ledger.body["transactions"][1]["transactionType"], "CREDIT");
+    assert_eq!(ledger.body["transactions"][1]["description"], "top-up");
+    assert_eq!(ledger.body["items"].as_array().map(Vec::len), Some(3), "Wallex's own items stay");
+    let credits = api.get("/ledger/wallet/la?transactionType=CREDIT").await;
+    assert_eq!(credits.body["count"], 2, "the opening balance and the top-up: {:?}", credits.body);
+    let skipped = api.get("/ledger/wallet/la?offset=1&limit=1").await;
+    assert_eq!(skipped.body["transactions"][0]["transactionType"], "CREDIT", "offset skips the newest");
+    let received = api.get("/ledger/wallet/lb").await;
+    assert_eq!(received.body["transactions"][0]["transactionType"], "TRANSFER_IN");
+    assert_eq!(received.body["transactions"][0]["balanceBefore"], "0.00");
+}
