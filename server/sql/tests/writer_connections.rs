@@ -40,30 +40,16 @@ async fn commits_with_every_shared_connection_held<S: EventStore + ProjectionSto
     )
     .await;
     assert!(matches!(created, Reply::Decided { record, .. } if record.result.is_ok()), "{created:?}");
-    let credited = submit(
-        &pipeline,
-        2,
-        CommandKind::Credit {
-            wallet_id: wallet,
-            currency: Currency::USD,
-            amount: Amount::from_minor(250).unwrap(),
-            description: None,
-        },
-    )
-    .await;
+    let credit = CommandKind::Credit {
+        wallet_id: wallet,
+        currency: Currency::USD,
+        amount: Amount::from_minor(250).unwrap(),
+        description: None,
+    };
+    let credited = submit(&pipeline, 2, credit.clone()).await;
     assert!(matches!(credited, Reply::Decided { record, .. } if record.result.is_ok()), "{credited:?}");
     // A retry is answered from the store, through the writer's connections too.
-    let retried = submit(
-        &pipeline,
-        2,
-        CommandKind::Credit {
-            wallet_id: wallet,
-            currency: Currency::USD,
-            amount: Amount::from_minor(250).unwrap(),
-            description: None,
-        },
-    )
-    .await;
+    let retried = submit(&pipeline, 2, credit).await;
     assert!(matches!(retried, Reply::Decided { replayed: true, .. }), "{retried:?}");
     assert_eq!(store.writer_handle().journal(wallex_engine::TransactionId(0), 10).await.unwrap().len(), 2);
     drop(held);

@@ -73,7 +73,8 @@ pub fn kafka() -> Broker {
     Broker { brokers: exports["KAFKA_BROKERS"].clone(), started: Some(exports["WALLEX_KAFKA_DIR"].clone()) }
 }
 
-fn parse_exports(line: &str) -> std::collections::BTreeMap<String, String> {
+/// The `export A=1 B=2` line the service scripts print, as a map.
+pub fn parse_exports(line: &str) -> std::collections::BTreeMap<String, String> {
     line.trim()
         .trim_start_matches("export ")
         .split(' ')

@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use wallex_testkit::services::parse_exports;
+
+mod load;
+use load::{Operation, operations};
 
 const CLIENTS: usize = 8;
 const PER_CLIENT: usize = 150;
@@ -37,16 +41,6 @@ fn run(command: &mut Command) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// `export A=1 B=2` as a map.
-fn exports(line: &str) -> BTreeMap<String, String> {
-    line.trim()
-        .trim_start_matches("export ")
-        .split(' ')
-        .filter_map(|assignment| assignment.split_once('='))
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -59,7 +53,7 @@ struct Postgres {
 
 impl Postgres {
     fn start() -> Postgres {
-        let found = exports(&run(Command::new(script("postgres")).arg("start")));
+        let found = parse_exports(&run(Command::new(script("postgres")).arg("start")));
         Postgres { url: found["DATABASE_URL"].clone(), dir: found["WALLEX_PG_DIR"].clone() }
     }
 
@@ -86,7 +80,7 @@ struct Broker {
 
 impl Broker {
     fn start(port: u16) -> Broker {
-        let found = exports(&run(Command::new(script("kafka")).args(["start", &port.to_string()])));
+        let found = parse_exports(&run(Command::new(script("kafka")).args(["start", &port.to_string()])));
         Broker { port, dir: Some(found["WALLEX_KAFKA_DIR"].clone()) }
     }
 
@@ -194,39 +188,6 @@ async fn serve(data_dir: &Path, database: Option<&str>, brokers: Option<&str>, s
     panic!("the server did not come up");
 }
 
-#[derive(Clone, Debug)]
-struct Operation {
-    key: String,
-    path: String,
-    body: String,
-    /// Cents moved per wallet if it succeeded.
-    effect: Vec<(usize, i64)>,
-    /// (status, transaction id) once decided.
-    answer: Option<(u16, Option<String>)>,
-}
-
-fn operations(client: usize, tag: &str) -> Vec<Operation> {
-    (0..PER_CLIENT)
-        .map(|n| {
-            let seed = client * 7_919 + n * 104_729;
-            let wallet = seed % WALLETS;
-            let other = (wallet + 1 + seed / 7 % (WALLETS - 1)) % WALLETS;
-            let cents = i64::try_from(100 + seed % 5_000).unwrap();
-            let amount = format!("{}.{:02}", cents / 100, cents % 100);
-            let (path, body, effect) = match n % 3 {
-                0 => (format!("/wallets/w{wallet}/credit"), json!({"amount": amount}), vec![(wallet, cents)]),
-                1 => (format!("/wallets/w{wallet}/debit"), json!({"amount": amount}), vec![(wallet, -cents)]),
-                _ => (
-                    format!("/wallets/w{wallet}/transfer"),
-                    json!({"toWalletId": format!("w{other}"), "amount": amount}),
-                    vec![(wallet, -cents), (other, cents)],
-                ),
-            };
-            Operation { key: format!("{tag}-{client}-{n}"), path, body: body.to_string(), effect, answer: None }
-        })
-        .collect()
-}
-
 /// One attempt: the decided answer, or `Err(status)` (0 for no answer) when it must be retried.
 async fn attempt(http: &reqwest::Client, base: &str, operation: &Operation) -> Result<(u16, Option<String>), u16> {
     let response = http
@@ -282,7 +243,7 @@ where
         let (base, observed, tag) = (base.to_owned(), observed.clone(), tag.to_owned());
         clients.push(tokio::spawn(async move {
             let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-            let mut work = operations(client, &tag);
+            let mut work = operations(client, PER_CLIENT, WALLETS, &tag);
             for operation in &mut work {
                 let started = Instant::now();
                 loop {

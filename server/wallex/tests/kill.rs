@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod load;
+use load::{Operation, operations};
+
 const CLIENTS: usize = 20;
 const PER_CLIENT: usize = 120;
 const WALLETS: usize = 20;
@@ -82,40 +85,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One operation: its key, route and body, and the answer once one arrived.
-#[derive(Clone, Debug)]
-struct Operation {
-    key: String,
-    path: String,
-    body: String,
-    /// (status, transaction id) once answered.
-    answer: Option<(u16, Option<String>)>,
-    /// Cents moved per wallet if it succeeded.
-    effect: Vec<(usize, i64)>,
-}
-
-fn operations(client: usize) -> Vec<Operation> {
-    (0..PER_CLIENT)
-        .map(|n| {
-            let seed = client * 7_919 + n * 104_729;
-            let wallet = seed % WALLETS;
-            let other = (wallet + 1 + seed / 7 % (WALLETS - 1)) % WALLETS;
-            let cents = i64::try_from(100 + seed % 5_000).unwrap();
-            let amount = format!("{}.{:02}", cents / 100, cents % 100);
-            let (path, body, effect) = match n % 3 {
-                0 => (format!("/wallets/w{wallet}/credit"), json!({"amount": amount}), vec![(wallet, cents)]),
-                1 => (format!("/wallets/w{wallet}/debit"), json!({"amount": amount}), vec![(wallet, -cents)]),
-                _ => (
-                    format!("/wallets/w{wallet}/transfer"),
-                    json!({"toWalletId": format!("w{other}"), "amount": amount}),
-                    vec![(wallet, -cents), (other, cents)],
-                ),
-            };
-            Operation { key: format!("kill-{client}-{n}"), path, body: body.to_string(), answer: None, effect }
-        })
-        .collect()
 }
 
 async fn send(client: &reqwest::Client, base: &str, operation: &Operation) -> Option<(u16, Option<String>)> {
@@ -205,7 +174,7 @@ async fn kill_test(setup: Setup) {
         let answered = answered.clone();
         clients.push(tokio::spawn(async move {
             let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-            let mut work = operations(client);
+            let mut work = operations(client, PER_CLIENT, WALLETS, "kill");
             for operation in &mut work {
                 operation.answer = send(&http, &base, operation).await;
                 if operation.answer.is_some() {
