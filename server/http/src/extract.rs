@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use wallex_engine::{Amount, CommandId, Currency, Description, HoldId, ParseError, Timestamp, WalletId};
 
-use crate::problem::unavailable;
 use crate::{AppState, DEFAULT_PAGE, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE, Problem};
 
 /// A JSON body whose every failure (syntax, unknown field, wrong type, size, content type) is a
@@ -278,13 +277,14 @@ pub(crate) fn command_id(headers: &HeaderMap, required: bool) -> Result<CommandI
     Ok(CommandId(xxhash_rust::xxh3::xxh3_128(&input)))
 }
 
-impl<S> AppState<S> {
-    /// The currency of an existing wallet (the write side knows every acknowledged wallet).
+impl<S: crate::Queries> AppState<S> {
+    /// The currency of an existing wallet: every acknowledged wallet is in the committed view or
+    /// the read model, and its currency never changes, so it is cached after the first lookup.
     async fn currency_of(&self, wallet_id: WalletId) -> Result<Currency, Problem> {
         if let Some(currency) = self.currencies.read().expect("lock").get(&wallet_id) {
             return Ok(*currency);
         }
-        let wallet = self.commands.wallet(wallet_id).await.ok_or_else(unavailable)?;
+        let wallet = self.committed_wallet(&wallet_id).await?;
         let wallet = wallet.ok_or_else(|| Problem::rejection(wallex_engine::Rejection::WalletNotFound))?;
         self.currencies.write().expect("lock").insert(wallet_id, wallet.currency);
         Ok(wallet.currency)

@@ -11,7 +11,7 @@ use crate::extract::{
     Body, OptionalBody, PathId, command_id, parse_amount, parse_description, parse_expiry, parse_hold, parse_wallet,
 };
 use crate::problem::{ProblemJson, unavailable};
-use crate::reply::respond;
+use crate::reply::{Render, Requested, respond};
 use crate::wire::{CaptureBody, HoldBody, HoldJson, TransactionJson};
 use crate::{Problem, Queries, Shared};
 
@@ -36,11 +36,9 @@ pub(crate) async fn place_hold<S: Queries>(
     let currency = state.request_currency(body.currency.as_deref(), wallet_id).await?;
     let amount = parse_amount("amount", &body.amount, currency, true)?;
     let kind = CommandKind::PlaceHold { hold_id, wallet_id, currency, amount, expires_at, description };
-    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, true, |events| {
-        let mut value = TransactionJson::value(events);
-        value["holdId"] = serde_json::Value::String(hold_id.to_string());
-        value
-    }))
+    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    Ok(respond(&state, reply, Render::Transaction(Some(hold_id)), Some(Requested { wallet_id, amount, currency }))
+        .await)
 }
 
 #[utoipa::path(get, path = "/holds/{id}", params(("id" = String, Path)),
@@ -56,7 +54,7 @@ pub(crate) async fn get_hold<S: Queries>(
 }
 
 #[utoipa::path(post, path = "/holds/{id}/capture", request_body(content = Option<CaptureBody>, description = "Optional: without a body the whole hold is captured out of the system"), params(("id" = String, Path)),
-    responses((status = 200, description = "Captured", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
+    responses((status = 201, description = "Captured", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
 pub(crate) async fn capture_hold<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
@@ -77,11 +75,12 @@ pub(crate) async fn capture_hold<S: Queries>(
         _ => None,
     };
     let kind = CommandKind::CaptureHold { hold_id, amount, destination, description };
-    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, TransactionJson::value))
+    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    Ok(respond(&state, reply, Render::Transaction(None), None).await)
 }
 
 #[utoipa::path(post, path = "/holds/{id}/void", params(("id" = String, Path)),
-    responses((status = 200, description = "Voided", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
+    responses((status = 201, description = "Voided", body = TransactionJson), (status = 409, description = "hold_not_active or hold_expired", body = ProblemJson)))]
 pub(crate) async fn void_hold<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
@@ -90,5 +89,6 @@ pub(crate) async fn void_hold<S: Queries>(
     let command_id = command_id(&headers, state.require_idempotency_key)?;
     let hold_id = parse_hold("holdId", &id)?;
     let kind = CommandKind::VoidHold { hold_id };
-    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, TransactionJson::value))
+    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    Ok(respond(&state, reply, Render::Transaction(None), None).await)
 }

@@ -171,6 +171,23 @@ impl<S> AppState<S> {
     }
 }
 
+impl<S: Queries> AppState<S> {
+    /// The wallet after every write acknowledged before this call: the committed view where the
+    /// read model is behind, else the read model (which then has every acknowledged write of it).
+    /// Neither waits for nor queues at the writer.
+    pub(crate) async fn committed_wallet(
+        &self,
+        wallet_id: &WalletId,
+    ) -> Result<Option<wallex_pipeline::ports::WalletView>, Problem> {
+        // A wallet in the view is there at its newest acknowledged version (the read model may at
+        // most hold a version not acknowledged yet): no store read needed.
+        if let Some(committed) = self.stats.view.wallet(wallet_id) {
+            return Ok(Some(committed));
+        }
+        self.store.wallet(wallet_id).await.map_err(problem::store_problem)
+    }
+}
+
 /// The router, with body limit, request limits and request tracing.
 pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
     let limits = state.limits;

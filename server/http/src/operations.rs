@@ -114,13 +114,21 @@ pub(crate) async fn bus_health<S: Queries>(State(state): Shared<S>) -> Response 
             "bus": state.bus_name,
             "producer": { "connected": connected, "publishFailures": failures },
             "kafka": { "status": if connected { "connected" } else { "disconnected" } },
+            "timestamp": timestamp(&state),
             "error": reachable.err(),
         }),
     )
 }
 
+/// The state's time as the original service stamped its health answers: RFC 3339.
+fn timestamp<S>(state: &crate::AppState<S>) -> String {
+    crate::wire::time(state.now())
+}
+
+/// The pipeline's figures, with the original service's `status` and `timestamp` beside them.
 pub(crate) async fn bus_stats<S: Queries>(State(state): Shared<S>) -> Result<Json<serde_json::Value>, Problem> {
     let (backlog, oldest) = state.store.outbox_backlog().await.map_err(store_problem)?;
+    let connected = bus_reachable(&state).await.is_ok();
     let now = state.now().unix_micros();
     let oldest_age_ms = oldest.map(|at| now.saturating_sub(at.unix_micros()) / 1_000);
     let mut consumers = serde_json::Map::new();
@@ -144,6 +152,10 @@ pub(crate) async fn bus_stats<S: Queries>(State(state): Shared<S>) -> Result<Jso
         );
     }
     Ok(Json(serde_json::json!({
+        "status": if connected { "healthy" } else { "unhealthy" },
+        "timestamp": timestamp(&state),
+        "producer": { "connected": connected },
+        "kafka": { "status": if connected { "connected" } else { "disconnected" } },
         "outbox": { "backlog": backlog, "oldestUnpublishedAgeMs": oldest_age_ms },
         "relay": {
             "published": state.stats.relay.published.load(Relaxed),

@@ -21,6 +21,9 @@ pub struct Problem {
     pub detail: String,
     /// The transaction a rejected command was recorded as, if it was.
     pub transaction_id: Option<u64>,
+    /// More members of the body, e.g. `insufficient_funds`'s `available`, `requested` and
+    /// `currency`.
+    pub members: std::collections::BTreeMap<&'static str, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -39,11 +42,19 @@ struct ProblemBody<'a> {
     status_code: u16,
     message: &'a str,
     error: &'a str,
+    #[serde(flatten)]
+    members: &'a std::collections::BTreeMap<&'static str, serde_json::Value>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, code, detail: detail.into(), transaction_id: None }
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            transaction_id: None,
+            members: std::collections::BTreeMap::new(),
+        }
     }
 
     /// The HTTP form of a ledger rejection: the single mapping from rejection to status.
@@ -136,6 +147,7 @@ impl IntoResponse for Problem {
             status_code: self.status.as_u16(),
             message: &self.detail,
             error: self.title(),
+            members: &self.members,
         };
         let bytes = serde_json::to_vec(&body).expect("problems serialize");
         let mut response = (self.status, bytes).into_response();
@@ -165,6 +177,13 @@ pub(crate) struct ProblemJson {
     status_code: u16,
     message: String,
     error: String,
+    /// `insufficient_funds` only: what the wallet may spend when the answer was made
+    /// (`balance - heldBalance + overdraftLimit`), as a decimal string.
+    available: Option<String>,
+    /// `insufficient_funds` only: the amount the request asked for.
+    requested: Option<String>,
+    /// `insufficient_funds` only: the currency of `available` and `requested`.
+    currency: Option<String>,
 }
 
 /// What the request limits ([`crate::Limits`]) answer: 503 `overloaded` when too many requests

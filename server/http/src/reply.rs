@@ -1,26 +1,58 @@
-//! A command's outcome as an HTTP answer, shared by every POST route: the status, the body, the
-//! `Idempotent-Replayed` header, and the problems for a refused, conflicting or unconfirmed command.
+//! A command's outcome as an HTTP answer, shared by every POST route: the status (201 for every
+//! success, as the original service answered), the body, the `Idempotent-Replayed` and
+//! `Wallex-Position` headers, and the problems for a refused, conflicting or unconfirmed command.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use wallex_engine::Event;
+use wallex_engine::{Amount, Currency, Event, Rejection, TransactionId, WalletId};
 use wallex_pipeline::Reply;
+use wallex_pipeline::ports::WalletView;
 
-use crate::Problem;
+use crate::wire::{EventJson, TransactionJson, TransferJson, WalletJson, WalletOperationJson};
+use crate::{AppState, Problem, Queries};
 
-/// The HTTP answer to a writer reply. A replay renders exactly as the original did.
-pub(crate) fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event]) -> serde_json::Value) -> Response {
+/// What a successful command's body shows besides its transaction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Render {
+    /// The wallet after the command (create, credit, debit), with `transactionId` and `events`.
+    Wallet,
+    /// `fromWallet` and `toWallet` after the transfer, with `transactionId` and `events`.
+    Transfer,
+    /// `transactionId` and `events` alone (holds), and the hold's id when it has one.
+    Transaction(Option<wallex_engine::HoldId>),
+}
+
+/// What the request asked to move, for the numbers of an `insufficient_funds` answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Requested {
+    pub(crate) wallet_id: WalletId,
+    pub(crate) amount: Amount,
+    pub(crate) currency: Currency,
+}
+
+/// The HTTP answer to a writer reply. A replay renders exactly as the original did: a wallet's
+/// balances and version come from the command's own events, and the rest of it (owner, currency,
+/// overdraft limit, creation time) never changes.
+pub(crate) async fn respond<S: Queries>(
+    state: &AppState<S>,
+    reply: Reply,
+    render: Render,
+    requested: Option<Requested>,
+) -> Response {
     match reply {
         Reply::Decided { record, events, replayed } => {
             let mut response = match record.result {
                 Ok(()) => {
-                    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-                    (status, Json(render(&events))).into_response()
+                    let body = body(state, &events, render).await;
+                    (StatusCode::CREATED, Json(body)).into_response()
                 }
                 Err(rejection) => {
                     let mut problem = Problem::rejection(rejection);
                     problem.transaction_id = Some(record.transaction_id.0);
+                    if let (Rejection::InsufficientFunds, Some(requested)) = (rejection, requested) {
+                        problem = with_funds(state, problem, requested, record.transaction_id).await;
+                    }
                     problem.into_response()
                 }
             };
@@ -31,7 +63,7 @@ pub(crate) fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event])
             response.headers_mut().insert(crate::POSITION, HeaderValue::from(record.transaction_id.0));
             response
         }
-        Reply::KeyReused { .. } => Problem::rejection(wallex_engine::Rejection::IdempotencyKeyReused).into_response(),
+        Reply::KeyReused { .. } => Problem::rejection(Rejection::IdempotencyKeyReused).into_response(),
         Reply::InFlight => Problem::new(
             StatusCode::CONFLICT,
             "idempotency_key_in_flight",
@@ -58,4 +90,90 @@ pub(crate) fn respond(reply: Reply, created: bool, render: impl FnOnce(&[Event])
             .into_response()
         }
     }
+}
+
+/// A successful command's body.
+async fn body<S: Queries>(state: &AppState<S>, events: &[Event], render: Render) -> serde_json::Value {
+    let transaction_id = events.first().map(|event| event.transaction_id.to_string()).unwrap_or_default();
+    let rendered = events.iter().map(EventJson::of).collect();
+    let value = match render {
+        Render::Wallet => {
+            let wallet = match events.first() {
+                Some(event) => wallet_after(state, event).await,
+                None => None,
+            };
+            serde_json::to_value(WalletOperationJson { wallet, transaction_id, events: rendered })
+        }
+        Render::Transfer => {
+            // A transfer's events: the source's, then the destination's.
+            let mut wallets = Vec::with_capacity(2);
+            for event in events.iter().take(2) {
+                wallets.push(wallet_after(state, event).await);
+            }
+            let mut wallets = wallets.into_iter();
+            let (from_wallet, to_wallet) = (wallets.next().flatten(), wallets.next().flatten());
+            serde_json::to_value(TransferJson { from_wallet, to_wallet, transaction_id, events: rendered })
+        }
+        Render::Transaction(hold_id) => serde_json::to_value(TransactionJson {
+            hold_id: hold_id.map(|hold_id| hold_id.to_string()),
+            transaction_id,
+            events: rendered,
+        }),
+    };
+    value.expect("answers serialize")
+}
+
+/// The wallet right after `event`: its balances and version from the event, everything else from
+/// the wallet as committed (none of it changes after creation). `None` only if the store cannot be
+/// read right now; the answer then carries the transaction alone.
+async fn wallet_after<S: Queries>(state: &AppState<S>, event: &Event) -> Option<WalletJson> {
+    let facts = match WalletView::after(None, event) {
+        Some(created) => created,
+        None => match state.committed_wallet(&event.wallet_id).await {
+            Ok(Some(wallet)) => wallet,
+            Ok(None) | Err(_) => return None,
+        },
+    };
+    WalletView::after(Some(&facts), event).map(|wallet| WalletJson::of(&wallet))
+}
+
+/// An `insufficient_funds` answer with its numbers: what was asked, what the wallet could spend
+/// when the command was decided, and the currency of both. The available balance is read from the
+/// wallet's journal as it stood before the refused transaction (a refusal changes nothing), so a
+/// replay answers exactly the same numbers as the first answer.
+async fn with_funds<S: Queries>(
+    state: &AppState<S>,
+    mut problem: Problem,
+    requested: Requested,
+    transaction: TransactionId,
+) -> Problem {
+    problem.members.insert("requested", serde_json::Value::String(requested.amount.format(requested.currency)));
+    problem.members.insert("currency", serde_json::Value::String(requested.currency.code().to_owned()));
+    if let Some(available) = available_before(state, &requested.wallet_id, transaction).await {
+        problem.members.insert("available", serde_json::Value::String(requested.currency.format_minor(available)));
+    }
+    problem
+}
+
+/// How many events a step back through a wallet's journal reads.
+const JOURNAL_STEP: u64 = 64;
+
+/// The wallet's available balance just before `transaction`: from its newest event of an earlier
+/// transaction, walking back from its committed version. `None` if the store cannot be read.
+async fn available_before<S: Queries>(
+    state: &AppState<S>,
+    wallet_id: &WalletId,
+    transaction: TransactionId,
+) -> Option<i128> {
+    let wallet = state.committed_wallet(wallet_id).await.ok()??;
+    let mut to = wallet.version;
+    while to > 0 {
+        let from = to.saturating_sub(JOURNAL_STEP - 1).max(1);
+        let events = state.store.wallet_events(wallet_id, from, to).await.ok()?;
+        if let Some(event) = events.iter().rev().find(|event| event.transaction_id < transaction) {
+            return Some(event.available_after() + i128::from(wallet.overdraft_limit));
+        }
+        to = from - 1;
+    }
+    None
 }

@@ -5,24 +5,23 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use wallex_engine::{Amount, Command, CommandKind, Currency, OwnerId};
-use wallex_pipeline::ports::WalletView;
 
 use crate::extract::{
     Body, Params, PathId, command_id, page_size, parse_amount, parse_currency, parse_description, parse_wallet,
 };
 use crate::problem::{ProblemJson, store_problem};
-use crate::reply::respond;
+use crate::reply::{Render, Requested, respond};
 use crate::wire::{
-    CreateWalletBody, ListQuery, MoneyBody, Page, TransactionJson, TransferBody, WalletJson, WalletQuery,
+    CreateWalletBody, ListQuery, MoneyBody, TransferBody, TransferJson, WalletJson, WalletOperationJson, WalletQuery,
 };
 use crate::{AppState, Problem, Queries, Shared};
 
 #[utoipa::path(post, path = "/wallets", request_body = CreateWalletBody,
-    responses((status = 201, description = "Created", body = WalletJson), (status = 409, description = "wallet_exists", body = ProblemJson),
+    responses((status = 201, description = "Created: the wallet, its transaction and its events", body = WalletOperationJson), (status = 409, description = "wallet_exists", body = ProblemJson),
         (status = 400, description = "Malformed", body = ProblemJson)))]
 pub(crate) async fn create_wallet<S: Queries>(
     State(state): Shared<S>,
@@ -41,18 +40,13 @@ pub(crate) async fn create_wallet<S: Queries>(
     let overdraft_limit = amount("overdraftLimit", body.overdraft_limit.as_deref())?;
     let kind = CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit };
     let reply = state.commands.submit(Command { id, kind }).await;
-    Ok(respond(reply, true, |events| {
-        let created = events.first().map(|event| {
-            let view = WalletView::after(None, event).expect("the first event creates the wallet");
-            WalletJson::of(&view)
-        });
-        serde_json::to_value(created).expect("serializes")
-    }))
+    Ok(respond(&state, reply, Render::Wallet, None).await)
 }
 
-#[utoipa::path(get, path = "/wallets", params(("ownerId" = Option<String>, Query), ("cursor" = Option<String>, Query), ("limit" = Option<usize>, Query), ("after" = Option<i64>, Query, minimum = 0, description = "A write's Wallex-Position: the list includes every write committed through it (waiting, bounded, for the read side)")),
-    responses((status = 200, description = "A page of wallets", body = Page<WalletJson>,
-        headers(("wallex-behind" = u64, description = "Present when the bounded wait ran out: how many wallets the list may show before that position")))))]
+#[utoipa::path(get, path = "/wallets", params(("ownerId" = Option<String>, Query), ("cursor" = Option<String>, Query, description = "The last wallet id of the previous page, as the `Link` header's next page names it"), ("limit" = Option<usize>, Query), ("after" = Option<i64>, Query, minimum = 0, description = "A write's Wallex-Position: the list includes every write committed through it (waiting, bounded, for the read side)")),
+    responses((status = 200, description = "Wallets ordered by id, as a JSON array (as the original service answered); a full page links the next one", body = Vec<WalletJson>,
+        headers(("link" = String, description = "RFC 8288: `<…>; rel=\"next\"` when there may be more wallets"),
+            ("wallex-behind" = u64, description = "Present when the bounded wait ran out: how many wallets the list may show before that position")))))]
 pub(crate) async fn list_wallets<S: Queries>(
     State(state): Shared<S>,
     Params(query): Params<ListQuery>,
@@ -73,10 +67,21 @@ pub(crate) async fn list_wallets<S: Queries>(
     let owner = query.owner_id.as_deref().map(OwnerId::parse).transpose().map_err(|e| Problem::field("ownerId", &e))?;
     let after = query.cursor.as_deref().map(|text| parse_wallet("cursor", text)).transpose()?;
     let views = state.store.wallets(owner.as_ref(), after.as_ref(), limit).await.map_err(store_problem)?;
-    let items = views.iter().map(WalletJson::of).collect();
-    let mut response = Json(Page::of(&views, limit, |view| view.wallet_id.to_string(), items)).into_response();
+    let items: Vec<WalletJson> = views.iter().map(WalletJson::of).collect();
+    let mut response = Json(items).into_response();
+    // A full page may have more after it: link the next one, with the same filters.
+    if views.len() == limit
+        && let Some(last) = views.last()
+    {
+        let mut next = format!("/wallets?cursor={}&limit={limit}", last.wallet_id);
+        if let Some(owner) = &owner {
+            next.push_str(&format!("&ownerId={owner}"));
+        }
+        let link = format!("<{next}>; rel=\"next\"");
+        response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).expect("ids are header-safe"));
+    }
     if behind > 0 {
-        response.headers_mut().insert(crate::ledger::BEHIND, axum::http::HeaderValue::from(behind as u64));
+        response.headers_mut().insert(crate::ledger::BEHIND, HeaderValue::from(behind as u64));
     }
     Ok(response)
 }
@@ -94,14 +99,8 @@ pub(crate) async fn get_wallet<S: Queries>(
         // Every write acknowledged before this request: the read model, or the committed view
         // where the read model is behind. Neither waits for nor queues at the writer.
         None | Some("strong") => {
-            // A wallet in the view is there at its newest acknowledged version (the read model
-            // may at most hold a version not acknowledged yet): no store read needed.
-            if let Some(committed) = state.stats.view.wallet(&wallet_id) {
-                return Ok(Json(WalletJson::of(&committed)));
-            }
-            // Not in the view: the read model has every acknowledged write of it.
-            let projected = state.store.wallet(&wallet_id).await.map_err(store_problem)?.ok_or_else(not_found)?;
-            Ok(Json(WalletJson::of(&projected)))
+            let committed = state.committed_wallet(&wallet_id).await?.ok_or_else(not_found)?;
+            Ok(Json(WalletJson::of(&committed)))
         }
         // The read model alone: the cheapest read, possibly behind the last acknowledged write.
         Some("eventual") => {
@@ -113,7 +112,7 @@ pub(crate) async fn get_wallet<S: Queries>(
 }
 
 #[utoipa::path(post, path = "/wallets/{id}/credit", request_body = MoneyBody, params(("id" = String, Path)),
-    responses((status = 200, description = "Credited", body = TransactionJson), (status = 404, description = "wallet_not_found", body = ProblemJson)))]
+    responses((status = 201, description = "Credited: the wallet after the credit, the transaction and its events", body = WalletOperationJson), (status = 422, description = "Refused", body = ProblemJson), (status = 404, description = "wallet_not_found", body = ProblemJson)))]
 pub(crate) async fn credit<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
@@ -124,7 +123,7 @@ pub(crate) async fn credit<S: Queries>(
 }
 
 #[utoipa::path(post, path = "/wallets/{id}/debit", request_body = MoneyBody, params(("id" = String, Path)),
-    responses((status = 200, description = "Debited", body = TransactionJson), (status = 422, description = "insufficient_funds", body = ProblemJson)))]
+    responses((status = 201, description = "Debited: the wallet after the debit, the transaction and its events", body = WalletOperationJson), (status = 404, description = "wallet_not_found", body = ProblemJson), (status = 422, description = "insufficient_funds (with available, requested and currency) or another refusal", body = ProblemJson)))]
 pub(crate) async fn debit<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
@@ -152,11 +151,12 @@ async fn credit_or_debit<S: Queries>(
     } else {
         CommandKind::Debit { wallet_id, currency, amount, description }
     };
-    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, TransactionJson::value))
+    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    Ok(respond(state, reply, Render::Wallet, (!is_credit).then_some(Requested { wallet_id, amount, currency })).await)
 }
 
 #[utoipa::path(post, path = "/wallets/{id}/transfer", request_body = TransferBody, params(("id" = String, Path)),
-    responses((status = 200, description = "Transferred", body = TransactionJson), (status = 422, description = "Refused", body = ProblemJson)))]
+    responses((status = 201, description = "Transferred: both wallets after it, the transaction and its events", body = TransferJson), (status = 404, description = "wallet_not_found", body = ProblemJson), (status = 422, description = "insufficient_funds (with available, requested and currency) or another refusal", body = ProblemJson)))]
 pub(crate) async fn transfer<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
@@ -170,5 +170,6 @@ pub(crate) async fn transfer<S: Queries>(
     let currency = state.request_currency(body.currency.as_deref(), source).await?;
     let amount = parse_amount("amount", &body.amount, currency, true)?;
     let kind = CommandKind::Transfer { source, destination, currency, amount, description };
-    Ok(respond(state.commands.submit(Command { id: command_id, kind }).await, false, TransactionJson::value))
+    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    Ok(respond(&state, reply, Render::Transfer, Some(Requested { wallet_id: source, amount, currency })).await)
 }

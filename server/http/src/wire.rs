@@ -12,7 +12,7 @@ use wallex_engine::{Event, EventKind, Hold, HoldStatus, Timestamp};
 use wallex_pipeline::ports::{Direction, LedgerEntry, WalletView};
 
 /// An instant as RFC 3339 in UTC, to the microsecond.
-fn time(at: Timestamp) -> String {
+pub(crate) fn time(at: Timestamp) -> String {
     let micros = i64::try_from(at.unix_micros()).unwrap_or(i64::MAX);
     jiff::Timestamp::from_microsecond(micros).map_or_else(|_| micros.to_string(), |t| t.to_string())
 }
@@ -260,21 +260,40 @@ impl EventJson {
     }
 }
 
+/// A hold command's answer: its transaction, and the hold's id when it placed one.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 #[derive(utoipa::ToSchema)]
 pub(crate) struct TransactionJson {
-    transaction_id: String,
-    events: Vec<EventJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hold_id: Option<String>,
+    pub(crate) transaction_id: String,
+    pub(crate) events: Vec<EventJson>,
 }
 
-impl TransactionJson {
-    /// A command's events as one transaction: the body of every successful command but creation.
-    pub(crate) fn value(events: &[Event]) -> serde_json::Value {
-        let transaction_id = events.first().map(|event| event.transaction_id.to_string()).unwrap_or_default();
-        serde_json::to_value(TransactionJson { transaction_id, events: events.iter().map(EventJson::of).collect() })
-            .expect("serializes")
-    }
+/// The answer to a wallet's creation, credit or debit, as the original service gave it: the wallet
+/// after the command (every field of `Wallet`), with the command's `transactionId` and `events`.
+/// (Should the read side be unreachable at that moment, the answer carries the transaction alone.)
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct WalletOperationJson {
+    #[serde(flatten)]
+    pub(crate) wallet: Option<WalletJson>,
+    pub(crate) transaction_id: String,
+    pub(crate) events: Vec<EventJson>,
+}
+
+/// The answer to a transfer, as the original service gave it: both wallets after it, with the
+/// command's `transactionId` and `events`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(utoipa::ToSchema)]
+pub(crate) struct TransferJson {
+    pub(crate) from_wallet: Option<WalletJson>,
+    pub(crate) to_wallet: Option<WalletJson>,
+    pub(crate) transaction_id: String,
+    pub(crate) events: Vec<EventJson>,
 }
 
 #[derive(Serialize)]

@@ -39,6 +39,8 @@ struct Answer {
     status: StatusCode,
     content_type: String,
     replayed: bool,
+    /// The `Link` header, if any.
+    link: Option<String>,
     body: Value,
 }
 
@@ -60,6 +62,7 @@ impl Api {
             status,
             content_type: headers.get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default(),
             replayed: headers.get("idempotent-replayed").is_some(),
+            link: headers.get("link").map(|v| v.to_str().unwrap().to_owned()),
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         }
     }
@@ -104,8 +107,12 @@ async fn the_original_routes_move_money_exactly() {
 
     let credit =
         api.post("/wallets/wallet-123/credit", json!({"amount": 50.10, "description": "Deposit from bank"})).await;
-    assert_eq!(credit.status, StatusCode::OK, "{:?}", credit.body);
+    assert_eq!(credit.status, StatusCode::CREATED, "{:?}", credit.body);
     assert_eq!(credit.body["events"][0]["balanceAfter"], "150.10");
+    // The wallet after the credit, as the original answered, beside the transaction.
+    assert_eq!((credit.body["id"].as_str(), credit.body["balance"].as_str()), (Some("wallet-123"), Some("150.10")));
+    assert_eq!((credit.body["version"].as_u64(), credit.body["ownerId"].as_str()), (Some(2), Some("user-456")));
+    assert_eq!(credit.body["transactionId"], credit.body["events"][0]["transactionId"]);
     let debit =
         api.post("/wallets/wallet-123/debit", json!({"amount": "30.05", "description": "ATM withdrawal"})).await;
     assert_eq!(debit.body["events"][0]["balanceAfter"], "120.05");
@@ -115,8 +122,17 @@ async fn the_original_routes_move_money_exactly() {
             json!({"toWalletId": "wallet-789", "amount": 25, "description": "Payment"}),
         )
         .await;
-    assert_eq!(transfer.status, StatusCode::OK, "{:?}", transfer.body);
+    assert_eq!(transfer.status, StatusCode::CREATED, "{:?}", transfer.body);
     assert_eq!(transfer.body["events"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (transfer.body["fromWallet"]["id"].as_str(), transfer.body["fromWallet"]["balance"].as_str()),
+        (Some("wallet-123"), Some("95.05"))
+    );
+    assert_eq!(
+        (transfer.body["toWallet"]["id"].as_str(), transfer.body["toWallet"]["balance"].as_str()),
+        (Some("wallet-789"), Some("25.00"))
+    );
+    assert_eq!(transfer.body["toWallet"]["version"], 2);
 
     let wallet = api.projected("wallet-123", 4).await;
     assert_eq!((wallet["balance"].as_str(), wallet["ownerId"].as_str()), (Some("95.05"), Some("user-456")));
@@ -156,12 +172,16 @@ async fn the_original_routes_move_money_exactly() {
     assert_eq!(past.body["balance"], "150.10");
     problem(&api.get("/wallets/wallet-123/balance?version=99").await, StatusCode::NOT_FOUND, "version_not_found");
 
+    // The list is a JSON array, as the original answered; a full page links the next (RFC 8288).
     let list = api.get("/wallets?ownerId=user-456").await;
-    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    assert_eq!(list.link, None, "a short page is the last");
     let first = api.get("/wallets?limit=1").await;
-    assert_eq!(first.body["nextCursor"], "wallet-123");
+    assert_eq!(first.body[0]["walletId"], "wallet-123");
+    let next = first.link.as_deref().expect("a full page links the next one");
+    assert_eq!(next, r#"</wallets?cursor=wallet-123&limit=1>; rel="next""#);
     let second = api.get("/wallets?limit=1&cursor=wallet-123").await;
-    assert_eq!(second.body["items"][0]["walletId"], "wallet-789");
+    assert_eq!(second.body[0]["walletId"], "wallet-789");
 }
 
 #[tokio::test]
@@ -308,7 +328,7 @@ async fn every_well_formed_amount_is_exact_whatever_its_form() {
         let answer = api.call("POST", "/wallets/a/debit", None, Some(body)).await;
         assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: a debit of an empty wallet is refused");
         let answer = api.call("POST", "/wallets/a/credit", None, Some(body)).await;
-        assert_eq!(answer.status, StatusCode::OK, "{body}: {:?}", answer.body);
+        assert_eq!(answer.status, StatusCode::CREATED, "{body}: {:?}", answer.body);
         cents += added;
         let balance = api.get("/wallets/a?consistency=strong").await.body["balance"].as_str().unwrap().to_owned();
         assert_eq!(balance, format!("{}.{:02}", cents / 100, cents % 100), "after {body}");
@@ -324,7 +344,7 @@ async fn a_capture_with_a_null_body_captures_the_whole_hold() {
     let placed = api.post("/wallets/a/holds", json!({"holdId": "h", "amount": 4})).await;
     assert_eq!(placed.status, StatusCode::CREATED);
     let captured = api.call("POST", "/holds/h/capture", None, Some("null")).await;
-    assert_eq!(captured.status, StatusCode::OK, "{:?}", captured.body);
+    assert_eq!(captured.status, StatusCode::CREATED, "{:?}", captured.body);
     assert_eq!(api.get("/wallets/a?consistency=strong").await.body["balance"], "6.00");
 }
 
@@ -334,7 +354,7 @@ async fn the_idempotency_matrix() {
     api.post("/wallets", json!({"walletId": "a", "ownerId": "o", "initialBalance": 100})).await;
     let body = r#"{"amount": "10.00"}"#;
     let first = api.call("POST", "/wallets/a/debit", Some("key-1"), Some(body)).await;
-    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.status, StatusCode::CREATED);
     assert!(!first.replayed);
     // Replay: the original status and body, flagged.
     let replay = api.call("POST", "/wallets/a/debit", Some("key-1"), Some(body)).await;
@@ -374,8 +394,8 @@ async fn the_idempotency_matrix() {
     for task in tasks {
         statuses.push(task.await.unwrap());
     }
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::CONFLICT), "{statuses:?}");
-    assert!(statuses.contains(&StatusCode::OK));
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT), "{statuses:?}");
+    assert!(statuses.contains(&StatusCode::CREATED));
     let balance = api.get("/wallets/a?consistency=strong").await.body["balance"].clone();
     assert_eq!(balance, "1091.00", "100 - 10 + 1000 + exactly one 1.00");
 }
@@ -398,7 +418,7 @@ async fn holds_reserve_capture_and_void() {
     let hold = api.get("/holds/h1").await;
     assert_eq!((hold.body["status"].as_str(), hold.body["amount"].as_str()), (Some("active"), Some("200.00")));
     let captured = api.post("/holds/h1/capture", json!({"amount": "120.50", "toWalletId": "hotel"})).await;
-    assert_eq!(captured.status, StatusCode::OK, "{:?}", captured.body);
+    assert_eq!(captured.status, StatusCode::CREATED, "{:?}", captured.body);
     assert_eq!(api.get("/holds/h1").await.body["capturedAmount"], "120.50");
     problem(&api.post("/holds/h1/void", json!({})).await, StatusCode::CONFLICT, "hold_not_active");
     let strong = api.get("/wallets/guest?consistency=strong").await;
@@ -408,7 +428,7 @@ async fn holds_reserve_capture_and_void() {
     let second = api.post("/wallets/guest/holds", json!({"amount": 50})).await;
     let hold_id = second.body["holdId"].as_str().unwrap().to_owned();
     let voided = api.call("POST", &format!("/holds/{hold_id}/void"), None, None).await;
-    assert_eq!(voided.status, StatusCode::OK, "{:?}", voided.body);
+    assert_eq!(voided.status, StatusCode::CREATED, "{:?}", voided.body);
     // Every field of a capture is optional, so no body at all captures the whole hold (out of the
     // system), as void takes no body; a body that is there must still be JSON.
     let third = api.post("/wallets/guest/holds", json!({"amount": 30})).await;
@@ -421,7 +441,7 @@ async fn holds_reserve_capture_and_void() {
     );
     assert_eq!(not_json.await.unwrap().status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let captured = api.call("POST", &format!("/holds/{hold_id}/capture"), None, None).await;
-    assert_eq!(captured.status, StatusCode::OK, "{:?}", captured.body);
+    assert_eq!(captured.status, StatusCode::CREATED, "{:?}", captured.body);
     assert_eq!(api.get(&format!("/holds/{hold_id}")).await.body["capturedAmount"], "30.00");
     let strong = api.get("/wallets/guest?consistency=strong").await;
     assert_eq!(strong.body["balance"], "149.50", "captured out of the system");
@@ -807,12 +827,16 @@ async fn the_available_balance_is_exactly_what_the_ledger_lets_the_wallet_spend(
     assert_eq!(api.post("/wallets/od/holds", json!({"amount": "3"})).await.status, StatusCode::CREATED);
     let wallet = api.get("/wallets/od?consistency=strong").await;
     assert_eq!(wallet.body["availableBalance"], "12.00", "{:?}", wallet.body);
-    problem(
-        &api.post("/wallets/od/debit", json!({"amount": "12.01"})).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "insufficient_funds",
+    let refused = api.post("/wallets/od/debit", json!({"amount": "12.01"})).await;
+    problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds");
+    // The numbers: what the wallet may spend, what was asked, in what currency.
+    assert_eq!(
+        (refused.body["available"].as_str(), refused.body["requested"].as_str(), refused.body["currency"].as_str()),
+        (Some("12.00"), Some("12.01"), Some("USD")),
+        "{:?}",
+        refused.body
     );
-    assert_eq!(api.post("/wallets/od/debit", json!({"amount": "12.00"})).await.status, StatusCode::OK);
+    assert_eq!(api.post("/wallets/od/debit", json!({"amount": "12.00"})).await.status, StatusCode::CREATED);
     let after = api.get("/wallets/od?consistency=strong").await;
     assert_eq!(
         (after.body["balance"].as_str(), after.body["availableBalance"].as_str()),
@@ -842,7 +866,7 @@ async fn a_read_after_the_last_acknowledged_write_shows_it_on_any_connection() {
                 let key = format!("rw-{round}-{n}");
                 let body = json!({ "amount": amount }).to_string();
                 let answer = api.call("POST", &format!("/wallets/hot/{path}"), Some(&key), Some(&body)).await;
-                assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+                assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
             }));
         }
         for write in writes {
@@ -877,7 +901,7 @@ async fn the_ledger_read_after_acknowledged_writes_lists_every_one_of_them() {
     for n in 0..20 {
         let key = format!("led-{n}");
         let body = json!({"amount": "1"}).to_string();
-        assert_eq!(api.call("POST", "/wallets/led/credit", Some(&key), Some(&body)).await.status, StatusCode::OK);
+        assert_eq!(api.call("POST", "/wallets/led/credit", Some(&key), Some(&body)).await.status, StatusCode::CREATED);
         if n % 5 == 4 {
             let page = api.get("/ledger/wallet/led?limit=100").await;
             let entries = page.body["items"].as_array().map_or(0, Vec::len);
@@ -949,8 +973,7 @@ async fn a_list_after_a_writes_position_includes_that_write() {
             .unwrap();
         assert!(listed.headers().get("wallex-behind").is_none(), "the wait did not run out");
         let body: Value = serde_json::from_slice(&listed.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        let ids: Vec<&str> =
-            body["items"].as_array().unwrap().iter().map(|w| w["walletId"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = body.as_array().unwrap().iter().map(|w| w["walletId"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), n + 1, "every wallet created so far: {ids:?}");
     }
 }

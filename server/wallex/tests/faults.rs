@@ -303,7 +303,7 @@ async fn check(base: &str, operations: &[Operation]) {
     let mut transactions = BTreeMap::new();
     for operation in operations {
         let (status, transaction) = operation.answer.clone().expect("every operation was decided");
-        if status == 200 {
+        if status == 201 {
             for (wallet, cents) in &operation.effect {
                 expected[*wallet] += cents;
                 versions[*wallet] += 1;

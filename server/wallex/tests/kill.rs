@@ -221,7 +221,7 @@ async fn kill_test(setup: Setup) {
     let mut transactions = BTreeMap::new();
     for operation in &all {
         let (status, transaction) = operation.answer.clone().unwrap();
-        if status == 200 {
+        if status == 201 {
             for (wallet, cents) in &operation.effect {
                 expected[*wallet] += cents;
                 events[*wallet] += 1;
