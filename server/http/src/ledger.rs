@@ -37,8 +37,12 @@ pub(crate) async fn ledger<S: Queries>(
     if offset > MAX_PAGE {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("offset is at most {MAX_PAGE}")));
     }
-    let from = parse_instant("from", query.from.as_deref().or(query.start_date.as_deref()))?;
-    let to = parse_instant("to", query.to.as_deref().or(query.end_date.as_deref()))?;
+    // Each bound is checked, whichever name it came by; given both ways, the narrower holds.
+    let from = parse_instant("from", query.from.as_deref())?.max(parse_instant("startDate", query.start_date.as_deref())?);
+    let to = match (parse_instant("to", query.to.as_deref())?, parse_instant("endDate", query.end_date.as_deref())?) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let behind = caught_up(&state, &wallet_id).await?;
     let read = state.store.ledger_entries(&wallet_id, query.cursor, limit + offset).await.map_err(store_problem)?;
     // `offset` skips entries of the page; the cursor still moves past everything read.
