@@ -43,7 +43,7 @@ async fn main() {
         };
         let first = u128::from(EXPIRED_KEYS) + 1;
         assert!(matches!(
-            pipeline.commands.submit(Command { id: CommandId(first), kind: create }).await,
+            pipeline.commands.submit(Command::new(CommandId(first), create)).await,
             Reply::Decided { .. }
         ));
 
@@ -67,7 +67,7 @@ async fn main() {
                 description: None,
             };
             let started = Instant::now();
-            let reply = pipeline.commands.submit(Command { id: CommandId(id), kind: credit }).await;
+            let reply = pipeline.commands.submit(Command::new(CommandId(id), credit)).await;
             assert!(matches!(reply, Reply::Decided { .. }), "{reply:?}");
             latencies.record(u64::try_from(started.elapsed().as_micros()).unwrap()).unwrap();
         }

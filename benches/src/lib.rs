@@ -36,6 +36,7 @@ pub fn create_wallets(wallets: usize) -> Vec<Command> {
                 initial_balance: dollars(INITIAL_BALANCE_DOLLARS),
                 overdraft_limit: Amount::ZERO,
             },
+            memo: Default::default(),
         })
         .collect()
 }
@@ -74,7 +75,7 @@ pub fn mix(wallets: usize, count: usize, first_id: u128, seed: u64) -> Vec<Comma
                     }
                 }
             };
-            Command { id: CommandId(first_id + index as u128), kind }
+            Command::new(CommandId(first_id + index as u128), kind)
         })
         .collect()
 }

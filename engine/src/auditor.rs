@@ -6,7 +6,7 @@
 //! instead of indexing, and restates the rejection precedence from the documentation on
 //! [`Rejection`]. Property tests, the fuzzer and the simulator all compare the engine against it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ledger::{CommandRecord, Ledger, MAX_BALANCE_MINOR, MAX_EXPIRIES_PER_COMMAND, Outcome};
 use crate::{Command, CommandKind, Config, Currency, Event, Rejection, Timestamp};
@@ -37,6 +37,8 @@ struct ModelHold {
 #[derive(Clone, Debug)]
 struct Seen {
     kind: CommandKind,
+    /// The reference and metadata, which are content too (the correlation id is not).
+    attached: (Option<String>, Vec<(String, String)>),
     at: u64,
     result: Result<u64, Rejection>,
 }
@@ -73,6 +75,8 @@ pub struct Auditor {
     holds: BTreeMap<String, ModelHold>,
     seen: BTreeMap<u128, Seen>,
     world: BTreeMap<Currency, i128>,
+    /// Every (wallet, reference) a transaction has used.
+    references: BTreeSet<(String, String)>,
 }
 
 impl Auditor {
@@ -85,16 +89,49 @@ impl Auditor {
         let now = now.unix_micros().max(self.clock);
         let retention = self.retention_micros;
         let remembered = |seen: &Seen| seen.at.saturating_add(retention) > now;
+        let attached = (
+            command.memo.reference.as_ref().map(|reference| reference.as_str().to_owned()),
+            command.memo.metadata.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect::<Vec<_>>(),
+        );
         if let Some(seen) = self.seen.get(&command.id.0).filter(|seen| remembered(seen)) {
-            return if seen.kind == command.kind { Expected::Duplicate(seen.result) } else { Expected::KeyReused };
+            return if seen.kind == command.kind && seen.attached == attached {
+                Expected::Duplicate(seen.result)
+            } else {
+                Expected::KeyReused
+            };
         }
         self.clock = now;
         self.seen.retain(|_, seen| remembered(seen));
         self.transactions += 1;
         let transaction = self.transactions;
-        let result = self.decide(now, &command.kind).map(|()| transaction);
-        self.seen.insert(command.id.0, Seen { kind: command.kind.clone(), at: now, result });
+        let result = match &attached.0 {
+            None => self.decide(now, &command.kind),
+            Some(reference) => self.decide_with_reference(now, &command.kind, reference),
+        };
+        let result = result.map(|()| transaction);
+        self.seen.insert(command.id.0, Seen { kind: command.kind.clone(), attached, at: now, result });
         Expected::New(result)
+    }
+
+    /// Decides on a copy of the model; the wallets whose versions moved are the ones the command
+    /// touched, and if any of them has used `reference`, nothing happened: `reference_exists`.
+    fn decide_with_reference(&mut self, now: u64, kind: &CommandKind, reference: &str) -> Result<(), Rejection> {
+        let before = self.clone();
+        self.decide(now, kind)?;
+        let touched: Vec<String> = self
+            .wallets
+            .iter()
+            .filter(|(id, wallet)| before.wallets.get(*id).is_none_or(|old| old.version != wallet.version))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if touched.iter().any(|id| self.references.contains(&(id.clone(), reference.to_owned()))) {
+            *self = before;
+            return Err(Rejection::ReferenceExists);
+        }
+        for id in touched {
+            self.references.insert((id, reference.to_owned()));
+        }
+        Ok(())
     }
 
     fn decide(&mut self, now: u64, kind: &CommandKind) -> Result<(), Rejection> {

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Amount, CommandId, Currency, HoldId, OwnerId, ParseError, Timestamp, WalletId};
+use crate::{Amount, CommandId, Currency, HoldId, Memo, OwnerId, ParseError, Timestamp, WalletId};
 
 /// A free-text note carried into the events and the ledger entries: at most 512 characters (Unicode
 /// scalar values, as JSON Schema's `maxLength` counts them), no control characters.
@@ -43,11 +43,45 @@ impl<'de> Deserialize<'de> for Description {
     }
 }
 
-/// One request to the ledger: a client-unique id and what to do.
+/// One request to the ledger: a client-unique id, what to do, and what the client attached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub id: CommandId,
     pub kind: CommandKind,
+    #[serde(default, skip_serializing_if = "Memo::is_empty")]
+    pub memo: Memo,
+}
+
+impl Command {
+    /// A command with nothing attached.
+    pub fn new(id: CommandId, kind: CommandKind) -> Command {
+        Command { id, kind, memo: Memo::default() }
+    }
+
+    /// The digest of the command's content: its kind's, and, when it has any, its reference and
+    /// metadata (a command without them digests exactly as before memos existed). The correlation
+    /// id is not content.
+    pub fn fingerprint(&self) -> Fingerprint {
+        if !self.memo.is_content() {
+            return self.kind.fingerprint();
+        }
+        let mut out = Canonical::default();
+        out.push(&self.kind.fingerprint().0.to_le_bytes());
+        match &self.memo.reference {
+            Some(reference) => {
+                out.tag(1);
+                out.text(reference.as_str().as_bytes());
+            }
+            None => out.tag(0),
+        }
+        for (key, value) in self.memo.metadata.iter() {
+            out.tag(1);
+            out.text(key.as_bytes());
+            out.text(value.as_bytes());
+        }
+        out.tag(0);
+        Fingerprint(xxhash_rust::xxh3::xxh3_128(out.bytes()))
+    }
 }
 
 /// What a command asks for. Amounts are in the currency the command names; the ledger rejects a
@@ -195,14 +229,15 @@ impl fmt::Debug for Fingerprint {
 }
 
 /// The canonical byte layout of a command, written into a stack buffer: the largest command (three
-/// 64-byte ids and a 512-byte description) takes well under its capacity.
+/// 64-byte ids and a 512-byte description, or a digest, a 128-character reference and 16 metadata
+/// entries of 64-byte keys and 256-character values) takes under its capacity.
 #[derive(Default)]
 struct Canonical {
     buffer: arrayvec::ArrayVec<u8, { Canonical::CAPACITY }>,
 }
 
 impl Canonical {
-    const CAPACITY: usize = 1024;
+    const CAPACITY: usize = 20 * 1024;
 
     fn push(&mut self, bytes: &[u8]) {
         self.buffer.try_extend_from_slice(bytes).expect("canonical command encoding overflows its buffer");

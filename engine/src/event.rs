@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Amount, CommandId, Currency, Description, HoldId, OwnerId, Timestamp, TransactionId, WalletId};
+use crate::{Amount, CommandId, Currency, Description, HoldId, Memo, OwnerId, Timestamp, TransactionId, WalletId};
 
 /// A place money can be: a wallet, or the system account through which a currency enters and leaves
 /// the ledger (`@world:USD`). The system account's balance is minus the sum of all wallets in that
@@ -56,6 +56,10 @@ pub struct Event {
     pub balance_after: i64,
     /// The sum of the wallet's active holds after this event, in minor units.
     pub held_after: u64,
+    /// What the command carried besides its content (reference, metadata, correlation id); the
+    /// same on every event of the transaction.
+    #[serde(default, skip_serializing_if = "Memo::is_empty")]
+    pub memo: Memo,
 }
 
 impl Event {

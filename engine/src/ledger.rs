@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tables::{CommandMemory, HashSeed, WalletTable};
 use crate::{
-    Account, Amount, Command, CommandId, CommandKind, Currency, Event, EventKind, Fingerprint, HoldId, OwnerId,
+    Account, Amount, Command, CommandId, CommandKind, Currency, Event, EventKind, Fingerprint, HoldId, Memo, OwnerId,
     Posting, Rejection, Timestamp, TransactionId, WalletId,
 };
 
@@ -168,6 +168,21 @@ pub struct Ledger {
     pub(crate) world: [i128; Currency::COUNT],
     /// Remembered command ids, oldest first: the order they are forgotten in.
     pub(crate) commands: CommandMemory,
+    /// Every (wallet, reference) pair a transaction has used, as digests (see [`reference_key`]),
+    /// with that transaction: 24 bytes each, kept forever, so a reference stays unique among a
+    /// wallet's transactions.
+    pub(crate) references: BTreeMap<u128, TransactionId>,
+}
+
+/// The digest of a wallet's reference: XXH3-128 over the length-prefixed wallet id and reference.
+pub(crate) fn reference_key(wallet_id: &WalletId, reference: &crate::Reference) -> u128 {
+    let (wallet, reference) = (wallet_id.as_bytes(), reference.as_str().as_bytes());
+    let mut input = Vec::with_capacity(4 + wallet.len() + reference.len());
+    input.extend_from_slice(&u16::try_from(wallet.len()).expect("ids are short").to_le_bytes());
+    input.extend_from_slice(wallet);
+    input.extend_from_slice(&u16::try_from(reference.len()).expect("references are short").to_le_bytes());
+    input.extend_from_slice(reference);
+    xxhash_rust::xxh3::xxh3_128(&input)
 }
 
 impl Ledger {
@@ -181,6 +196,7 @@ impl Ledger {
             hold_expiries: BTreeSet::new(),
             world: [0; Currency::COUNT],
             commands: CommandMemory::new(config.hash_seed),
+            references: BTreeMap::new(),
         }
     }
 
@@ -246,7 +262,7 @@ impl Ledger {
     /// `now` may go backwards (clocks jump); the ledger then keeps its own later time.
     pub fn execute(&mut self, now: Timestamp, command: &Command, events: &mut Vec<Event>) -> Outcome {
         let now = now.max(self.clock);
-        let fingerprint = command.kind.fingerprint();
+        let fingerprint = command.fingerprint();
         if let Some(original) = self.command(&command.id, now) {
             return if original.fingerprint == fingerprint {
                 Outcome::Duplicate(*original)
@@ -258,8 +274,22 @@ impl Ledger {
         let transaction_id = self.last_transaction_id.next();
         let record_start = events.len();
         let mut touched = Touched::new();
-        let result = self.decide(now, transaction_id, command, events, &mut touched);
+        let mut result = self.decide(now, transaction_id, command, events, &mut touched);
         debug_assert!(result.is_ok() || events.len() == record_start, "a rejection emits no events");
+        // Last of all: a reference already used on a wallet the command touches.
+        if let Some(reference) = &command.memo.reference
+            && events[record_start..]
+                .iter()
+                .any(|event| self.references.contains_key(&reference_key(&event.wallet_id, reference)))
+        {
+            events.truncate(record_start);
+            result = Err(Rejection::ReferenceExists);
+        }
+        if !command.memo.is_empty() {
+            for event in &mut events[record_start..] {
+                event.memo = command.memo.clone();
+            }
+        }
         let record = CommandRecord { command_id: command.id, fingerprint, at: now, transaction_id, result };
         self.record(&record);
         for (index, event) in events[record_start..].iter().enumerate() {
@@ -342,6 +372,11 @@ impl Ledger {
         if event.currency != wallet.currency {
             return Err(fail("currency differs from the wallet's".to_owned()));
         }
+        let reference = event.memo.reference.as_ref().map(|reference| reference_key(&event.wallet_id, reference));
+        // One transaction may touch a wallet more than once (expiries); another may not reuse it.
+        if reference.is_some_and(|key| self.references.get(&key).is_some_and(|used| *used != event.transaction_id)) {
+            return Err(fail("the wallet already has a transaction with this reference".to_owned()));
+        }
 
         // The money: the posting moves the balance of this wallet and, if it is a party, of @world.
         let mut balance = i128::from(wallet.balance);
@@ -423,6 +458,9 @@ impl Ledger {
         wallet.held = event.held_after;
         wallet.version = event.version;
         wallet.updated_at = event.at;
+        if let Some(key) = reference {
+            self.references.insert(key, event.transaction_id);
+        }
         Ok(())
     }
 
@@ -494,6 +532,7 @@ impl Ledger {
                 description: None,
                 balance_after: i64::try_from(balance_after).expect("balances stay within MAX_BALANCE_MINOR"),
                 held_after: u64::try_from(held_after).expect("held amounts are never negative"),
+                memo: Memo::default(),
             };
         let balance_of = |wallet: &Wallet| i128::from(wallet.balance);
         let held_of = |wallet: &Wallet| i128::from(wallet.held);
@@ -523,6 +562,7 @@ impl Ledger {
                     description: None,
                     balance_after: initial,
                     held_after: 0,
+                    memo: Memo::default(),
                 });
             }
             CommandKind::Credit { wallet_id, currency, amount, description } => {

@@ -23,6 +23,7 @@ mod command;
 mod event;
 mod ids;
 mod ledger;
+mod memo;
 mod money;
 #[cfg(madsim)]
 pub mod planted;
@@ -38,6 +39,7 @@ pub use ledger::{
     CommandRecord, Config, Hold, HoldStatus, InvariantViolation, Ledger, MAX_BALANCE_MINOR, MAX_EXPIRIES_PER_COMMAND,
     Outcome, ReplayError, Wallet,
 };
+pub use memo::{CorrelationId, Memo, Metadata, Reference};
 pub use money::{Amount, Currency};
 pub use rejection::{ParseError, Rejection};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};

@@ -24,6 +24,9 @@ use crate::{Currency, money::Amount};
 /// | void hold | `idempotency_key_reused`, `hold_not_found`, `hold_not_active`, `hold_expired` |
 /// | expire holds | `idempotency_key_reused` |
 ///
+/// Last of all, a command with a reference that would otherwise be accepted is refused as
+/// `reference_exists` if any wallet it touches already has a transaction with that reference.
+///
 /// (A capture checks `same_wallet_transfer` after finding the hold, because only the hold knows its
 /// wallet.) The auditor (`crate::auditor`) restates these orders independently, and the property
 /// tests and the fuzzer hold the engine to it.
@@ -60,6 +63,8 @@ pub enum Rejection {
     InsufficientFunds,
     /// The credit would lift the balance above [`crate::MAX_BALANCE_MINOR`].
     BalanceLimitExceeded,
+    /// A wallet the command touches already has a transaction with the command's reference.
+    ReferenceExists,
 }
 
 impl Rejection {
@@ -80,6 +85,7 @@ impl Rejection {
         Rejection::CaptureExceedsHold,
         Rejection::InsufficientFunds,
         Rejection::BalanceLimitExceeded,
+        Rejection::ReferenceExists,
     ];
 
     /// The stable machine-readable code, as it appears in API errors and events.
@@ -100,6 +106,7 @@ impl Rejection {
             Rejection::CaptureExceedsHold => "capture_exceeds_hold",
             Rejection::InsufficientFunds => "insufficient_funds",
             Rejection::BalanceLimitExceeded => "balance_limit_exceeded",
+            Rejection::ReferenceExists => "reference_exists",
         }
     }
 
@@ -128,7 +135,8 @@ impl Rejection {
             | Rejection::HoldNotActive
             | Rejection::HoldExpired
             | Rejection::InvalidExpiry
-            | Rejection::CaptureExceedsHold => false,
+            | Rejection::CaptureExceedsHold
+            | Rejection::ReferenceExists => false,
         }
     }
 }
@@ -164,6 +172,18 @@ pub enum ParseError {
     DescriptionTooLong { max: usize },
     #[error("description must not contain control characters")]
     DescriptionControl,
+    #[error("referenceId must be 1 to {max} characters long")]
+    ReferenceLength { max: usize },
+    #[error("referenceId must not contain control characters")]
+    ReferenceControl,
+    #[error("metadata has at most {max} entries")]
+    MetadataEntries { max: usize },
+    #[error("a metadata key is 1 to {max} of ASCII letters, digits and . _ : -")]
+    MetadataKey { max: usize },
+    #[error("a metadata value is a string of at most {max} characters, no control characters")]
+    MetadataValue { max: usize },
+    #[error("a correlation id is 1 to {max} visible ASCII characters")]
+    CorrelationId { max: usize },
 }
 
 #[cfg(test)]

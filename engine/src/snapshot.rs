@@ -14,7 +14,10 @@ use crate::tables::{CommandMemory, WalletTable};
 use crate::{Currency, Timestamp, TransactionId};
 
 /// The snapshot layout this build writes (it reads this one and format 1).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+
+/// Format 2: format 3 without the references (written before transactions carried them).
+const FORMAT_WITHOUT_REFERENCES: u32 = 2;
 
 /// Format 1: the same state, after the engine's settings of the time (one `u64`, the command
 /// retention), which are skipped.
@@ -30,7 +33,7 @@ pub enum SnapshotError {
     Checksum,
     #[error("snapshot does not decode: {0}")]
     Decode(String),
-    #[error("snapshot format {found} is not a supported format (1 or {SNAPSHOT_FORMAT_VERSION})")]
+    #[error("snapshot format {found} is not a supported format (1, 2 or {SNAPSHOT_FORMAT_VERSION})")]
     Format { found: u32 },
     #[error("snapshot describes an impossible ledger: {0}")]
     Invalid(String),
@@ -60,6 +63,12 @@ struct SnapshotBodyRef<'a> {
     world: Vec<(Currency, i128)>,
     #[serde(serialize_with = "commands_oldest_first")]
     commands: &'a Ledger,
+    #[serde(serialize_with = "references_in_order")]
+    references: &'a Ledger,
+}
+
+fn references_in_order<S: Serializer>(ledger: &&Ledger, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(ledger.references.iter())
 }
 
 fn holds_in_id_order<S: Serializer>(ledger: &&Ledger, serializer: S) -> Result<S::Ok, S::Error> {
@@ -89,6 +98,7 @@ impl Ledger {
                 .map(|currency| (*currency, self.world[currency.index()]))
                 .collect(),
             commands: self,
+            references: self,
         };
         let mut bytes = bincode::serde::encode_to_vec(&body, encoding()).expect("encoding into memory cannot fail");
         let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
@@ -112,7 +122,7 @@ impl Ledger {
         let (format_version, mut read): (u32, usize) =
             bincode::serde::decode_from_slice(body, encoding()).map_err(decode_error)?;
         match format_version {
-            SNAPSHOT_FORMAT_VERSION => {}
+            SNAPSHOT_FORMAT_VERSION | FORMAT_WITHOUT_REFERENCES => {}
             FORMAT_WITH_SETTINGS => {
                 let (_retention, skipped): (u64, usize) =
                     bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
@@ -123,6 +133,13 @@ impl Ledger {
         let (snapshot, state_bytes): (SnapshotState, usize) =
             bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
         read += state_bytes;
+        let mut references = Vec::new();
+        if format_version == SNAPSHOT_FORMAT_VERSION {
+            let (decoded, bytes): (Vec<(u128, TransactionId)>, usize) =
+                bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
+            references = decoded;
+            read += bytes;
+        }
         if read != body.len() {
             return Err(SnapshotError::Decode(format!("{} trailing bytes", body.len() - read)));
         }
@@ -147,6 +164,7 @@ impl Ledger {
         }
         ledger.commands = CommandMemory::from_records(config.hash_seed, snapshot.commands)
             .map_err(|command_id| SnapshotError::Invalid(format!("command {command_id} appears twice")))?;
+        ledger.references = references.into_iter().collect();
         ledger.check_invariants().map_err(|violation| SnapshotError::Invalid(violation.to_string()))?;
         Ok(ledger)
     }

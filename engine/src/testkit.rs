@@ -42,6 +42,9 @@ pub enum Step {
     Retry(usize),
     /// Sends other content under an earlier command's id.
     Reuse(usize, Draft),
+    /// A new command under a fresh id, carrying reference `ref-N` (and metadata naming it), so
+    /// that references repeat across wallets and transactions.
+    Referenced(Draft, usize),
 }
 
 pub fn wallet_id(index: usize) -> WalletId {
@@ -123,11 +126,20 @@ pub fn run(config: Config, steps: &[(i64, Step)]) -> Result<Summary, String> {
     for (index, (tick, step)) in steps.iter().enumerate() {
         now = now.saturating_add_signed(*tick);
         let command = match step {
-            Step::Fresh(draft) => Command { id: CommandId(index as u128 + 1), kind: draft.command(now) },
+            Step::Fresh(draft) => Command::new(CommandId(index as u128 + 1), draft.command(now)),
             Step::Retry(earlier) if !sent.is_empty() => sent[earlier % sent.len()].clone(),
             Step::Reuse(earlier, draft) if !sent.is_empty() => {
-                Command { id: sent[earlier % sent.len()].id, kind: draft.command(now) }
+                Command::new(sent[earlier % sent.len()].id, draft.command(now))
             }
+            Step::Referenced(draft, reference) => Command {
+                id: CommandId(index as u128 + 1),
+                kind: draft.command(now),
+                memo: crate::Memo {
+                    reference: Some(crate::Reference::parse(&format!("ref-{reference}")).unwrap()),
+                    metadata: crate::Metadata::parse([("n", reference.to_string().as_str())]).unwrap(),
+                    correlation_id: None,
+                },
+            },
             Step::Retry(_) | Step::Reuse(..) => continue,
         };
         let outcome = harness.step(Timestamp::from_unix_micros(now), &command)?;

@@ -56,7 +56,8 @@ impl Script {
     fn run_as(&mut self, id: CommandId, kind: CommandKind) -> (Result<TransactionId, Rejection>, Vec<Event>) {
         self.now += 1;
         let before = self.harness.journal.len();
-        let outcome = self.harness.step(at(self.now), &Command { id, kind }).unwrap_or_else(|error| panic!("{error}"));
+        let outcome =
+            self.harness.step(at(self.now), &Command::new(id, kind)).unwrap_or_else(|error| panic!("{error}"));
         let events = match outcome {
             Outcome::Recorded(_) if self.harness.journal.len() > before => {
                 self.harness.journal.last().unwrap().1.clone()
@@ -565,7 +566,7 @@ fn a_restored_ledger_runs_under_the_settings_it_is_restored_with() {
     assert_eq!(restored.config(), shorter);
     let mut events = Vec::new();
     let later = at(script.now + 5_000);
-    let outcome = restored.execute(later, &Command { id, kind: debit("alice", 100) }, &mut events);
+    let outcome = restored.execute(later, &Command::new(id, debit("alice", 100)), &mut events);
     assert!(outcome.result().is_ok(), "{outcome:?}");
     assert_eq!(events.len(), 1, "the id is forgotten under the new retention: a new command");
     assert_eq!(restored.wallet(&wallet("alice")).unwrap().balance, 800);
@@ -578,13 +579,24 @@ fn a_format_1_snapshot_still_restores_and_its_settings_are_ignored() {
     script.ok(debit("alice", 100));
     let current = script.ledger().encode_snapshot();
     let body = &current[..current.len() - 8];
-    // Format 1 was the format version, the settings (the retention, a varint) and then the same state.
-    assert_eq!(body[0], 2, "format 2 is one varint byte");
+    // Format 3 is format 2 and then the references (none here: an empty sequence, one varint byte).
+    // Format 1 was the format version, the settings (the retention, a varint) and then format 2's
+    // state.
+    assert_eq!(body[0], 3, "format 3 is one varint byte");
+    assert_eq!(body[body.len() - 1], 0, "no references");
+    let state = &body[1..body.len() - 1];
+    let sealed = |mut bytes: Vec<u8>| {
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        bytes
+    };
     let mut old = vec![1u8];
     old.extend(bincode::encode_to_vec(3_600_000_000u64, bincode::config::standard()).unwrap());
-    old.extend_from_slice(&body[1..]);
-    let checksum = xxhash_rust::xxh3::xxh3_64(&old);
-    old.extend_from_slice(&checksum.to_le_bytes());
+    old.extend_from_slice(state);
+    let old = sealed(old);
+    let format_2 = sealed([&[2u8][..], state].concat());
+    let restored = Ledger::restore(&format_2, Config::default()).unwrap();
+    assert_eq!(restored.encode_snapshot(), current, "format 2 restores to the same state");
 
     let config = Config { command_retention_micros: 5_000, ..Config::default() };
     let restored = Ledger::restore(&old, config).unwrap();
@@ -593,9 +605,54 @@ fn a_format_1_snapshot_still_restores_and_its_settings_are_ignored() {
     assert_eq!(restored.encode_snapshot(), current, "the same state");
 
     let mut future = old.clone();
-    future[0] = 3;
+    future[0] = 4;
     let len = future.len();
     let checksum = xxhash_rust::xxh3::xxh3_64(&future[..len - 8]);
     future[len - 8..].copy_from_slice(&checksum.to_le_bytes());
-    assert!(matches!(Ledger::restore(&future, config), Err(wallex_engine::SnapshotError::Format { found: 3 })));
+    assert!(matches!(Ledger::restore(&future, config), Err(wallex_engine::SnapshotError::Format { found: 4 })));
+}
+
+#[test]
+fn a_reference_is_unique_among_each_wallets_transactions_and_is_content() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.create("bob", Currency::USD, 10, 0);
+    let memo = |reference: &str| wallex_engine::Memo {
+        reference: Some(wallex_engine::Reference::parse(reference).unwrap()),
+        metadata: wallex_engine::Metadata::parse([("order", "42")]).unwrap(),
+        correlation_id: None,
+    };
+    let mut ledger = script.ledger().clone();
+    let mut events = Vec::new();
+    let now = at(script.now + 1);
+    let first = Command { id: CommandId(900), kind: debit("alice", 100), memo: memo("inv-1") };
+    assert!(ledger.execute(now, &first, &mut events).result().is_ok());
+    assert_eq!(events[0].memo, first.memo, "the event carries the memo");
+    // The same reference on alice again: refused, nothing changes; on bob it is free.
+    let again = Command { id: CommandId(901), kind: debit("alice", 1), memo: memo("inv-1") };
+    assert_eq!(ledger.execute(now, &again, &mut events).result(), Err(Rejection::ReferenceExists));
+    assert_eq!(events.len(), 1, "a refusal emits nothing");
+    assert_eq!(ledger.wallet(&wallet("alice")).unwrap().balance, 900);
+    let transfer = Command {
+        id: CommandId(902),
+        kind: CommandKind::Transfer {
+            source: wallet("bob"),
+            destination: wallet("alice"),
+            currency: Currency::USD,
+            amount: Amount::from_minor(1).unwrap(),
+            description: None,
+        },
+        memo: memo("inv-1"),
+    };
+    assert_eq!(ledger.execute(now, &transfer, &mut events).result(), Err(Rejection::ReferenceExists), "either leg");
+    let on_bob = Command { id: CommandId(903), kind: credit("bob", 5), memo: memo("inv-1") };
+    assert!(ledger.execute(now, &on_bob, &mut events).result().is_ok());
+    // The reference and metadata are content: the same key with another reference is reuse.
+    let reused = Command { id: CommandId(900), kind: debit("alice", 100), memo: memo("inv-2") };
+    assert!(matches!(ledger.execute(now, &reused, &mut events), wallex_engine::Outcome::KeyReused { .. }));
+    // The references survive a snapshot.
+    let mut restored = Ledger::restore(&ledger.encode_snapshot(), ledger.config()).unwrap();
+    assert_eq!(restored, ledger);
+    let after = Command { id: CommandId(904), kind: credit("bob", 5), memo: memo("inv-1") };
+    assert_eq!(restored.execute(now, &after, &mut events).result(), Err(Rejection::ReferenceExists));
 }

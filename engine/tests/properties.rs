@@ -53,6 +53,7 @@ fn draft() -> impl Strategy<Value = Draft> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         12 => draft().prop_map(Step::Fresh),
+        3 => (draft(), 0..4usize).prop_map(|(draft, reference)| Step::Referenced(draft, reference)),
         2 => any::<usize>().prop_map(Step::Retry),
         1 => (any::<usize>(), draft()).prop_map(|(index, draft)| Step::Reuse(index, draft)),
     ]

@@ -246,6 +246,7 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
         let command = Command {
             id: record.command_id,
             kind: kinds.get(&record.command_id).map_or(CommandKind::ExpireHolds, |kind| (*kind).clone()),
+            memo: Default::default(),
         };
         let expected = auditor.execute(record.at, &command);
         let actual = Expected::New(record.outcome().map(|transaction| transaction.0));

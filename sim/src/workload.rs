@@ -183,7 +183,7 @@ impl Client {
         let world = world();
         self.next_op += 1;
         let id = CommandId((1u128 << 100) | ((self.index as u128) << 32) | u128::from(self.next_op));
-        let command = Command { id, kind };
+        let command = Command::new(id, kind);
         let mut operation = Operation {
             client: self.index,
             command: command.clone(),
@@ -246,6 +246,7 @@ impl Client {
             let other = Command {
                 id,
                 kind: CommandKind::VoidHold { hold_id: HoldId::parse("reused-key").expect("a valid hold id") },
+                memo: Default::default(),
             };
             world.note(format_args!("client {} reuses {id} for another body", self.index));
             for _ in 0..20 {

@@ -9,7 +9,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use wallex_engine::{Amount, CommandId, Currency, Description, HoldId, ParseError, Timestamp, WalletId};
+use wallex_engine::{
+    Amount, CommandId, CorrelationId, Currency, Description, HoldId, Memo, Metadata, ParseError, Reference, Timestamp,
+    WalletId,
+};
 
 use crate::{AppState, DEFAULT_PAGE, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE, Problem};
 
@@ -117,6 +120,27 @@ pub(crate) fn parse_hold(field: &str, text: &str) -> Result<HoldId, Problem> {
 
 pub(crate) fn parse_description(text: Option<&str>) -> Result<Option<Description>, Problem> {
     text.map(|text| Description::parse(text).map_err(|error| Problem::field("description", &error))).transpose()
+}
+
+/// What a command carries besides its content: the body's `referenceId` and `metadata`, and the
+/// request's correlation id (the client's `x-correlation-id`, or the one made for it; one that is
+/// not 1 to 128 visible ASCII characters is echoed but not stored).
+pub(crate) fn parse_memo(
+    headers: &HeaderMap,
+    reference: Option<&str>,
+    metadata: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Memo, Problem> {
+    let reference = reference.map(|text| Reference::parse(text).map_err(|error| Problem::field("referenceId", &error)));
+    let metadata = match metadata {
+        Some(map) => Metadata::parse(map.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .map_err(|error| Problem::field("metadata", &error))?,
+        None => Metadata::default(),
+    };
+    let correlation_id = headers
+        .get(crate::CORRELATION_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| CorrelationId::parse(text).ok());
+    Ok(Memo { reference: reference.transpose()?, metadata, correlation_id })
 }
 
 /// An amount from its JSON text: a decimal string (digits, one optional point with digits after

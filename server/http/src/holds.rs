@@ -8,7 +8,8 @@ use axum::response::Response;
 use wallex_engine::{Command, CommandKind, HoldId};
 
 use crate::extract::{
-    Body, OptionalBody, PathId, command_id, parse_amount, parse_description, parse_expiry, parse_hold, parse_wallet,
+    Body, OptionalBody, PathId, command_id, parse_amount, parse_description, parse_expiry, parse_hold, parse_memo,
+    parse_wallet,
 };
 use crate::problem::{ProblemJson, unavailable};
 use crate::reply::{Render, Requested, respond};
@@ -33,10 +34,11 @@ pub(crate) async fn place_hold<S: Queries>(
     };
     let expires_at = parse_expiry(body.expires_at.as_deref())?;
     let description = parse_description(body.description.as_deref())?;
+    let memo = parse_memo(&headers, body.reference_id.as_deref(), body.metadata.as_ref())?;
     let currency = state.request_currency(body.currency.as_deref(), wallet_id).await?;
     let amount = parse_amount("amount", &body.amount, currency, true)?;
     let kind = CommandKind::PlaceHold { hold_id, wallet_id, currency, amount, expires_at, description };
-    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    let reply = state.commands.submit(Command { id: command_id, kind, memo }).await;
     Ok(respond(&state, reply, Render::Transaction(Some(hold_id)), Some(Requested { wallet_id, amount, currency }))
         .await)
 }
@@ -65,6 +67,7 @@ pub(crate) async fn capture_hold<S: Queries>(
     let hold_id = parse_hold("holdId", &id)?;
     let destination = body.to_wallet_id.as_deref().map(|text| parse_wallet("toWalletId", text)).transpose()?;
     let description = parse_description(body.description.as_deref())?;
+    let memo = parse_memo(&headers, body.reference_id.as_deref(), body.metadata.as_ref())?;
     // A partial amount is in the hold's currency, which only the write side knows.
     let amount = match body.amount.as_deref() {
         Some(raw) if raw.get() != "null" => {
@@ -75,7 +78,7 @@ pub(crate) async fn capture_hold<S: Queries>(
         _ => None,
     };
     let kind = CommandKind::CaptureHold { hold_id, amount, destination, description };
-    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    let reply = state.commands.submit(Command { id: command_id, kind, memo }).await;
     Ok(respond(&state, reply, Render::Transaction(None), None).await)
 }
 
@@ -89,6 +92,7 @@ pub(crate) async fn void_hold<S: Queries>(
     let command_id = command_id(&headers, state.require_idempotency_key)?;
     let hold_id = parse_hold("holdId", &id)?;
     let kind = CommandKind::VoidHold { hold_id };
-    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    let memo = parse_memo(&headers, None, None)?;
+    let reply = state.commands.submit(Command { id: command_id, kind, memo }).await;
     Ok(respond(&state, reply, Render::Transaction(None), None).await)
 }

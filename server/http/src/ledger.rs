@@ -38,7 +38,8 @@ pub(crate) async fn ledger<S: Queries>(
         return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("offset is at most {MAX_PAGE}")));
     }
     // Each bound is checked, whichever name it came by; given both ways, the narrower holds.
-    let from = parse_instant("from", query.from.as_deref())?.max(parse_instant("startDate", query.start_date.as_deref())?);
+    let from =
+        parse_instant("from", query.from.as_deref())?.max(parse_instant("startDate", query.start_date.as_deref())?);
     let to = match (parse_instant("to", query.to.as_deref())?, parse_instant("endDate", query.end_date.as_deref())?) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

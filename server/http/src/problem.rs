@@ -61,9 +61,11 @@ impl Problem {
     pub fn rejection(rejection: Rejection) -> Problem {
         let status = match rejection {
             Rejection::WalletNotFound | Rejection::HoldNotFound => StatusCode::NOT_FOUND,
-            Rejection::WalletExists | Rejection::HoldExists | Rejection::HoldNotActive | Rejection::HoldExpired => {
-                StatusCode::CONFLICT
-            }
+            Rejection::WalletExists
+            | Rejection::HoldExists
+            | Rejection::HoldNotActive
+            | Rejection::HoldExpired
+            | Rejection::ReferenceExists => StatusCode::CONFLICT,
             Rejection::IdempotencyKeyReused
             | Rejection::InvalidAmount
             | Rejection::SameWalletTransfer
@@ -95,6 +97,13 @@ impl Problem {
             ParseError::DescriptionTooLong { .. } | ParseError::DescriptionControl => {
                 (StatusCode::BAD_REQUEST, "invalid_description")
             }
+            ParseError::ReferenceLength { .. } | ParseError::ReferenceControl => {
+                (StatusCode::BAD_REQUEST, "invalid_reference")
+            }
+            ParseError::MetadataEntries { .. } | ParseError::MetadataKey { .. } | ParseError::MetadataValue { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_metadata")
+            }
+            ParseError::CorrelationId { .. } => (StatusCode::BAD_REQUEST, "invalid_correlation_id"),
         };
         Problem::new(status, code, format!("{field}: {error}"))
     }
@@ -132,6 +141,7 @@ fn describe(rejection: Rejection) -> &'static str {
         Rejection::CaptureExceedsHold => "the capture exceeds the held amount",
         Rejection::InsufficientFunds => "the available balance is too low",
         Rejection::BalanceLimitExceeded => "the balance would exceed its limit",
+        Rejection::ReferenceExists => "a transaction of this wallet already has this referenceId",
     }
 }
 

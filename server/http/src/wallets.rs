@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use wallex_engine::{Amount, Command, CommandKind, Currency, OwnerId};
 
 use crate::extract::{
-    Body, Params, PathId, command_id, page_size, parse_amount, parse_currency, parse_description, parse_wallet,
+    Body, Params, PathId, command_id, page_size, parse_amount, parse_currency, parse_description, parse_memo,
+    parse_wallet,
 };
 use crate::problem::{ProblemJson, store_problem};
 use crate::reply::{Render, Requested, respond};
@@ -38,8 +39,9 @@ pub(crate) async fn create_wallet<S: Queries>(
     };
     let initial_balance = amount("initialBalance", body.initial_balance.as_deref())?;
     let overdraft_limit = amount("overdraftLimit", body.overdraft_limit.as_deref())?;
+    let memo = parse_memo(&headers, body.reference_id.as_deref(), body.metadata.as_ref())?;
     let kind = CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit };
-    let reply = state.commands.submit(Command { id, kind }).await;
+    let reply = state.commands.submit(Command { id, kind, memo }).await;
     Ok(respond(&state, reply, Render::Wallet, None).await)
 }
 
@@ -144,6 +146,7 @@ async fn credit_or_debit<S: Queries>(
     let command_id = command_id(headers, state.require_idempotency_key)?;
     let wallet_id = parse_wallet("walletId", id)?;
     let description = parse_description(body.description.as_deref())?;
+    let memo = parse_memo(headers, body.reference_id.as_deref(), body.metadata.as_ref())?;
     let currency = state.request_currency(body.currency.as_deref(), wallet_id).await?;
     let amount = parse_amount("amount", &body.amount, currency, true)?;
     let kind = if is_credit {
@@ -151,7 +154,7 @@ async fn credit_or_debit<S: Queries>(
     } else {
         CommandKind::Debit { wallet_id, currency, amount, description }
     };
-    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    let reply = state.commands.submit(Command { id: command_id, kind, memo }).await;
     Ok(respond(state, reply, Render::Wallet, (!is_credit).then_some(Requested { wallet_id, amount, currency })).await)
 }
 
@@ -167,9 +170,10 @@ pub(crate) async fn transfer<S: Queries>(
     let source = parse_wallet("walletId", &id)?;
     let destination = parse_wallet("toWalletId", &body.to_wallet_id)?;
     let description = parse_description(body.description.as_deref())?;
+    let memo = parse_memo(&headers, body.reference_id.as_deref(), body.metadata.as_ref())?;
     let currency = state.request_currency(body.currency.as_deref(), source).await?;
     let amount = parse_amount("amount", &body.amount, currency, true)?;
     let kind = CommandKind::Transfer { source, destination, currency, amount, description };
-    let reply = state.commands.submit(Command { id: command_id, kind }).await;
+    let reply = state.commands.submit(Command { id: command_id, kind, memo }).await;
     Ok(respond(&state, reply, Render::Transfer, Some(Requested { wallet_id: source, amount, currency })).await)
 }

@@ -31,6 +31,11 @@ pub(crate) struct CreateWalletBody {
     pub(crate) initial_balance: Option<Box<RawValue>>,
     #[schema(value_type = Option<String>, example = "0")]
     pub(crate) overdraft_limit: Option<Box<RawValue>>,
+    /// The client's reference, unique among each wallet's transactions (a second transaction
+    /// with it is 409 `reference_exists`); stored on the events and shown by every read.
+    pub(crate) reference_id: Option<String>,
+    /// Flat string metadata (at most 16 entries), stored on the events and shown by every read.
+    pub(crate) metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +47,11 @@ pub(crate) struct MoneyBody {
     pub(crate) amount: Box<RawValue>,
     pub(crate) currency: Option<String>,
     pub(crate) description: Option<String>,
+    /// The client's reference, unique among each wallet's transactions (a second transaction
+    /// with it is 409 `reference_exists`); stored on the events and shown by every read.
+    pub(crate) reference_id: Option<String>,
+    /// Flat string metadata (at most 16 entries), stored on the events and shown by every read.
+    pub(crate) metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +63,11 @@ pub(crate) struct TransferBody {
     pub(crate) amount: Box<RawValue>,
     pub(crate) currency: Option<String>,
     pub(crate) description: Option<String>,
+    /// The client's reference, unique among each wallet's transactions (a second transaction
+    /// with it is 409 `reference_exists`); stored on the events and shown by every read.
+    pub(crate) reference_id: Option<String>,
+    /// Flat string metadata (at most 16 entries), stored on the events and shown by every read.
+    pub(crate) metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +81,11 @@ pub(crate) struct HoldBody {
     /// RFC 3339 instant, e.g. `2030-01-01T00:00:00Z`.
     pub(crate) expires_at: Option<String>,
     pub(crate) description: Option<String>,
+    /// The client's reference, unique among each wallet's transactions (a second transaction
+    /// with it is 409 `reference_exists`); stored on the events and shown by every read.
+    pub(crate) reference_id: Option<String>,
+    /// Flat string metadata (at most 16 entries), stored on the events and shown by every read.
+    pub(crate) metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -76,6 +96,11 @@ pub(crate) struct CaptureBody {
     pub(crate) amount: Option<Box<RawValue>>,
     pub(crate) to_wallet_id: Option<String>,
     pub(crate) description: Option<String>,
+    /// The client's reference, unique among each wallet's transactions (a second transaction
+    /// with it is 409 `reference_exists`); stored on the events and shown by every read.
+    pub(crate) reference_id: Option<String>,
+    /// Flat string metadata (at most 16 entries), stored on the events and shown by every read.
+    pub(crate) metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 // ---------------------------------------------------------------------------------------------

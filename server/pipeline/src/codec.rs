@@ -73,6 +73,7 @@ mod tests {
             description: None,
             balance_after: 12_450,
             held_after: 0,
+            memo: Default::default(),
         }
     }
 

@@ -108,6 +108,7 @@ fn event(wallet: &str, version: u64) -> Event {
         posting: None,
         balance_after: 0,
         held_after: 0,
+        memo: Default::default(),
         description: None,
     }
 }

@@ -86,7 +86,7 @@ fn decided(reply: &Reply) -> (wallex_engine::CommandRecord, bool) {
 
 async fn create_wallets(pipeline: &Pipeline) {
     for index in 0..WALLETS {
-        let reply = pipeline.commands.submit(Command { id: CommandId(index as u128 + 1), kind: create(index) }).await;
+        let reply = pipeline.commands.submit(Command::new(CommandId(index as u128 + 1), create(index))).await;
         assert!(decided(&reply).0.result.is_ok());
     }
 }
@@ -100,7 +100,7 @@ async fn run_clients(pipeline: &Pipeline, clients: u64, per_client: u64) -> BTre
             let mut replies = Vec::new();
             for (sequence, kind) in (0u64..).zip(mix(client, per_client)) {
                 let id = CommandId((u128::from(client + 1) << 64) | u128::from(sequence));
-                replies.push((id, sender.submit(Command { id, kind }).await));
+                replies.push((id, sender.submit(Command::new(id, kind)).await));
             }
             replies
         }));
@@ -196,8 +196,8 @@ async fn a_retried_command_takes_effect_once_and_returns_the_original_reply() {
     create_wallets(&pipeline).await;
     let debit =
         CommandKind::Debit { wallet_id: wallet(0), currency: Currency::USD, amount: money(700), description: None };
-    let first = pipeline.commands.submit(Command { id: CommandId(500), kind: debit.clone() }).await;
-    let again = pipeline.commands.submit(Command { id: CommandId(500), kind: debit }).await;
+    let first = pipeline.commands.submit(Command::new(CommandId(500), debit.clone())).await;
+    let again = pipeline.commands.submit(Command::new(CommandId(500), debit)).await;
     let (Reply::Decided { record, events, .. }, Reply::Decided { record: record2, events: events2, replayed }) =
         (&first, &again)
     else {
@@ -207,7 +207,7 @@ async fn a_retried_command_takes_effect_once_and_returns_the_original_reply() {
     assert_eq!((record, events), (record2, events2), "the original reply, events included");
     let other =
         CommandKind::Credit { wallet_id: wallet(0), currency: Currency::USD, amount: money(1), description: None };
-    let reused = pipeline.commands.submit(Command { id: CommandId(500), kind: other }).await;
+    let reused = pipeline.commands.submit(Command::new(CommandId(500), other)).await;
     assert!(matches!(reused, Reply::KeyReused { .. }), "{reused:?}");
     let ledger = check_promises(&store, &bus).await;
     assert_eq!(ledger.wallet(&wallet(0)).unwrap().balance, 9_300, "debited once");
@@ -223,9 +223,9 @@ async fn ids_the_engine_forgot_are_answered_from_the_store() {
     create_wallets(&pipeline).await;
     let debit =
         CommandKind::Debit { wallet_id: wallet(1), currency: Currency::USD, amount: money(5), description: None };
-    let first = pipeline.commands.submit(Command { id: CommandId(900), kind: debit.clone() }).await;
+    let first = pipeline.commands.submit(Command::new(CommandId(900), debit.clone())).await;
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let again = pipeline.commands.submit(Command { id: CommandId(900), kind: debit }).await;
+    let again = pipeline.commands.submit(Command::new(CommandId(900), debit)).await;
     assert_eq!(decided(&again), (decided(&first).0, true), "answered from the stored record");
     let ledger = check_promises(&store, &bus).await;
     assert_eq!(ledger.wallet(&wallet(1)).unwrap().balance, 9_995);
@@ -269,7 +269,7 @@ async fn an_ambiguous_commit_is_resolved_from_the_store_after_the_engine_forgot_
     store.fail_commits(&[CommitFault::Ambiguous]);
     let kind =
         CommandKind::Credit { wallet_id: wallet(2), currency: Currency::USD, amount: money(5), description: None };
-    let reply = pipeline.commands.submit(Command { id: CommandId(91), kind }).await;
+    let reply = pipeline.commands.submit(Command::new(CommandId(91), kind)).await;
     let (record, replayed) = decided(&reply);
     assert!(replayed, "the committed batch is answered from the store: {reply:?}");
     assert!(record.result.is_ok());
@@ -290,10 +290,10 @@ async fn commands_fail_cleanly_when_the_store_stays_down() {
     store.fail_commits(&[CommitFault::Lost; 3]);
     let kind =
         CommandKind::Credit { wallet_id: wallet(2), currency: Currency::USD, amount: money(1), description: None };
-    let reply = pipeline.commands.submit(Command { id: CommandId(77), kind: kind.clone() }).await;
+    let reply = pipeline.commands.submit(Command::new(CommandId(77), kind.clone())).await;
     assert!(matches!(reply, Reply::Unavailable(_)), "{reply:?}");
     // Not applied; the same id succeeds once the store is back.
-    let retry = pipeline.commands.submit(Command { id: CommandId(77), kind }).await;
+    let retry = pipeline.commands.submit(Command::new(CommandId(77), kind)).await;
     assert!(!decided(&retry).1, "the first attempt left no trace");
     let ledger = check_promises(&store, &bus).await;
     assert_eq!(ledger.wallet(&wallet(2)).unwrap().balance, 10_001);
@@ -319,7 +319,7 @@ async fn recovery_from_snapshot_and_journal_reproduces_the_ledger() {
     }
     let kind =
         CommandKind::Credit { wallet_id: wallet(0), currency: Currency::USD, amount: money(1), description: None };
-    decided(&pipeline.commands.submit(Command { id: CommandId(9_990), kind }).await);
+    decided(&pipeline.commands.submit(Command::new(CommandId(9_990), kind)).await);
     let before = pipeline.shutdown().await;
     assert!(store.latest_snapshot().await.unwrap().is_some(), "snapshots were taken");
     assert!(
@@ -328,7 +328,7 @@ async fn recovery_from_snapshot_and_journal_reproduces_the_ledger() {
     );
 
     let pipeline = start(&store, &bus, config).await;
-    let reply = pipeline.commands.submit(Command { id: CommandId(10_000), kind: CommandKind::ExpireHolds }).await;
+    let reply = pipeline.commands.submit(Command::new(CommandId(10_000), CommandKind::ExpireHolds)).await;
     assert_eq!(decided(&reply).0.transaction_id, before.last_transaction_id().next(), "numbering continues");
     for wallet in before.wallets() {
         let now = pipeline.commands.wallet(wallet.id).await.unwrap().unwrap();
@@ -398,7 +398,7 @@ async fn lapsed_holds_are_released_by_the_writer_itself() {
         expires_at: Some(expires_at),
         description: None,
     };
-    decided(&pipeline.commands.submit(Command { id: CommandId(1_000), kind: place }).await);
+    decided(&pipeline.commands.submit(Command::new(CommandId(1_000), place)).await);
     assert_eq!(pipeline.commands.wallet(wallet(4)).await.unwrap().unwrap().held, 2_500);
     let mut held = 2_500;
     for _ in 0..100 {
@@ -424,12 +424,12 @@ async fn an_idempotency_key_is_reusable_after_its_retention_and_the_cleanup() {
     create_wallets(&pipeline).await;
     let credit =
         CommandKind::Credit { wallet_id: wallet(5), currency: Currency::USD, amount: money(10), description: None };
-    let first = pipeline.commands.submit(Command { id: CommandId(4_242), kind: credit.clone() }).await;
-    let retry = pipeline.commands.submit(Command { id: CommandId(4_242), kind: credit.clone() }).await;
+    let first = pipeline.commands.submit(Command::new(CommandId(4_242), credit.clone())).await;
+    let retry = pipeline.commands.submit(Command::new(CommandId(4_242), credit.clone())).await;
     assert_eq!(decided(&retry), (decided(&first).0, true), "within the retention: the original reply");
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert!(store.command_records(&[CommandId(4_242)], Timestamp::from_unix_micros(0)).await.unwrap().is_empty());
-    let later = pipeline.commands.submit(Command { id: CommandId(4_242), kind: credit }).await;
+    let later = pipeline.commands.submit(Command::new(CommandId(4_242), credit)).await;
     let (record, replayed) = decided(&later);
     assert!(!replayed && record.transaction_id > decided(&first).0.transaction_id, "after it: a new command");
     let ledger = check_promises(&store, &bus).await;
@@ -467,6 +467,7 @@ async fn a_full_queue_sheds_new_commands_at_once_and_applies_none_of_them() {
             amount: money(1),
             description: None,
         },
+        memo: Default::default(),
     };
 
     // The store stops answering: the writer's commit waits, then its queue fills.
@@ -525,7 +526,7 @@ async fn a_partition_that_is_down_stalls_only_its_own_wallets_and_nothing_is_sen
                 amount: money(1 + round),
                 description: None,
             };
-            assert!(decided(&pipeline.commands.submit(Command { id: CommandId(id), kind }).await).0.result.is_ok());
+            assert!(decided(&pipeline.commands.submit(Command::new(CommandId(id), kind)).await).0.result.is_ok());
         }
     }
     // Every wallet off the failing partition is projected to its last version while it is down.
@@ -581,7 +582,7 @@ fn credit(id: u128, index: usize, minor: u64) -> Command {
         amount: money(minor),
         description: None,
     };
-    Command { id: CommandId(id), kind }
+    Command::new(CommandId(id), kind)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,7 +256,7 @@ fn money(minor: u64) -> Amount {
 }
 
 fn command(id: u128, kind: CommandKind) -> Command {
-    Command { id: CommandId(id), kind }
+    Command::new(CommandId(id), kind)
 }
 
 fn create(id: u128, name: &str, initial: u64) -> Command {

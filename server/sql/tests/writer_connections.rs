@@ -15,7 +15,7 @@ use wallex_testkit::services as support;
 const PATIENCE: Duration = Duration::from_secs(5);
 
 async fn submit(pipeline: &Pipeline, id: u128, kind: CommandKind) -> Reply {
-    let command = Command { id: CommandId(id), kind };
+    let command = Command::new(CommandId(id), kind);
     tokio::time::timeout(PATIENCE, pipeline.commands.submit(command)).await.unwrap_or_else(|_| {
         panic!("command {id} was not answered within {PATIENCE:?}: the writer waits for a connection")
     })

@@ -18,7 +18,7 @@ use wallex_pipeline::ports::{
 fn batch(ledger: &mut Ledger, first_id: u64, kinds: Vec<CommandKind>) -> CommitBatch {
     let mut batch = CommitBatch::default();
     for (offset, kind) in (0u64..).zip(kinds) {
-        let command = Command { id: CommandId(u128::from(first_id + offset)), kind };
+        let command = Command::new(CommandId(u128::from(first_id + offset)), kind);
         let before = batch.events.len();
         let now = Timestamp::from_unix_micros(1_000 + first_id + offset);
         let Outcome::Recorded(record) = ledger.execute(now, &command, &mut batch.events) else {

@@ -95,7 +95,7 @@ impl Tour {
         self.now += 1_000;
         let mut events = Vec::new();
         let name = kind.name();
-        let outcome = self.ledger.execute(Timestamp::from_unix_micros(self.now), &Command { id, kind }, &mut events);
+        let outcome = self.ledger.execute(Timestamp::from_unix_micros(self.now), &Command::new(id, kind), &mut events);
         let verdict = match outcome {
             Outcome::Recorded(record) => match record.result {
                 Ok(()) => format!("accepted as transaction {}", record.transaction_id),

@@ -82,7 +82,7 @@ async fn postgres_and_kafka_carry_every_event_in_order_to_both_projections() {
     let mut submit = |kind: CommandKind| {
         submitted += 1;
         let sender = pipeline.commands.clone();
-        async move { sender.submit(Command { id: CommandId(submitted), kind }).await }
+        async move { sender.submit(Command::new(CommandId(submitted), kind)).await }
     };
     for index in 0..WALLETS {
         let kind = CommandKind::CreateWallet {

@@ -234,7 +234,7 @@ impl<T> WriterCore<T> {
             commands.into_iter().map(|(command, reply)| Pending { command, reply: Some(reply) }).collect();
         if self.ledger.next_hold_expiry().is_some_and(|expires_at| expires_at <= now) {
             let id = CommandId(SYSTEM_COMMAND_TAG | u128::from(self.ledger.last_transaction_id().next().0));
-            pending.push(Pending { command: Command { id, kind: CommandKind::ExpireHolds }, reply: None });
+            pending.push(Pending { command: Command::new(id, CommandKind::ExpireHolds), reply: None });
         }
         if !pending.is_empty() {
             self.look_up(now, pending, None);

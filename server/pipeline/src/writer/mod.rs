@@ -149,7 +149,8 @@ impl WriterConfig {
 
 enum Request {
     Command {
-        command: Command,
+        /// Boxed: a command (with its memo) is several times larger than the other requests.
+        command: Box<Command>,
         reply: oneshot::Sender<Reply>,
     },
     /// A read of the write side, answered between batches (so it sees every acknowledged command).
@@ -187,7 +188,7 @@ impl CommandSender {
     /// `Retry-After`) rather than waiting behind work the writer cannot finish in time.
     pub async fn submit(&self, command: Command) -> Reply {
         let (reply, answer) = oneshot::channel();
-        if let Err(refused) = self.admit(Request::Command { command, reply }) {
+        if let Err(refused) = self.admit(Request::Command { command: Box::new(command), reply }) {
             return Reply::Unavailable(refused.to_owned());
         }
         answer.await.unwrap_or_else(|_| Reply::Unavailable("the writer has stopped".to_owned()))
@@ -360,7 +361,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                     // Between batches the core's ledger holds exactly the committed state.
                     Request::Wallet { wallet_id, reply } => drop(reply.send(self.core.wallet(&wallet_id).cloned())),
                     Request::Hold { hold_id, reply } => drop(reply.send(self.core.hold(&hold_id).cloned())),
-                    Request::Command { command, reply } => commands.push((command, reply)),
+                    Request::Command { command, reply } => commands.push((*command, reply)),
                 }
             }
             self.core.handle_batch(now, commands);
