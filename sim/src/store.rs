@@ -17,7 +17,7 @@ use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletSummary, WalletView,
 };
 use wallex_testkit::memory::ReadSide;
 
@@ -111,6 +111,15 @@ enum Request {
         before: Option<u64>,
         limit: usize,
     },
+    EntriesByReference {
+        reference: wallex_engine::Reference,
+        limit: usize,
+    },
+    LedgerEntry {
+        wallet_id: WalletId,
+        version: u64,
+    },
+    WalletSummary(WalletId),
 }
 
 impl Request {
@@ -136,6 +145,9 @@ impl Request {
             Request::Wallet(_) => "wallet",
             Request::Wallets { .. } => "wallets",
             Request::LedgerEntries { .. } => "ledger_entries",
+            Request::EntriesByReference { .. } => "entries_by_reference",
+            Request::LedgerEntry { .. } => "ledger_entry",
+            Request::WalletSummary(_) => "wallet_summary",
         }
     }
 }
@@ -158,6 +170,8 @@ enum Response {
     Wallet(Result<Option<WalletView>, StoreError>),
     Wallets(Result<Vec<WalletView>, StoreError>),
     Entries(Result<Vec<LedgerEntry>, StoreError>),
+    Entry(Result<Option<LedgerEntry>, StoreError>),
+    Summary(Result<Option<WalletSummary>, StoreError>),
 }
 
 /// The store node's main task: serve until killed.
@@ -271,6 +285,15 @@ async fn handle(request: Request) -> Option<Response> {
         }
         Request::LedgerEntries { wallet_id, before, limit } => {
             Response::Entries(Ok(lock(&world.projections).tables.list_ledger_entries(&wallet_id, before, limit)))
+        }
+        Request::EntriesByReference { reference, limit } => {
+            Response::Entries(Ok(lock(&world.projections).tables.entries_by_reference(&reference, limit)))
+        }
+        Request::LedgerEntry { wallet_id, version } => {
+            Response::Entry(Ok(lock(&world.projections).tables.ledger.get(&(wallet_id, version)).cloned()))
+        }
+        Request::WalletSummary(wallet_id) => {
+            Response::Summary(Ok(lock(&world.projections).tables.summaries.get(&wallet_id).cloned()))
         }
     };
     Some(response)
@@ -427,6 +450,22 @@ impl ProjectionStore for SimStore {
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         expect!(self.call(Request::LedgerEntries { wallet_id: *wallet_id, before, limit }).await, Entries)
+    }
+
+    async fn entries_by_reference(
+        &self,
+        reference: &wallex_engine::Reference,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        expect!(self.call(Request::EntriesByReference { reference: reference.clone(), limit }).await, Entries)
+    }
+
+    async fn ledger_entry(&self, wallet_id: &WalletId, version: u64) -> Result<Option<LedgerEntry>, StoreError> {
+        expect!(self.call(Request::LedgerEntry { wallet_id: *wallet_id, version }).await, Entry)
+    }
+
+    async fn wallet_summary(&self, wallet_id: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
+        expect!(self.call(Request::WalletSummary(*wallet_id)).await, Summary)
     }
 }
 

@@ -220,6 +220,55 @@ pub struct LedgerEntry {
     pub counterparty: String,
     pub description: Option<String>,
     pub at: Timestamp,
+    /// The transaction's reference, metadata and correlation id.
+    pub memo: wallex_engine::Memo,
+}
+
+/// A wallet's ledger in sums, kept by the ledger projection as it writes entries (never computed
+/// by scanning them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalletSummary {
+    pub wallet_id: WalletId,
+    pub currency: wallex_engine::Currency,
+    /// Minor units credited and debited over the wallet's life (its opening balance is a credit).
+    pub total_credits: u64,
+    pub total_debits: u64,
+    /// Ledger entries: movements of money (holds placed or released move none).
+    pub transaction_count: u64,
+    /// The version of the newest entry.
+    pub last_version: u64,
+}
+
+impl WalletSummary {
+    /// The summary after `entry` (a new one for the wallet's first).
+    pub fn after(previous: Option<WalletSummary>, entry: &LedgerEntry) -> WalletSummary {
+        let mut summary = previous.unwrap_or(WalletSummary {
+            wallet_id: entry.wallet_id,
+            currency: entry.currency,
+            total_credits: 0,
+            total_debits: 0,
+            transaction_count: 0,
+            last_version: 0,
+        });
+        match entry.direction {
+            Direction::Credit => summary.total_credits += entry.amount,
+            Direction::Debit => summary.total_debits += entry.amount,
+        }
+        summary.transaction_count += 1;
+        summary.last_version = summary.last_version.max(entry.version);
+        summary
+    }
+
+    /// What `entries` (ledger entries in version order, of any wallets) add to each wallet's
+    /// summary: one row per wallet, with the entries' sums (a store adds them to its row).
+    pub fn deltas(entries: &[LedgerEntry]) -> Vec<WalletSummary> {
+        let mut deltas: std::collections::BTreeMap<WalletId, WalletSummary> = std::collections::BTreeMap::new();
+        for entry in entries {
+            let previous = deltas.remove(&entry.wallet_id);
+            deltas.insert(entry.wallet_id, WalletSummary::after(previous, entry));
+        }
+        deltas.into_values().collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +319,27 @@ pub trait ProjectionStore: Clone + Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
+
+    /// The ledger entries of transactions with `reference`, newest first (by transaction, then
+    /// wallet), at most `limit`; index-backed.
+    fn entries_by_reference(
+        &self,
+        reference: &wallex_engine::Reference,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
+
+    /// One ledger entry by its wallet and version.
+    fn ledger_entry(
+        &self,
+        wallet_id: &WalletId,
+        version: u64,
+    ) -> impl Future<Output = Result<Option<LedgerEntry>, StoreError>> + Send;
+
+    /// The wallet's summary as the ledger projection keeps it (`None` before its first entry).
+    fn wallet_summary(
+        &self,
+        wallet_id: &WalletId,
+    ) -> impl Future<Output = Result<Option<WalletSummary>, StoreError>> + Send;
 }
 
 /// A keyed message for the bus.
@@ -383,6 +453,7 @@ impl LedgerEntry {
             counterparty: counterparty.to_string(),
             description: event.description.as_ref().map(|description| description.as_str().to_owned()),
             at: event.at,
+            memo: event.memo.clone(),
         })
     }
 }

@@ -5,10 +5,13 @@
 //! The row types are `pub` only because the dialects' hooks return them; this module is private.
 
 use wallex_engine::{
-    CommandId, CommandRecord, Currency, Fingerprint, OwnerId, Rejection, Timestamp, TransactionId, WalletId,
+    CommandId, CommandRecord, CorrelationId, Currency, Fingerprint, Memo, Metadata, OwnerId, Reference, Rejection,
+    Timestamp, TransactionId, WalletId,
 };
 
-use wallex_pipeline::ports::{Direction, LedgerEntry, OutboxMessage, OutboxPosition, StoreError, WalletView};
+use wallex_pipeline::ports::{
+    Direction, LedgerEntry, OutboxMessage, OutboxPosition, StoreError, WalletSummary, WalletView,
+};
 
 /// A driver error as the pipeline sees it: a unique violation means the store refused the write
 /// (nothing was written); anything else means the outcome is unknown.
@@ -116,6 +119,38 @@ pub struct EntryRow {
     pub counterparty: String,
     pub description: Option<String>,
     pub at: i64,
+    pub reference_id: Option<String>,
+    pub metadata: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+/// A memo's metadata as stored: a JSON object of strings, or NULL when there is none.
+pub(crate) fn metadata_text(memo: &Memo) -> Option<String> {
+    (!memo.metadata.is_empty()).then(|| serde_json::to_string(&memo.metadata).expect("metadata serializes"))
+}
+
+/// A stored `wallet_summaries` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SummaryRow {
+    pub wallet_id: String,
+    pub currency: String,
+    pub total_credits: i64,
+    pub total_debits: i64,
+    pub transaction_count: i64,
+    pub last_version: i64,
+}
+
+impl SummaryRow {
+    pub(crate) fn into_summary(self) -> Result<WalletSummary, StoreError> {
+        Ok(WalletSummary {
+            wallet_id: WalletId::parse(&self.wallet_id).map_err(corrupt)?,
+            currency: Currency::parse(&self.currency).map_err(corrupt)?,
+            total_credits: uint(self.total_credits)?,
+            total_debits: uint(self.total_debits)?,
+            transaction_count: uint(self.transaction_count)?,
+            last_version: uint(self.last_version)?,
+        })
+    }
 }
 
 impl EntryRow {
@@ -136,6 +171,14 @@ impl EntryRow {
             counterparty: self.counterparty,
             description: self.description,
             at: Timestamp::from_unix_micros(uint(self.at)?),
+            memo: Memo {
+                reference: self.reference_id.as_deref().map(Reference::parse).transpose().map_err(corrupt)?,
+                metadata: match self.metadata.as_deref() {
+                    Some(text) => serde_json::from_str(text).map_err(|error| corrupt(format!("metadata: {error}")))?,
+                    None => Metadata::default(),
+                },
+                correlation_id: self.correlation_id.as_deref().map(CorrelationId::parse).transpose().map_err(corrupt)?,
+            },
         })
     }
 }

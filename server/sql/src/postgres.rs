@@ -18,9 +18,11 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
-use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError};
+use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError, WalletSummary};
 
-use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, store_error};
+use crate::common::{
+    CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error,
+};
 use crate::store::{Dialect, Driver, SqlStore};
 
 /// Connections in the shared pool: the relay, two projectors, the cleanup and the readers.
@@ -242,9 +244,10 @@ impl Dialect for PostgresDialect {
         if !entries.is_empty() {
             sqlx::query(
                 "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, amount, \
-                 balance_after, currency, counterparty, description, at) SELECT * FROM UNNEST($1::text[], \
-                 $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], \
-                 $9::text[], $10::text[], $11::bigint[])",
+                 balance_after, currency, counterparty, description, at, reference_id, metadata, correlation_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], \
+                 $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[], \
+                 $14::text[])",
             )
             .bind(entries.iter().map(|e| e.wallet_id.as_str()).collect::<Vec<_>>())
             .bind(entries.iter().map(|e| int(e.version)).collect::<Vec<_>>())
@@ -257,6 +260,29 @@ impl Dialect for PostgresDialect {
             .bind(entries.iter().map(|e| e.counterparty.as_str()).collect::<Vec<_>>())
             .bind(entries.iter().map(|e| e.description.as_deref()).collect::<Vec<_>>())
             .bind(entries.iter().map(|e| int(e.at.unix_micros())).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.memo.reference.as_ref().map(|r| r.as_str())).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| metadata_text(&e.memo)).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.memo.correlation_id.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
+            .execute(&mut *transaction)
+            .await
+            .map_err(store_error)?;
+            let deltas = WalletSummary::deltas(entries);
+            sqlx::query(
+                "INSERT INTO wallet_summaries (wallet_id, currency, total_credits, total_debits, transaction_count, \
+                 last_version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
+                 $5::bigint[], $6::bigint[]) \
+                 ON CONFLICT (wallet_id) DO UPDATE SET \
+                 total_credits = wallet_summaries.total_credits + EXCLUDED.total_credits, \
+                 total_debits = wallet_summaries.total_debits + EXCLUDED.total_debits, \
+                 transaction_count = wallet_summaries.transaction_count + EXCLUDED.transaction_count, \
+                 last_version = GREATEST(wallet_summaries.last_version, EXCLUDED.last_version)",
+            )
+            .bind(deltas.iter().map(|d| d.wallet_id.as_str()).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| d.currency.code()).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| int(d.total_credits)).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| int(d.total_debits)).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| int(d.transaction_count)).collect::<Vec<_>>())
+            .bind(deltas.iter().map(|d| int(d.last_version)).collect::<Vec<_>>())
             .execute(&mut *transaction)
             .await
             .map_err(store_error)?;

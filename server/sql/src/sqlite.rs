@@ -22,9 +22,11 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Encode, QueryBuilder, Sqlite, Type};
 use tokio::sync::{Mutex, MutexGuard};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
-use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError};
+use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError, WalletSummary};
 
-use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, store_error};
+use crate::common::{
+    CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error,
+};
 use crate::store::{Dialect, Driver, SqlStore};
 
 /// The file inside `--data-dir`.
@@ -299,7 +301,7 @@ impl Dialect for SqliteDialect {
         insert_rows(
             transaction,
             "INSERT INTO ledger_entries (wallet_id, version, transaction_id, entry_type, direction, amount, \
-             balance_after, currency, counterparty, description, at) ",
+             balance_after, currency, counterparty, description, at, reference_id, metadata, correlation_id) ",
             &plan.entries,
             "",
             |mut row, entry| {
@@ -313,7 +315,30 @@ impl Dialect for SqliteDialect {
                     .push_bind(entry.currency.code())
                     .push_bind(entry.counterparty.as_str())
                     .push_bind(entry.description.as_deref())
-                    .push_bind(int(entry.at.unix_micros()));
+                    .push_bind(int(entry.at.unix_micros()))
+                    .push_bind(entry.memo.reference.as_ref().map(|r| r.as_str().to_owned()))
+                    .push_bind(metadata_text(&entry.memo))
+                    .push_bind(entry.memo.correlation_id.as_ref().map(|c| c.as_str().to_owned()));
+            },
+        )
+        .await?;
+        insert_rows(
+            transaction,
+            "INSERT INTO wallet_summaries (wallet_id, currency, total_credits, total_debits, transaction_count, \
+             last_version) ",
+            &WalletSummary::deltas(&plan.entries),
+            " ON CONFLICT (wallet_id) DO UPDATE SET \
+             total_credits = wallet_summaries.total_credits + excluded.total_credits, \
+             total_debits = wallet_summaries.total_debits + excluded.total_debits, \
+             transaction_count = wallet_summaries.transaction_count + excluded.transaction_count, \
+             last_version = MAX(wallet_summaries.last_version, excluded.last_version)",
+            |mut row, delta| {
+                row.push_bind(delta.wallet_id.as_str())
+                    .push_bind(delta.currency.code())
+                    .push_bind(int(delta.total_credits))
+                    .push_bind(int(delta.total_debits))
+                    .push_bind(int(delta.transaction_count))
+                    .push_bind(int(delta.last_version));
             },
         )
         .await?;

@@ -27,11 +27,11 @@ use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, Transac
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletSummary, WalletView,
 };
 
 use crate::common::{
-    BacklogRow, CheckpointRow, EntryRow, KeyedRecord, OutboxRow, RecordRow, WalletRow, bound, corrupt, int,
+    BacklogRow, CheckpointRow, EntryRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow, bound, corrupt, int,
     store_error, uint,
 };
 
@@ -144,6 +144,7 @@ pub trait Driver:
         Row: DecodeRow<RecordRow>
                  + DecodeRow<WalletRow>
                  + DecodeRow<EntryRow>
+                 + DecodeRow<SummaryRow>
                  + DecodeRow<OutboxRow>
                  + DecodeRow<BacklogRow>
                  + DecodeRow<(i64,)>
@@ -600,5 +601,37 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
             )
             .await?;
         rows.into_iter().map(EntryRow::into_entry).collect()
+    }
+
+    async fn entries_by_reference(
+        &self,
+        reference: &wallex_engine::Reference,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows: Vec<EntryRow> = self
+            .read(
+                "SELECT * FROM ledger_entries WHERE reference_id = $1 \
+                 ORDER BY transaction_id DESC, wallet_id DESC LIMIT $2",
+                Values::new().and(reference.as_str()).and(sql_limit(limit)),
+            )
+            .await?;
+        rows.into_iter().map(EntryRow::into_entry).collect()
+    }
+
+    async fn ledger_entry(&self, wallet_id: &WalletId, version: u64) -> Result<Option<LedgerEntry>, StoreError> {
+        let mut rows: Vec<EntryRow> = self
+            .read(
+                "SELECT * FROM ledger_entries WHERE wallet_id = $1 AND version = $2",
+                Values::new().and(wallet_id.as_str()).and(bound(version)),
+            )
+            .await?;
+        rows.pop().map(EntryRow::into_entry).transpose()
+    }
+
+    async fn wallet_summary(&self, wallet_id: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
+        let mut rows: Vec<SummaryRow> = self
+            .read("SELECT * FROM wallet_summaries WHERE wallet_id = $1", Values::new().and(wallet_id.as_str()))
+            .await?;
+        rows.pop().map(SummaryRow::into_summary).transpose()
     }
 }

@@ -4,14 +4,14 @@
 //! Call [`run`] with a fresh, empty store. It panics on the first broken promise, naming it.
 
 use wallex_engine::{
-    Amount, Command, CommandId, CommandKind, Config, Currency, Event, Ledger, Outcome, OwnerId, Timestamp,
-    TransactionId, WalletId,
+    Amount, Command, CommandId, CommandKind, Config, CorrelationId, Currency, Event, Ledger, Memo, Metadata, Outcome,
+    OwnerId, Reference, Timestamp, TransactionId, WalletId,
 };
 
 use wallex_pipeline::codec::encode_event;
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EventStore, OutboxMessage, OutboxPosition, Projection, ProjectionStore, StoreError,
-    StoredSnapshot,
+    Applied, CommitBatch, Direction, EventStore, OutboxMessage, OutboxPosition, Projection, ProjectionStore,
+    StoreError, StoredSnapshot,
 };
 
 /// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch the writer would commit.
@@ -215,6 +215,39 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     assert_eq!(store.ledger_entries(&wallet("a"), Some(3), 1).await.unwrap()[0].version, 2, "ledger pages by version");
     // A bound past the largest version a store can hold means every entry.
     assert_eq!(store.ledger_entries(&wallet("a"), Some(u64::MAX), 10).await.unwrap(), entries);
+
+    // Memos ride on the entries, a reference finds its transaction's entries, summaries keep sums.
+    let memo = Memo {
+        reference: Some(Reference::parse("inv-7").unwrap()),
+        metadata: Metadata::parse([("order", "7"), ("channel", "web")]).unwrap(),
+        correlation_id: Some(CorrelationId::parse("corr-1").unwrap()),
+    };
+    let mut referenced = Vec::new();
+    let command = Command { id: CommandId(9_000), kind: transfer("a", "b", 50), memo: memo.clone() };
+    let outcome = ledger.execute(Timestamp::from_unix_micros(90_000), &command, &mut referenced);
+    assert!(outcome.result().is_ok(), "{outcome:?}");
+    let verdicts = store.project(Projection::Ledger, &referenced).await.unwrap();
+    assert!(verdicts.iter().all(|v| *v == Applied::Projected), "the referenced transfer applies: {verdicts:?}");
+    let reference = Reference::parse("inv-7").unwrap();
+    let found = store.entries_by_reference(&reference, 10).await.unwrap();
+    let legs: Vec<_> = found.iter().map(|e| (e.wallet_id.as_str(), e.version)).collect();
+    assert_eq!(legs, [("b", 4), ("a", 4)], "both legs, newest first by transaction then wallet");
+    assert!(found.iter().all(|entry| entry.memo == memo), "the memo is stored whole: {found:?}");
+    assert_eq!(store.entries_by_reference(&reference, 1).await.unwrap().len(), 1, "the limit holds");
+    assert!(store.entries_by_reference(&Reference::parse("inv-8").unwrap(), 10).await.unwrap().is_empty());
+    assert_eq!(store.ledger_entry(&wallet("a"), 4).await.unwrap().as_ref(), found.get(1), "an entry by version");
+    assert_eq!(store.ledger_entry(&wallet("a"), 99).await.unwrap(), None);
+    for name in ["a", "b"] {
+        let entries = store.ledger_entries(&wallet(name), None, 100).await.unwrap();
+        let sum = |direction| entries.iter().filter(|e| e.direction == direction).map(|e| e.amount).sum::<u64>();
+        let summary = store.wallet_summary(&wallet(name)).await.unwrap().expect("a summary once entries exist");
+        assert_eq!(
+            (summary.total_credits, summary.total_debits, summary.transaction_count, summary.last_version),
+            (sum(Direction::Credit), sum(Direction::Debit), entries.len() as u64, entries[0].version),
+            "{name}: the summary is the sums of its entries, each counted once"
+        );
+    }
+    assert_eq!(store.wallet_summary(&wallet("nobody")).await.unwrap(), None);
 }
 
 /// The durable stores' `requeue_unprojected` (for a bus that does not outlive the process): on a

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletView,
+    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletSummary, WalletView,
 };
 
 /// How an injected commit failure behaves.
@@ -288,6 +288,22 @@ impl ProjectionStore for MemoryStore {
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         Ok(self.lock().read_side.list_ledger_entries(wallet_id, before, limit))
     }
+
+    async fn entries_by_reference(
+        &self,
+        reference: &wallex_engine::Reference,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(self.lock().read_side.entries_by_reference(reference, limit))
+    }
+
+    async fn ledger_entry(&self, wallet_id: &WalletId, version: u64) -> Result<Option<LedgerEntry>, StoreError> {
+        Ok(self.lock().read_side.ledger.get(&(*wallet_id, version)).cloned())
+    }
+
+    async fn wallet_summary(&self, wallet_id: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
+        Ok(self.lock().read_side.summaries.get(wallet_id).cloned())
+    }
 }
 
 /// The read side's tables in memory (checkpoints, read model, ledger entries) and their queries:
@@ -298,6 +314,7 @@ pub struct ReadSide {
     pub checkpoints: BTreeMap<(Projection, WalletId), u64>,
     pub wallets: BTreeMap<WalletId, WalletView>,
     pub ledger: BTreeMap<(WalletId, u64), LedgerEntry>,
+    pub summaries: BTreeMap<WalletId, WalletSummary>,
 }
 
 impl ReadSide {
@@ -323,6 +340,8 @@ impl ReadSide {
             self.wallets.insert(view.wallet_id, view);
         }
         for entry in plan.entries {
+            let previous = self.summaries.remove(&entry.wallet_id);
+            self.summaries.insert(entry.wallet_id, WalletSummary::after(previous, &entry));
             self.ledger.insert((entry.wallet_id, entry.version), entry);
         }
     }
@@ -343,6 +362,14 @@ impl ReadSide {
             .take(limit)
             .cloned()
             .collect()
+    }
+
+    /// The entries of transactions with `reference`, newest first (by transaction, then wallet).
+    pub fn entries_by_reference(&self, reference: &wallex_engine::Reference, limit: usize) -> Vec<LedgerEntry> {
+        let mut found: Vec<&LedgerEntry> =
+            self.ledger.values().filter(|entry| entry.memo.reference.as_ref() == Some(reference)).collect();
+        found.sort_by(|a, b| (b.transaction_id, b.wallet_id).cmp(&(a.transaction_id, a.wallet_id)));
+        found.into_iter().take(limit).cloned().collect()
     }
 
     /// A wallet's ledger entries, newest first, with versions below `before`.
