@@ -5,12 +5,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use wallex_engine::Reference;
 
 use crate::extract::{Params, PathId, page_size, parse_instant, parse_wallet};
 use crate::problem::{ProblemJson, store_problem};
 use crate::wire::{
     BalanceJson, BalanceQuery, EventJson, EventsQuery, LedgerEntryJson, LedgerPageJson, LedgerQuery, Page,
-    TRANSACTION_TYPES, TransactionEntryJson, transaction_type,
+    ReferenceJson, ReferenceQuery, SummaryJson, TRANSACTION_TYPES, TransactionEntryJson, transaction_type,
 };
 use crate::{MAX_PAGE, Problem, Queries, Shared};
 
@@ -69,6 +70,41 @@ pub(crate) async fn ledger<S: Queries>(
         response.headers_mut().insert(BEHIND, HeaderValue::from(behind));
     }
     Ok(response)
+}
+
+#[utoipa::path(get, path = "/ledger/wallet/{id}/summary", params(("id" = String, Path)),
+    responses((status = 200, description = "The wallet's ledger in sums (kept as entries are written, never computed by scanning them), with every entry the wallet had committed when the request arrived unless the bounded wait ran out", body = SummaryJson,
+        headers(("wallex-behind" = u64, description = "Present when the wait ran out: how many committed versions of the wallet the answer lacks")))))]
+pub(crate) async fn summary<S: Queries>(State(state): Shared<S>, PathId(id): PathId) -> Result<Response, Problem> {
+    let wallet_id = parse_wallet("walletId", &id)?;
+    let behind = caught_up(&state, &wallet_id).await?;
+    let summary = state.store.wallet_summary(&wallet_id).await.map_err(store_problem)?;
+    let last = match &summary {
+        Some(summary) => state.store.ledger_entry(&wallet_id, summary.last_version).await.map_err(store_problem)?,
+        None => None,
+    };
+    let mut response = Json(SummaryJson::of(&wallet_id, summary.as_ref(), last.as_ref())).into_response();
+    if behind > 0 {
+        response.headers_mut().insert(BEHIND, HeaderValue::from(behind));
+    }
+    Ok(response)
+}
+
+#[utoipa::path(get, path = "/ledger/reference/{referenceId}", params(("referenceId" = String, Path, min_length = 1, max_length = 128, description = "A transaction's referenceId"), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "The ledger entries of the transactions with this reference (one per wallet leg), newest first; none if no transaction has it", body = ReferenceJson)))]
+pub(crate) async fn by_reference<S: Queries>(
+    State(state): Shared<S>,
+    PathId(id): PathId,
+    Params(query): Params<ReferenceQuery>,
+) -> Result<Json<ReferenceJson>, Problem> {
+    let reference = Reference::parse(&id).map_err(|error| Problem::field("referenceId", &error))?;
+    let limit = page_size(query.limit)?;
+    let entries = state.store.entries_by_reference(&reference, limit).await.map_err(store_problem)?;
+    Ok(Json(ReferenceJson {
+        reference_id: reference.to_string(),
+        count: entries.len(),
+        transactions: entries.iter().map(TransactionEntryJson::of).collect(),
+    }))
 }
 
 /// The header a history read carries when the bounded wait ran out: how many of the wallet's

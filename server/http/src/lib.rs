@@ -204,6 +204,8 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
         .route("/holds/{id}/capture", post(holds::capture_hold::<S>))
         .route("/holds/{id}/void", post(holds::void_hold::<S>))
         .route("/ledger/wallet/{id}", get(ledger::ledger::<S>))
+        .route("/ledger/wallet/{id}/summary", get(ledger::summary::<S>))
+        .route("/ledger/reference/{id}", get(ledger::by_reference::<S>))
         // Outermost first: an overloaded or timed-out request becomes a problem; beyond
         // `max_concurrent` running requests a new one is shed at once, never queued.
         .route_layer(

@@ -21,12 +21,12 @@ use std::sync::OnceLock;
 
 use axum::Json;
 use serde_json::{Value, json};
-use wallex_engine::{Currency, Description, ID_MAX_BYTES};
+use wallex_engine::{Currency, Description, ID_MAX_BYTES, Metadata, Reference};
 
 // utoipa tags each operation with the module path it is named by in `paths(...)`; naming the
 // handlers' generated path types directly keeps the operations untagged, as published.
 use crate::holds::{__path_capture_hold, __path_get_hold, __path_place_hold, __path_void_hold};
-use crate::ledger::{__path_balance_at, __path_ledger, __path_wallet_events};
+use crate::ledger::{__path_balance_at, __path_by_reference, __path_ledger, __path_summary, __path_wallet_events};
 use crate::problem::{ProblemJson, RETRY_AFTER_SECONDS};
 use crate::wallets::{
     __path_create_wallet, __path_credit, __path_debit, __path_get_wallet, __path_list_wallets, __path_transfer,
@@ -50,7 +50,9 @@ use crate::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE};
         get_hold,
         capture_hold,
         void_hold,
-        ledger
+        ledger,
+        summary,
+        by_reference
     ),
     components(schemas(ProblemJson))
 )]
@@ -147,6 +149,24 @@ fn field_schema(name: &str) -> Option<Value> {
         "amount" => amount_schema(true),
         "initialBalance" | "overdraftLimit" => amount_schema(false),
         "description" => description_schema(),
+        "referenceId" => json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": Reference::MAX_CHARS,
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
+            "description": "The client's reference: unique among each wallet's transactions, no control characters",
+        }),
+        "metadata" => json!({
+            "type": "object",
+            "maxProperties": Metadata::MAX_ENTRIES,
+            "propertyNames": { "pattern": format!("^[A-Za-z0-9_.:-]{{1,{}}}$", Metadata::MAX_KEY_BYTES) },
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": Metadata::MAX_VALUE_CHARS,
+                "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+            },
+            "description": "Flat string metadata",
+        }),
         "expiresAt" | "from" | "to" | "startDate" | "endDate" => json!({ "type": "string", "format": "date-time" }),
         "transactionType" => json!({ "type": "string", "enum": crate::wire::TRANSACTION_TYPES }),
         "offset" => json!({ "type": "integer", "minimum": 0, "maximum": MAX_PAGE }),
@@ -205,6 +225,10 @@ fn exact(document: &mut Value) {
                 .map(|mut parameter| {
                     if let Some(exact) = parameter["name"].as_str().and_then(field_schema) {
                         parameter["schema"] = exact;
+                    }
+                    if parameter["in"] == "path" && parameter["name"] == "referenceId" {
+                        // No URL path can carry `.` or `..` as a segment: clients remove them.
+                        parameter["schema"]["not"] = json!({ "enum": [".", ".."] });
                     }
                     if parameter["name"] == "cursor" {
                         // A wallet id where the list is of wallets, else the last version seen.

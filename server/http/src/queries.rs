@@ -7,8 +7,8 @@
 
 use std::future::Future;
 
-use wallex_engine::{Event, OwnerId, Timestamp, WalletId};
-use wallex_pipeline::ports::{EventStore, LedgerEntry, ProjectionStore, StoreError, WalletView};
+use wallex_engine::{Event, OwnerId, Reference, Timestamp, WalletId};
+use wallex_pipeline::ports::{EventStore, LedgerEntry, ProjectionStore, StoreError, WalletSummary, WalletView};
 
 /// The store reads behind the API's GET routes.
 pub trait Queries: Send + Sync + 'static {
@@ -42,6 +42,26 @@ pub trait Queries: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// The entries of a reference's transactions, newest first (`GET /ledger/reference/{id}`).
+    fn entries_by_reference(
+        &self,
+        reference: &Reference,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
+
+    /// One ledger entry (a summary's newest).
+    fn ledger_entry(
+        &self,
+        wallet_id: &WalletId,
+        version: u64,
+    ) -> impl Future<Output = Result<Option<LedgerEntry>, StoreError>> + Send;
+
+    /// The wallet's summary as the ledger projection keeps it (`GET /ledger/wallet/{id}/summary`).
+    fn wallet_summary(
+        &self,
+        wallet_id: &WalletId,
+    ) -> impl Future<Output = Result<Option<WalletSummary>, StoreError>> + Send;
 
     /// How many outbox messages are unpublished, and when the oldest was committed (health, metrics).
     fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send;
@@ -84,6 +104,29 @@ impl<S: EventStore + ProjectionStore> Queries for S {
         to: u64,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
         EventStore::wallet_events(self, wallet_id, from, to)
+    }
+
+    fn entries_by_reference(
+        &self,
+        reference: &Reference,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send {
+        ProjectionStore::entries_by_reference(self, reference, limit)
+    }
+
+    fn ledger_entry(
+        &self,
+        wallet_id: &WalletId,
+        version: u64,
+    ) -> impl Future<Output = Result<Option<LedgerEntry>, StoreError>> + Send {
+        ProjectionStore::ledger_entry(self, wallet_id, version)
+    }
+
+    fn wallet_summary(
+        &self,
+        wallet_id: &WalletId,
+    ) -> impl Future<Output = Result<Option<WalletSummary>, StoreError>> + Send {
+        ProjectionStore::wallet_summary(self, wallet_id)
     }
 
     fn outbox_backlog(&self) -> impl Future<Output = Result<(u64, Option<Timestamp>), StoreError>> + Send {

@@ -8,8 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use wallex_engine::{Event, EventKind, Hold, HoldStatus, Timestamp};
-use wallex_pipeline::ports::{Direction, LedgerEntry, WalletView};
+use std::collections::BTreeMap;
+
+use wallex_engine::{Event, EventKind, Hold, HoldStatus, Memo, Timestamp};
+use wallex_pipeline::ports::{Direction, LedgerEntry, WalletSummary, WalletView};
 
 /// An instant as RFC 3339 in UTC, to the microsecond.
 pub(crate) fn time(at: Timestamp) -> String {
@@ -248,7 +250,21 @@ pub struct EventJson {
     pub held_after: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The client's reference for the transaction, if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<String>,
+    /// The transaction's metadata, if any.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// The correlation id of the request that made the transaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
     pub at: String,
+}
+
+/// A memo's metadata as a JSON object.
+fn metadata(memo: &Memo) -> BTreeMap<String, String> {
+    memo.metadata.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect()
 }
 
 impl EventJson {
@@ -280,6 +296,9 @@ impl EventJson {
             balance_after: money(i128::from(event.balance_after)),
             held_after: money(i128::from(event.held_after)),
             description: event.description.as_ref().map(|d| d.as_str().to_owned()),
+            reference_id: event.memo.reference.as_ref().map(ToString::to_string),
+            metadata: metadata(&event.memo),
+            correlation_id: event.memo.correlation_id.as_ref().map(|id| id.as_str().to_owned()),
             at: time(event.at),
         }
     }
@@ -402,12 +421,14 @@ pub(crate) struct TransactionEntryJson {
     balance_before: String,
     balance_after: String,
     description: Option<String>,
-    /// Not stored yet: always null.
+    /// The client's reference for the transaction, or null.
     reference_id: Option<String>,
     /// The other wallet of a transfer or capture.
     related_wallet_id: Option<String>,
-    /// Not stored yet: always empty.
-    metadata: std::collections::BTreeMap<String, String>,
+    /// The transaction's metadata (an empty object when it has none).
+    metadata: BTreeMap<String, String>,
+    /// The correlation id of the request that made the transaction, or null.
+    correlation_id: Option<String>,
     transaction_id: String,
     created_at: String,
 }
@@ -445,9 +466,10 @@ impl TransactionEntryJson {
             balance_before: entry.currency.format_minor(before),
             balance_after: entry.currency.format_minor(after),
             description: entry.description.clone(),
-            reference_id: None,
+            reference_id: entry.memo.reference.as_ref().map(ToString::to_string),
             related_wallet_id: (!entry.counterparty.starts_with('@')).then(|| entry.counterparty.clone()),
-            metadata: std::collections::BTreeMap::new(),
+            metadata: metadata(&entry.memo),
+            correlation_id: entry.memo.correlation_id.as_ref().map(|id| id.as_str().to_owned()),
             transaction_id: entry.transaction_id.to_string(),
             created_at: time(entry.at),
         }
@@ -471,6 +493,10 @@ pub(crate) struct LedgerEntryJson {
     currency: &'static str,
     counterparty: String,
     description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference_id: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
     created_at: String,
 }
 
@@ -487,6 +513,8 @@ impl LedgerEntryJson {
             currency: entry.currency.code(),
             counterparty: entry.counterparty.clone(),
             description: entry.description.clone(),
+            reference_id: entry.memo.reference.as_ref().map(ToString::to_string),
+            metadata: metadata(&entry.memo),
             created_at: time(entry.at),
         }
     }
@@ -517,4 +545,54 @@ impl BalanceJson {
             at: time(event.at),
         }
     }
+}
+
+/// `GET /ledger/wallet/{id}/summary`, in the original service's shape.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SummaryJson {
+    wallet_id: String,
+    #[schema(value_type = Option<String>)]
+    currency: Option<&'static str>,
+    /// Everything credited over the wallet's life (its opening balance too), as a decimal string.
+    total_credits: String,
+    /// Everything debited over the wallet's life.
+    total_debits: String,
+    /// Ledger entries: movements of money.
+    transaction_count: u64,
+    /// The newest entry, or null before the first.
+    last_transaction: Option<TransactionEntryJson>,
+}
+
+impl SummaryJson {
+    pub(crate) fn of(
+        wallet_id: &wallex_engine::WalletId,
+        summary: Option<&WalletSummary>,
+        last: Option<&LedgerEntry>,
+    ) -> SummaryJson {
+        let money = |minor: u64| summary.map_or_else(|| "0".to_owned(), |s| s.currency.format_minor(i128::from(minor)));
+        SummaryJson {
+            wallet_id: wallet_id.to_string(),
+            currency: summary.map(|summary| summary.currency.code()),
+            total_credits: money(summary.map_or(0, |summary| summary.total_credits)),
+            total_debits: money(summary.map_or(0, |summary| summary.total_debits)),
+            transaction_count: summary.map_or(0, |summary| summary.transaction_count),
+            last_transaction: last.map(TransactionEntryJson::of),
+        }
+    }
+}
+
+/// `GET /ledger/reference/{referenceId}`: every ledger entry of the reference's transactions.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ReferenceJson {
+    pub(crate) reference_id: String,
+    pub(crate) count: usize,
+    pub(crate) transactions: Vec<TransactionEntryJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ReferenceQuery {
+    pub(crate) limit: Option<usize>,
 }

@@ -14,11 +14,11 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use wallex_engine::{Event, OwnerId, Timestamp, TransactionId, WalletId};
+use wallex_engine::{Event, OwnerId, Reference, Timestamp, TransactionId, WalletId};
 use wallex_http::{AppState, Queries, router};
 use wallex_pipeline::SystemClock;
 use wallex_pipeline::bus::InProcessBus;
-use wallex_pipeline::ports::{Clock, EventStore, LedgerEntry, StoreError, StoredSnapshot, WalletView};
+use wallex_pipeline::ports::{Clock, EventStore, LedgerEntry, StoreError, StoredSnapshot, WalletSummary, WalletView};
 use wallex_pipeline::{Pipeline, PipelineConfig, WriterState};
 use wallex_testkit::memory::{CommitFault, MemoryStore};
 
@@ -557,6 +557,18 @@ impl Queries for Panicking {
         panic!("a planted bug in a read")
     }
 
+    async fn entries_by_reference(&self, _: &Reference, _: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
+    async fn ledger_entry(&self, _: &WalletId, _: u64) -> Result<Option<LedgerEntry>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
+    async fn wallet_summary(&self, _: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
     async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
         panic!("a planted bug in a read")
     }
@@ -572,7 +584,15 @@ async fn a_handler_that_panics_answers_a_500_problem_not_a_reset_connection() {
         Pipeline::start(MemoryStore::new(), InProcessBus::new(), SystemClock, PipelineConfig::default()).await.unwrap();
     let state = AppState::new(pipeline.commands.clone(), Panicking, pipeline.stats.clone(), "in-process");
     let api = Api { router: router(Arc::new(state)), _pipeline: pipeline };
-    for path in ["/wallets/w", "/wallets", "/ledger/wallet/w", "/wallets/w/events", "/health/kafka/stats"] {
+    for path in [
+        "/wallets/w",
+        "/wallets",
+        "/ledger/wallet/w",
+        "/ledger/wallet/w/summary",
+        "/ledger/reference/r",
+        "/wallets/w/events",
+        "/health/kafka/stats",
+    ] {
         problem(&api.get(path).await, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
     }
     // The router still serves after the panics.
@@ -628,6 +648,18 @@ impl Queries for OneUnpublished {
 
     async fn wallet_events(&self, _: &WalletId, _: u64, _: u64) -> Result<Vec<Event>, StoreError> {
         Ok(Vec::new())
+    }
+
+    async fn entries_by_reference(&self, _: &Reference, _: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn ledger_entry(&self, _: &WalletId, _: u64) -> Result<Option<LedgerEntry>, StoreError> {
+        Ok(None)
+    }
+
+    async fn wallet_summary(&self, _: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
+        Ok(None)
     }
 
     async fn outbox_backlog(&self) -> Result<(u64, Option<Timestamp>), StoreError> {
@@ -1008,4 +1040,73 @@ async fn the_ledger_answers_the_original_shape_and_filters() {
     }
     let none = api.get("/ledger/wallet/la?from=2020-01-01T00:00:00Z&startDate=2999-01-01T00:00:00Z").await;
     assert_eq!(none.body["count"], 0, "the narrower bound holds");
+}
+
+#[tokio::test]
+async fn references_metadata_and_correlation_ids_are_stored_and_found_and_summaries_add_up() {
+    let api = api().await;
+    api.post("/wallets", json!({"walletId": "ra", "ownerId": "o", "initialBalance": "100"})).await;
+    api.post("/wallets", json!({"walletId": "rb", "ownerId": "o"})).await;
+    let request = Request::post("/wallets/ra/transfer")
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "corr-42")
+        .body(Body::from(
+            json!({"toWalletId": "rb", "amount": "30", "referenceId": "INV 2026/7", "metadata": {"order": "7"}})
+                .to_string(),
+        ))
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    for event in body["events"].as_array().unwrap() {
+        assert_eq!(
+            (event["referenceId"].as_str(), event["metadata"]["order"].as_str(), event["correlationId"].as_str()),
+            (Some("INV 2026/7"), Some("7"), Some("corr-42")),
+            "{event:?}"
+        );
+    }
+    // A reference is unique among each wallet's transactions; bad metadata changes nothing.
+    let again = api.post("/wallets/ra/debit", json!({"amount": "1", "referenceId": "INV 2026/7"})).await;
+    problem(&again, StatusCode::CONFLICT, "reference_exists");
+    let bad = api.post("/wallets/ra/credit", json!({"amount": "1", "metadata": {"bad key": "x"}})).await;
+    problem(&bad, StatusCode::BAD_REQUEST, "invalid_metadata");
+    let nested = api.post("/wallets/ra/credit", json!({"amount": "1", "metadata": {"k": {"deep": 1}}})).await;
+    problem(&nested, StatusCode::BAD_REQUEST, "invalid_body");
+    api.post("/wallets/ra/credit", json!({"amount": "5.50"})).await;
+
+    // The ledger read waits for every committed entry, so these see the transfer and the credit.
+    let ledger = api.get("/ledger/wallet/ra").await;
+    let transfer = &ledger.body["transactions"][1];
+    assert_eq!(
+        (transfer["transactionType"].as_str(), transfer["referenceId"].as_str()),
+        (Some("TRANSFER_OUT"), Some("INV 2026/7"))
+    );
+    assert_eq!(
+        (transfer["metadata"]["order"].as_str(), transfer["correlationId"].as_str()),
+        (Some("7"), Some("corr-42"))
+    );
+    let found = api.get("/ledger/reference/INV%202026%2F7").await;
+    assert_eq!(found.status, StatusCode::OK, "{:?}", found.body);
+    assert_eq!(found.body["count"], 2, "both legs: {:?}", found.body);
+    let wallets: Vec<&str> =
+        found.body["transactions"].as_array().unwrap().iter().map(|t| t["walletId"].as_str().unwrap()).collect();
+    assert_eq!(wallets, ["rb", "ra"]);
+    assert_eq!(api.get("/ledger/reference/none").await.body["count"], 0);
+
+    let summary = api.get("/ledger/wallet/ra/summary").await;
+    assert_eq!(summary.status, StatusCode::OK, "{:?}", summary.body);
+    assert_eq!(
+        (
+            summary.body["totalCredits"].as_str(),
+            summary.body["totalDebits"].as_str(),
+            summary.body["transactionCount"].as_u64()
+        ),
+        (Some("105.50"), Some("30.00"), Some(3)),
+        "{:?}",
+        summary.body
+    );
+    assert_eq!(summary.body["lastTransaction"]["amount"], "5.50");
+    assert_eq!(summary.body["lastTransaction"]["transactionType"], "CREDIT");
+    let empty = api.get("/ledger/wallet/nobody/summary").await;
+    assert_eq!((empty.body["transactionCount"].as_u64(), empty.body["lastTransaction"].is_null()), (Some(0), true));
 }

@@ -177,7 +177,12 @@ impl EntryRow {
                     Some(text) => serde_json::from_str(text).map_err(|error| corrupt(format!("metadata: {error}")))?,
                     None => Metadata::default(),
                 },
-                correlation_id: self.correlation_id.as_deref().map(CorrelationId::parse).transpose().map_err(corrupt)?,
+                correlation_id: self
+                    .correlation_id
+                    .as_deref()
+                    .map(CorrelationId::parse)
+                    .transpose()
+                    .map_err(corrupt)?,
             },
         })
     }

@@ -20,9 +20,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
 use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError, WalletSummary};
 
-use crate::common::{
-    CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error,
-};
+use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error};
 use crate::store::{Dialect, Driver, SqlStore};
 
 /// Connections in the shared pool: the relay, two projectors, the cleanup and the readers.

@@ -24,9 +24,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
 use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError, WalletSummary};
 
-use crate::common::{
-    CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error,
-};
+use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error};
 use crate::store::{Dialect, Driver, SqlStore};
 
 /// The file inside `--data-dir`.

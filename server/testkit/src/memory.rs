@@ -368,7 +368,7 @@ impl ReadSide {
     pub fn entries_by_reference(&self, reference: &wallex_engine::Reference, limit: usize) -> Vec<LedgerEntry> {
         let mut found: Vec<&LedgerEntry> =
             self.ledger.values().filter(|entry| entry.memo.reference.as_ref() == Some(reference)).collect();
-        found.sort_by(|a, b| (b.transaction_id, b.wallet_id).cmp(&(a.transaction_id, a.wallet_id)));
+        found.sort_by_key(|entry| std::cmp::Reverse((entry.transaction_id, entry.wallet_id)));
         found.into_iter().take(limit).cloned().collect()
     }
 
