@@ -1110,3 +1110,64 @@ async fn references_metadata_and_correlation_ids_are_stored_and_found_and_summar
     let empty = api.get("/ledger/wallet/nobody/summary").await;
     assert_eq!((empty.body["transactionCount"].as_u64(), empty.body["lastTransaction"].is_null()), (Some(0), true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_ledger_and_events_reads_include_every_write_acknowledged_before_them() {
+    // Writers credit four wallets at once while readers read their ledgers and events; the read
+    // side lingers on purpose. Each read must include every version acknowledged before it began.
+    let (store, bus) = (MemoryStore::new(), InProcessBus::new());
+    let mut config = PipelineConfig::default();
+    config.projector.linger_ms = 50;
+    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await.unwrap();
+    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process").with_bus(bus);
+    let api = Arc::new(Api { router: router(Arc::new(state)), _pipeline: pipeline });
+    const WALLETS: usize = 4;
+    for w in 0..WALLETS {
+        // Funded, so that the creation is a ledger entry too: entries and versions count alike.
+        let created =
+            api.post("/wallets", json!({"walletId": format!("load-{w}"), "ownerId": "o", "initialBalance": "1"})).await;
+        assert_eq!(created.status, StatusCode::CREATED);
+    }
+    let acked: Arc<Vec<std::sync::atomic::AtomicU64>> =
+        Arc::new((0..WALLETS).map(|_| std::sync::atomic::AtomicU64::new(1)).collect());
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let (api, acked) = (api.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..25 {
+                let w = (writer + n) % WALLETS;
+                let answer = api.post(&format!("/wallets/load-{w}/credit"), json!({"amount": "1"})).await;
+                assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+                let version = answer.body["version"].as_u64().expect("the wallet after the credit");
+                acked[w].fetch_max(version, std::sync::atomic::Ordering::SeqCst);
+            }
+            0usize
+        }));
+    }
+    for reader in 0..4 {
+        let (api, acked) = (api.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut checked = 0;
+            for n in 0..30 {
+                let w = (reader + n) % WALLETS;
+                let before = acked[w].load(std::sync::atomic::Ordering::SeqCst);
+                let ledger = api.get(&format!("/ledger/wallet/load-{w}?limit=1000")).await;
+                let newest = ledger.body["transactions"][0]["id"].as_str().map(str::to_owned).unwrap_or_default();
+                let count = ledger.body["count"].as_u64().unwrap();
+                assert!(count >= before, "ledger of load-{w}: {count} entries, {before} acknowledged ({newest})");
+                let events = api.get(&format!("/wallets/load-{w}/events?limit=1000")).await;
+                let seen = events.body["items"].as_array().unwrap().len() as u64;
+                assert!(seen >= before, "events of load-{w}: {seen}, {before} acknowledged");
+                checked += 1;
+            }
+            checked
+        }));
+    }
+    let mut reads = 0;
+    for task in tasks {
+        reads += task.await.unwrap();
+    }
+    assert_eq!(reads, 120, "every reader checked every read");
+    let total: u64 = acked.iter().map(|version| version.load(std::sync::atomic::Ordering::SeqCst)).sum();
+    assert_eq!(total, (WALLETS as u64) + 200, "every credit acknowledged once");
+}
