@@ -52,6 +52,44 @@ pub struct Wallet {
     pub version: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// What the creating command carried (reference, metadata), for reads; boxed and absent when
+    /// empty, so a wallet without one costs a pointer. Decisions never read it.
+    #[serde(with = "memo_fields")]
+    pub memo: Option<Box<Memo>>,
+}
+
+/// A wallet's memo in snapshots: every field always present, as bincode (which is not
+/// self-describing) needs; the JSON form of `Memo` leaves empty fields out.
+mod memo_fields {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::{CorrelationId, Memo, Metadata, Reference};
+
+    type Fields = (Option<String>, Vec<(String, String)>, Option<String>);
+
+    pub(crate) fn serialize<S: Serializer>(memo: &Option<Box<Memo>>, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields: Option<Fields> = memo.as_ref().map(|memo| {
+            (
+                memo.reference.as_ref().map(|reference| reference.as_str().to_owned()),
+                memo.metadata.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect(),
+                memo.correlation_id.as_ref().map(|id| id.as_str().to_owned()),
+            )
+        });
+        fields.serialize(serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<Memo>>, D::Error> {
+        let Some((reference, metadata, correlation_id)) = Option::<Fields>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        let invalid = |error: crate::ParseError| serde::de::Error::custom(error.to_string());
+        Ok(Some(Box::new(Memo {
+            reference: reference.as_deref().map(Reference::parse).transpose().map_err(invalid)?,
+            metadata: Metadata::parse(metadata.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+                .map_err(invalid)?,
+            correlation_id: correlation_id.as_deref().map(CorrelationId::parse).transpose().map_err(invalid)?,
+        })))
+    }
 }
 
 impl Wallet {
@@ -356,6 +394,7 @@ impl Ledger {
                     version: 0,
                     created_at: event.at,
                     updated_at: event.at,
+                    memo: (!event.memo.is_empty()).then(|| Box::new(event.memo.clone())),
                 });
                 created.map_err(|()| fail("the wallet exists".to_owned()))?
             }

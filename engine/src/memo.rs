@@ -53,7 +53,7 @@ impl<'de> Deserialize<'de> for Reference {
     }
 }
 
-/// Flat string metadata: at most 16 entries; keys 1 to 64 of `[A-Za-z0-9_.:-]`, values at most
+/// Flat string metadata: at most 16 entries; keys 1 to 64 of `[A-Za-z0-9_.-]`, values at most
 /// 256 characters without control characters. Ordered by key, so it digests and prints the same
 /// everywhere.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -79,7 +79,7 @@ impl Metadata {
 
     /// A key as metadata and its search accept it.
     pub fn check_key(key: &str) -> Result<(), ParseError> {
-        let grammar = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b':' | b'-');
+        let grammar = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-');
         if key.is_empty() || key.len() > Metadata::MAX_KEY_BYTES || !key.bytes().all(grammar) {
             return Err(ParseError::MetadataKey { max: Metadata::MAX_KEY_BYTES });
         }

@@ -178,7 +178,7 @@ pub enum ParseError {
     ReferenceControl,
     #[error("metadata has at most {max} entries")]
     MetadataEntries { max: usize },
-    #[error("a metadata key is 1 to {max} of ASCII letters, digits and . _ : -")]
+    #[error("a metadata key is 1 to {max} of ASCII letters, digits and . _ -")]
     MetadataKey { max: usize },
     #[error("a metadata value is a string of at most {max} characters, no control characters")]
     MetadataValue { max: usize },

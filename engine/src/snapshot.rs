@@ -42,13 +42,57 @@ pub enum SnapshotError {
 /// The decoded state, after the format version (and, in format 1, the settings). Field order is the
 /// wire order.
 #[derive(Deserialize)]
-struct SnapshotState {
+struct SnapshotState<W> {
     clock: Timestamp,
     last_transaction_id: TransactionId,
-    wallets: Vec<Wallet>,
+    wallets: Vec<W>,
     holds: Vec<Hold>,
     world: Vec<(Currency, i128)>,
     commands: Vec<CommandRecord>,
+}
+
+/// A wallet as formats 1 and 2 wrote it: without its memo.
+#[derive(Deserialize)]
+struct WalletWithoutMemo {
+    id: crate::WalletId,
+    owner_id: crate::OwnerId,
+    currency: Currency,
+    balance: i64,
+    held: u64,
+    overdraft_limit: crate::Amount,
+    version: u64,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl From<WalletWithoutMemo> for Wallet {
+    fn from(old: WalletWithoutMemo) -> Wallet {
+        let WalletWithoutMemo {
+            id,
+            owner_id,
+            currency,
+            balance,
+            held,
+            overdraft_limit,
+            version,
+            created_at,
+            updated_at,
+        } = old;
+        Wallet { id, owner_id, currency, balance, held, overdraft_limit, version, created_at, updated_at, memo: None }
+    }
+}
+
+impl<W: Into<Wallet>> SnapshotState<W> {
+    fn current(self) -> SnapshotState<Wallet> {
+        SnapshotState {
+            clock: self.clock,
+            last_transaction_id: self.last_transaction_id,
+            wallets: self.wallets.into_iter().map(Into::into).collect(),
+            holds: self.holds,
+            world: self.world,
+            commands: self.commands,
+        }
+    }
 }
 
 /// The encoded form, borrowing the ledger instead of cloning a million wallets.
@@ -130,8 +174,15 @@ impl Ledger {
             }
             found => return Err(SnapshotError::Format { found }),
         }
-        let (snapshot, state_bytes): (SnapshotState, usize) =
-            bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
+        let (snapshot, state_bytes) = if format_version == SNAPSHOT_FORMAT_VERSION {
+            bincode::serde::decode_from_slice::<SnapshotState<Wallet>, _>(&body[read..], encoding())
+                .map_err(decode_error)?
+        } else {
+            let (old, bytes) =
+                bincode::serde::decode_from_slice::<SnapshotState<WalletWithoutMemo>, _>(&body[read..], encoding())
+                    .map_err(decode_error)?;
+            (old.current(), bytes)
+        };
         read += state_bytes;
         let mut references = Vec::new();
         if format_version == SNAPSHOT_FORMAT_VERSION {

@@ -572,19 +572,23 @@ fn a_restored_ledger_runs_under_the_settings_it_is_restored_with() {
     assert_eq!(restored.wallet(&wallet("alice")).unwrap().balance, 800);
 }
 
+/// A format 2 snapshot as the release before references wrote it: alice created with 10.00 and
+/// debited 1.00 (`Script::new`, `create("alice", USD, 1_000, 0)`, `ok(debit("alice", 100))`).
+const FORMAT_2: &[u8] = include_bytes!("fixtures/snapshot-format-2.bin");
+
 #[test]
-fn a_format_1_snapshot_still_restores_and_its_settings_are_ignored() {
+fn format_1_and_2_snapshots_still_restore_and_format_1_settings_are_ignored() {
     let mut script = Script::new();
     script.create("alice", Currency::USD, 1_000, 0);
     script.ok(debit("alice", 100));
     let current = script.ledger().encode_snapshot();
-    let body = &current[..current.len() - 8];
-    // Format 3 is format 2 and then the references (none here: an empty sequence, one varint byte).
+    assert_eq!(current[0], 3, "this release writes format 3");
+    let restored = Ledger::restore(FORMAT_2, Config::default()).unwrap();
+    assert_eq!(restored.encode_snapshot(), current, "format 2 restores to the same state");
+
     // Format 1 was the format version, the settings (the retention, a varint) and then format 2's
     // state.
-    assert_eq!(body[0], 3, "format 3 is one varint byte");
-    assert_eq!(body[body.len() - 1], 0, "no references");
-    let state = &body[1..body.len() - 1];
+    let state = &FORMAT_2[1..FORMAT_2.len() - 8];
     let sealed = |mut bytes: Vec<u8>| {
         let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
         bytes.extend_from_slice(&checksum.to_le_bytes());
@@ -594,17 +598,13 @@ fn a_format_1_snapshot_still_restores_and_its_settings_are_ignored() {
     old.extend(bincode::encode_to_vec(3_600_000_000u64, bincode::config::standard()).unwrap());
     old.extend_from_slice(state);
     let old = sealed(old);
-    let format_2 = sealed([&[2u8][..], state].concat());
-    let restored = Ledger::restore(&format_2, Config::default()).unwrap();
-    assert_eq!(restored.encode_snapshot(), current, "format 2 restores to the same state");
-
     let config = Config { command_retention_micros: 5_000, ..Config::default() };
     let restored = Ledger::restore(&old, config).unwrap();
     assert_eq!(restored.config(), config, "the caller's settings, not the snapshot's");
     assert_eq!(restored.wallet(&wallet("alice")).unwrap().balance, 900);
     assert_eq!(restored.encode_snapshot(), current, "the same state");
 
-    let mut future = old.clone();
+    let mut future = current.clone();
     future[0] = 4;
     let len = future.len();
     let checksum = xxhash_rust::xxh3::xxh3_64(&future[..len - 8]);
@@ -650,7 +650,21 @@ fn a_reference_is_unique_among_each_wallets_transactions_and_is_content() {
     // The reference and metadata are content: the same key with another reference is reuse.
     let reused = Command { id: CommandId(900), kind: debit("alice", 100), memo: memo("inv-2") };
     assert!(matches!(ledger.execute(now, &reused, &mut events), wallex_engine::Outcome::KeyReused { .. }));
-    // The references survive a snapshot.
+    // A wallet keeps what its creation carried, for reads.
+    let create = Command {
+        id: CommandId(905),
+        kind: CommandKind::CreateWallet {
+            wallet_id: wallet("carol"),
+            owner_id: OwnerId::parse("o").unwrap(),
+            currency: Currency::USD,
+            initial_balance: Amount::ZERO,
+            overdraft_limit: Amount::ZERO,
+        },
+        memo: memo("carol-1"),
+    };
+    assert!(ledger.execute(now, &create, &mut events).result().is_ok());
+    assert_eq!(ledger.wallet(&wallet("carol")).unwrap().memo.as_deref(), Some(&create.memo));
+    // The references and the wallets' memos survive a snapshot.
     let mut restored = Ledger::restore(&ledger.encode_snapshot(), ledger.config()).unwrap();
     assert_eq!(restored, ledger);
     let after = Command { id: CommandId(904), kind: credit("bob", 5), memo: memo("inv-1") };

@@ -103,6 +103,7 @@ fn expected_read_side(
                 counterparty: other.to_string(),
                 description: event.description.as_ref().map(|description| description.as_str().to_owned()),
                 at: record.at,
+                memo: Default::default(),
             };
             entries.insert((event.wallet_id, event.version), expected);
         }
@@ -121,6 +122,7 @@ fn expected_read_side(
             version,
             created_at,
             updated_at: updated.get(&wallet_id).copied().unwrap_or(created_at),
+            memo: Default::default(),
         };
         views.insert(wallet_id, view);
     }

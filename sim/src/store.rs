@@ -16,8 +16,8 @@ use madsim::rand::{Rng, thread_rng};
 use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletSummary, WalletView,
+    Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
+    Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletSummary, WalletView,
 };
 use wallex_testkit::memory::ReadSide;
 
@@ -120,6 +120,14 @@ enum Request {
         version: u64,
     },
     WalletSummary(WalletId),
+    SearchEntries {
+        filter: EntryFilter,
+        limit: usize,
+    },
+    SearchWallets {
+        filter: WalletFilter,
+        limit: usize,
+    },
 }
 
 impl Request {
@@ -148,6 +156,8 @@ impl Request {
             Request::EntriesByReference { .. } => "entries_by_reference",
             Request::LedgerEntry { .. } => "ledger_entry",
             Request::WalletSummary(_) => "wallet_summary",
+            Request::SearchEntries { .. } => "search_entries",
+            Request::SearchWallets { .. } => "search_wallets",
         }
     }
 }
@@ -294,6 +304,12 @@ async fn handle(request: Request) -> Option<Response> {
         }
         Request::WalletSummary(wallet_id) => {
             Response::Summary(Ok(lock(&world.projections).tables.summaries.get(&wallet_id).cloned()))
+        }
+        Request::SearchEntries { filter, limit } => {
+            Response::Entries(Ok(lock(&world.projections).tables.search_entries(&filter, limit)))
+        }
+        Request::SearchWallets { filter, limit } => {
+            Response::Wallets(Ok(lock(&world.projections).tables.search_wallets(&filter, limit)))
         }
     };
     Some(response)
@@ -466,6 +482,14 @@ impl ProjectionStore for SimStore {
 
     async fn wallet_summary(&self, wallet_id: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
         expect!(self.call(Request::WalletSummary(*wallet_id)).await, Summary)
+    }
+
+    async fn search_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        expect!(self.call(Request::SearchEntries { filter: filter.clone(), limit }).await, Entries)
+    }
+
+    async fn search_wallets(&self, filter: &WalletFilter, limit: usize) -> Result<Vec<WalletView>, StoreError> {
+        expect!(self.call(Request::SearchWallets { filter: filter.clone(), limit }).await, Wallets)
     }
 }
 

@@ -108,6 +108,7 @@ fn wallet(id: WalletId) -> Wallet {
         version: 1,
         created_at: Timestamp::ZERO,
         updated_at: Timestamp::ZERO,
+        memo: None,
     }
 }
 

@@ -159,7 +159,7 @@ fn field_schema(name: &str) -> Option<Value> {
         "metadata" => json!({
             "type": "object",
             "maxProperties": Metadata::MAX_ENTRIES,
-            "propertyNames": { "pattern": format!("^[A-Za-z0-9_.:-]{{1,{}}}$", Metadata::MAX_KEY_BYTES) },
+            "propertyNames": { "pattern": format!("^[A-Za-z0-9_.-]{{1,{}}}$", Metadata::MAX_KEY_BYTES) },
             "additionalProperties": {
                 "type": "string",
                 "maxLength": Metadata::MAX_VALUE_CHARS,

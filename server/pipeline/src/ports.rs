@@ -202,6 +202,8 @@ pub struct WalletView {
     pub version: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// What the wallet's creation carried (reference, metadata, correlation id).
+    pub memo: wallex_engine::Memo,
 }
 
 /// One ledger entry: a wallet's side of one posting.
@@ -222,6 +224,123 @@ pub struct LedgerEntry {
     pub at: Timestamp,
     /// The transaction's reference, metadata and correlation id.
     pub memo: wallex_engine::Memo,
+}
+
+/// Where a newest-first page of ledger entries ends: entries strictly older come next. Entries
+/// are ordered by time, then transaction, then wallet (the ledger's time never goes back, so this
+/// is transaction order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryCursor {
+    pub at: Timestamp,
+    pub transaction_id: TransactionId,
+    pub wallet_id: WalletId,
+}
+
+impl EntryCursor {
+    pub fn of(entry: &LedgerEntry) -> EntryCursor {
+        EntryCursor { at: entry.at, transaction_id: entry.transaction_id, wallet_id: entry.wallet_id }
+    }
+}
+
+/// A search of the ledger (`GET /ledger/transactions`): every filter optional, all that are given
+/// must hold; newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    pub wallet_id: Option<WalletId>,
+    /// Entry types (`event.kind.name()`), any of them.
+    pub entry_types: Vec<&'static str>,
+    /// `at >= from`.
+    pub from: Option<Timestamp>,
+    /// `at < to`.
+    pub to: Option<Timestamp>,
+    /// The currency of the amount bounds (required with them: minor units mean nothing without it).
+    pub currency: Option<wallex_engine::Currency>,
+    pub min_amount: Option<u64>,
+    pub max_amount: Option<u64>,
+    pub reference: Option<wallex_engine::Reference>,
+    /// The description contains this text, case-insensitively (at least 3 characters).
+    pub description: Option<String>,
+    /// One metadata entry, key and value.
+    pub metadata: Option<(String, String)>,
+    pub before: Option<EntryCursor>,
+}
+
+/// How a wallet search is ordered; ties (and `Id`) go by wallet id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WalletOrder {
+    #[default]
+    Id,
+    CreatedAt,
+    Balance,
+}
+
+/// Where a page of wallets ends: for `Id` the wallet id alone, else the sort key and the wallet id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalletCursor {
+    /// The sort key: creation time in microseconds, or the balance in minor units (0 for `Id`).
+    pub key: i64,
+    pub wallet_id: WalletId,
+}
+
+/// A search of the wallets (`GET /wallets`): every filter optional, all that are given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalletFilter {
+    pub owner_id: Option<wallex_engine::OwnerId>,
+    pub currency: Option<wallex_engine::Currency>,
+    /// Balance bounds in minor units of `currency` (required with them), inclusive.
+    pub min_balance: Option<i64>,
+    pub max_balance: Option<i64>,
+    /// `created_at >= created_from`.
+    pub created_from: Option<Timestamp>,
+    /// `created_at < created_to`.
+    pub created_to: Option<Timestamp>,
+    /// One entry of the creation's metadata, key and value.
+    pub metadata: Option<(String, String)>,
+    pub order: WalletOrder,
+    pub descending: bool,
+    pub after: Option<WalletCursor>,
+}
+
+impl WalletFilter {
+    /// The sort key of `view` under this filter's order.
+    pub fn key(&self, view: &WalletView) -> i64 {
+        match self.order {
+            WalletOrder::Id => 0,
+            WalletOrder::CreatedAt => i64::try_from(view.created_at.unix_micros()).unwrap_or(i64::MAX),
+            WalletOrder::Balance => view.balance,
+        }
+    }
+
+    /// Whether `view` passes every filter (the cursor aside).
+    pub fn admits(&self, view: &WalletView) -> bool {
+        let created = view.created_at;
+        self.owner_id.is_none_or(|owner| view.owner_id == owner)
+            && self.currency.is_none_or(|currency| view.currency == currency)
+            && self.min_balance.is_none_or(|min| view.balance >= min)
+            && self.max_balance.is_none_or(|max| view.balance <= max)
+            && self.created_from.is_none_or(|from| created >= from)
+            && self.created_to.is_none_or(|to| created < to)
+            && self.metadata.as_ref().is_none_or(|(key, value)| view.memo.metadata.get(key) == Some(value.as_str()))
+    }
+}
+
+impl EntryFilter {
+    /// Whether `entry` passes every filter (the cursor aside).
+    pub fn admits(&self, entry: &LedgerEntry) -> bool {
+        let contains = |needle: &str| {
+            entry.description.as_deref().is_some_and(|text| text.to_lowercase().contains(&needle.to_lowercase()))
+        };
+        self.wallet_id.is_none_or(|wallet| entry.wallet_id == wallet)
+            && (self.entry_types.is_empty() || self.entry_types.contains(&entry.entry_type.as_str()))
+            && self.from.is_none_or(|from| entry.at >= from)
+            && self.to.is_none_or(|to| entry.at < to)
+            && self.currency.is_none_or(|currency| entry.currency == currency)
+            && self.min_amount.is_none_or(|min| entry.amount >= min)
+            && self.max_amount.is_none_or(|max| entry.amount <= max)
+            && self.reference.as_ref().is_none_or(|reference| entry.memo.reference.as_ref() == Some(reference))
+            && self.description.as_deref().is_none_or(contains)
+            && self.metadata.as_ref().is_none_or(|(key, value)| entry.memo.metadata.get(key) == Some(value.as_str()))
+    }
 }
 
 /// A wallet's ledger in sums, kept by the ledger projection as it writes entries (never computed
@@ -335,6 +454,22 @@ pub trait ProjectionStore: Clone + Send + Sync + 'static {
         version: u64,
     ) -> impl Future<Output = Result<Option<LedgerEntry>, StoreError>> + Send;
 
+    /// The entries `filter` admits, newest first (by time, transaction, wallet), after its cursor,
+    /// at most `limit`; every filter is index-backed.
+    fn search_entries(
+        &self,
+        filter: &EntryFilter,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
+
+    /// The wallets `filter` admits, in its order, after its cursor, at most `limit`; every filter
+    /// is index-backed.
+    fn search_wallets(
+        &self,
+        filter: &WalletFilter,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<WalletView>, StoreError>> + Send;
+
     /// The wallet's summary as the ledger projection keeps it (`None` before its first entry).
     fn wallet_summary(
         &self,
@@ -415,6 +550,7 @@ impl WalletView {
                 version: 0,
                 created_at: event.at,
                 updated_at: event.at,
+                memo: event.memo.clone(),
             },
             (_, Some(previous)) => previous.clone(),
             (_, None) => return None,

@@ -59,6 +59,7 @@ impl CommittedView {
             version: wallet.version,
             created_at: wallet.created_at,
             updated_at: wallet.updated_at,
+            memo: wallet.memo.as_deref().cloned().unwrap_or_default(),
         })
     }
 

@@ -87,6 +87,25 @@ pub struct WalletRow {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub reference_id: Option<String>,
+    pub metadata: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+/// A memo from its stored columns.
+fn stored_memo(
+    reference_id: Option<&str>,
+    metadata: Option<&str>,
+    correlation_id: Option<&str>,
+) -> Result<Memo, StoreError> {
+    Ok(Memo {
+        reference: reference_id.map(Reference::parse).transpose().map_err(corrupt)?,
+        metadata: match metadata {
+            Some(text) => serde_json::from_str(text).map_err(|error| corrupt(format!("metadata: {error}")))?,
+            None => Metadata::default(),
+        },
+        correlation_id: correlation_id.map(CorrelationId::parse).transpose().map_err(corrupt)?,
+    })
 }
 
 impl WalletRow {
@@ -101,6 +120,7 @@ impl WalletRow {
             version: uint(self.version)?,
             created_at: Timestamp::from_unix_micros(uint(self.created_at)?),
             updated_at: Timestamp::from_unix_micros(uint(self.updated_at)?),
+            memo: stored_memo(self.reference_id.as_deref(), self.metadata.as_deref(), self.correlation_id.as_deref())?,
         })
     }
 }

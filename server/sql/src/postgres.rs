@@ -214,14 +214,33 @@ impl Dialect for PostgresDialect {
         .map_err(store_error)
     }
 
+    const ENTRY_WALLET_ORDER: &'static str = "e.wallet_id COLLATE \"C\"";
+
+    const DESCRIPTION_CONTAINS: &'static str = "e.description ILIKE {} ESCAPE '\\'";
+
+    fn description_needle(text: &str) -> String {
+        // ILIKE's own characters are matched literally.
+        let mut pattern = String::with_capacity(text.len() + 2);
+        pattern.push('%');
+        for character in text.chars() {
+            if matches!(character, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(character);
+        }
+        pattern.push('%');
+        pattern
+    }
+
     async fn write_plan(transaction: &mut PgConnection, name: &str, plan: &ProjectionPlan) -> Result<(), StoreError> {
         // An empty list would cost a round trip to insert nothing.
         let views = &plan.views;
         if !views.is_empty() {
             sqlx::query(
                 "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
-                 created_at, updated_at) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \
-                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+                 created_at, updated_at, reference_id, metadata, correlation_id) SELECT * FROM UNNEST($1::text[], \
+                 $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
+                 $9::bigint[], $10::text[], $11::text[], $12::text[]) \
                  ON CONFLICT (wallet_id) DO UPDATE SET balance = EXCLUDED.balance, held = EXCLUDED.held, \
                  version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
             )
@@ -234,9 +253,28 @@ impl Dialect for PostgresDialect {
             .bind(views.iter().map(|v| int(v.version)).collect::<Vec<_>>())
             .bind(views.iter().map(|v| int(v.created_at.unix_micros())).collect::<Vec<_>>())
             .bind(views.iter().map(|v| int(v.updated_at.unix_micros())).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| v.memo.reference.as_ref().map(|r| r.as_str())).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| metadata_text(&v.memo)).collect::<Vec<_>>())
+            .bind(views.iter().map(|v| v.memo.correlation_id.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
             .execute(&mut *transaction)
             .await
             .map_err(store_error)?;
+            let metadata: Vec<(&str, &str, &str)> = views
+                .iter()
+                .flat_map(|view| view.memo.metadata.iter().map(|(key, value)| (key, value, view.wallet_id.as_str())))
+                .collect();
+            if !metadata.is_empty() {
+                sqlx::query(
+                    "INSERT INTO wallet_metadata (key, value, wallet_id) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                )
+                .bind(metadata.iter().map(|m| m.0).collect::<Vec<_>>())
+                .bind(metadata.iter().map(|m| m.1).collect::<Vec<_>>())
+                .bind(metadata.iter().map(|m| m.2).collect::<Vec<_>>())
+                .execute(&mut *transaction)
+                .await
+                .map_err(store_error)?;
+            }
         }
         let entries = &plan.entries;
         if !entries.is_empty() {
@@ -264,6 +302,26 @@ impl Dialect for PostgresDialect {
             .execute(&mut *transaction)
             .await
             .map_err(store_error)?;
+            let metadata: Vec<(&str, &str, &str, i64)> = entries
+                .iter()
+                .flat_map(|entry| {
+                    let (wallet, version) = (entry.wallet_id.as_str(), int(entry.version));
+                    entry.memo.metadata.iter().map(move |(key, value)| (key, value, wallet, version))
+                })
+                .collect();
+            if !metadata.is_empty() {
+                sqlx::query(
+                    "INSERT INTO entry_metadata (key, value, wallet_id, version) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) ON CONFLICT DO NOTHING",
+                )
+                .bind(metadata.iter().map(|m| m.0).collect::<Vec<_>>())
+                .bind(metadata.iter().map(|m| m.1).collect::<Vec<_>>())
+                .bind(metadata.iter().map(|m| m.2).collect::<Vec<_>>())
+                .bind(metadata.iter().map(|m| m.3).collect::<Vec<_>>())
+                .execute(&mut *transaction)
+                .await
+                .map_err(store_error)?;
+            }
             let deltas = WalletSummary::deltas(entries);
             sqlx::query(
                 "INSERT INTO wallet_summaries (wallet_id, currency, total_credits, total_debits, transaction_count, \

@@ -33,8 +33,8 @@ pub const DATABASE_FILE: &str = "wallex.sqlite";
 /// SQLite's limit on the parameters one statement binds (`SQLITE_MAX_VARIABLE_NUMBER`).
 const MAX_PARAMETERS: usize = 32_766;
 
-/// The most values one row of a multi-row statement binds: a ledger entry's 11 columns.
-const MAX_VALUES_PER_ROW: usize = 11;
+/// The most values one row of a multi-row statement binds: a ledger entry's 14 columns.
+const MAX_VALUES_PER_ROW: usize = 14;
 
 /// Rows per multi-row INSERT, and keys per `IN (…)` list.
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -271,6 +271,16 @@ impl Dialect for SqliteDialect {
         Ok(rows)
     }
 
+    const ENTRY_WALLET_ORDER: &'static str = "e.wallet_id";
+
+    const DESCRIPTION_CONTAINS: &'static str =
+        "e.rowid IN (SELECT rowid FROM ledger_descriptions WHERE ledger_descriptions MATCH {})";
+
+    fn description_needle(text: &str) -> String {
+        // One FTS5 phrase: the text between double quotes, its own double quotes doubled.
+        format!("\"{}\"", text.replace('"', "\"\""))
+    }
+
     async fn write_plan(
         transaction: &mut SqliteConnection,
         name: &str,
@@ -279,7 +289,7 @@ impl Dialect for SqliteDialect {
         insert_rows(
             transaction,
             "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
-             created_at, updated_at) ",
+             created_at, updated_at, reference_id, metadata, correlation_id) ",
             &plan.views,
             " ON CONFLICT (wallet_id) DO UPDATE SET balance = excluded.balance, held = excluded.held, \
              version = excluded.version, updated_at = excluded.updated_at",
@@ -292,7 +302,45 @@ impl Dialect for SqliteDialect {
                     .push_bind(int(view.overdraft_limit))
                     .push_bind(int(view.version))
                     .push_bind(int(view.created_at.unix_micros()))
-                    .push_bind(int(view.updated_at.unix_micros()));
+                    .push_bind(int(view.updated_at.unix_micros()))
+                    .push_bind(view.memo.reference.as_ref().map(|r| r.as_str().to_owned()))
+                    .push_bind(metadata_text(&view.memo))
+                    .push_bind(view.memo.correlation_id.as_ref().map(|c| c.as_str().to_owned()));
+            },
+        )
+        .await?;
+        let wallet_metadata: Vec<(&str, &str, &str)> = plan
+            .views
+            .iter()
+            .flat_map(|view| view.memo.metadata.iter().map(|(key, value)| (key, value, view.wallet_id.as_str())))
+            .collect();
+        insert_rows(
+            transaction,
+            "INSERT INTO wallet_metadata (key, value, wallet_id) ",
+            &wallet_metadata,
+            " ON CONFLICT DO NOTHING",
+            |mut row, (key, value, wallet_id)| {
+                row.push_bind(key.to_string()).push_bind(value.to_string()).push_bind(wallet_id.to_string());
+            },
+        )
+        .await?;
+        let entry_metadata: Vec<(&str, &str, &str, u64)> = plan
+            .entries
+            .iter()
+            .flat_map(|entry| {
+                entry.memo.metadata.iter().map(|(key, value)| (key, value, entry.wallet_id.as_str(), entry.version))
+            })
+            .collect();
+        insert_rows(
+            transaction,
+            "INSERT INTO entry_metadata (key, value, wallet_id, version) ",
+            &entry_metadata,
+            " ON CONFLICT DO NOTHING",
+            |mut row, (key, value, wallet_id, version)| {
+                row.push_bind(key.to_string())
+                    .push_bind(value.to_string())
+                    .push_bind(wallet_id.to_string())
+                    .push_bind(int(*version));
             },
         )
         .await?;

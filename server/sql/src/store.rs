@@ -26,8 +26,9 @@ use sqlx::{Arguments, Connection, Database, Encode, Executor, FromRow, IntoArgum
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletSummary, WalletView,
+    Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
+    Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletOrder, WalletSummary,
+    WalletView,
 };
 
 use crate::common::{
@@ -85,6 +86,16 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 
+    /// An entry's wallet id as the search orders it: byte order.
+    const ENTRY_WALLET_ORDER: &'static str;
+
+    /// The condition that the entry `e`'s description contains a text, with the placeholder
+    /// `{}` for the value [`Dialect::description_needle`] makes of it (index-backed).
+    const DESCRIPTION_CONTAINS: &'static str;
+
+    /// The value bound for [`Dialect::DESCRIPTION_CONTAINS`].
+    fn description_needle(text: &str) -> String;
+
     /// Makes the whole batch durable in one transaction, or nothing of it.
     fn commit(writer: &mut Conn<Self>, batch: &CommitBatch) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -139,6 +150,7 @@ pub trait Driver:
                        + Bind<i64>
                        + Bind<i32>
                        + for<'a> Bind<&'a str>
+                       + Bind<String>
                        + for<'a> Bind<Option<&'a str>>
                        + for<'a> Bind<&'a [u8]>,
         Row: DecodeRow<RecordRow>
@@ -228,6 +240,33 @@ fn event_from(payload: &[u8]) -> Result<Event, StoreError> {
     decode_event(payload).map_err(corrupt)
 }
 
+/// A statement composed from fixed fragments, its values bound in order as `$1`, `$2`, ….
+struct Composed<DB: Database> {
+    sql: String,
+    values: Values<DB>,
+    bound: usize,
+}
+
+impl<DB: Driver> Composed<DB> {
+    fn new(sql: &str) -> Composed<DB> {
+        Composed { sql: sql.to_owned(), values: Values::new(), bound: 0 }
+    }
+
+    /// Binds `value` and returns its placeholder.
+    fn bind<T>(&mut self, value: T) -> String
+    where
+        DB::Arguments: Bind<T>,
+    {
+        self.bound += 1;
+        self.values = std::mem::replace(&mut self.values, Values::new()).and(value);
+        format!("${}", self.bound)
+    }
+
+    fn push(&mut self, fragment: &str) {
+        self.sql.push_str(fragment);
+    }
+}
+
 /// A count as a `LIMIT`.
 fn sql_limit(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
@@ -283,6 +322,20 @@ impl<D: Dialect> SqlStore<D> {
     {
         let mut reader = self.pool.acquire().await.map_err(store_error)?;
         let rows = statement(sql, values)?.fetch_all(reader.run()).await.map_err(store_error)?;
+        rows.iter().map(DecodeRow::decode_row).collect()
+    }
+
+    /// A read whose statement was composed at run time from fixed fragments (every value is bound).
+    async fn read_composed<T>(&self, search: Composed<D::Db>) -> Result<Vec<T>, StoreError>
+    where
+        <D::Db as Database>::Row: DecodeRow<T>,
+    {
+        let mut reader = self.pool.acquire().await.map_err(store_error)?;
+        let arguments = search.values.arguments()?;
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(search.sql), arguments)
+            .fetch_all(reader.run())
+            .await
+            .map_err(store_error)?;
         rows.iter().map(DecodeRow::decode_row).collect()
     }
 
@@ -626,6 +679,123 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
             )
             .await?;
         rows.pop().map(EntryRow::into_entry).transpose()
+    }
+
+    async fn search_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut query = Composed::<D::Db>::new("SELECT e.* FROM ledger_entries e WHERE 1 = 1");
+        if let Some(wallet_id) = &filter.wallet_id {
+            let at = query.bind(wallet_id.as_str().to_owned());
+            query.push(&format!(" AND e.wallet_id = {at}"));
+        }
+        if !filter.entry_types.is_empty() {
+            let list: Vec<String> = filter.entry_types.iter().map(|kind| query.bind((*kind).to_owned())).collect();
+            query.push(&format!(" AND e.entry_type IN ({})", list.join(", ")));
+        }
+        if let Some(from) = filter.from {
+            let at = query.bind(bound(from.unix_micros()));
+            query.push(&format!(" AND e.at >= {at}"));
+        }
+        if let Some(to) = filter.to {
+            let at = query.bind(bound(to.unix_micros()));
+            query.push(&format!(" AND e.at < {at}"));
+        }
+        if let Some(currency) = filter.currency {
+            let at = query.bind(currency.code().to_owned());
+            query.push(&format!(" AND e.currency = {at}"));
+        }
+        if let Some(min) = filter.min_amount {
+            let at = query.bind(bound(min));
+            query.push(&format!(" AND e.amount >= {at}"));
+        }
+        if let Some(max) = filter.max_amount {
+            let at = query.bind(bound(max));
+            query.push(&format!(" AND e.amount <= {at}"));
+        }
+        if let Some(reference) = &filter.reference {
+            let at = query.bind(reference.as_str().to_owned());
+            query.push(&format!(" AND e.reference_id = {at}"));
+        }
+        if let Some(text) = &filter.description {
+            let at = query.bind(D::description_needle(text));
+            query.push(&format!(" AND {}", D::DESCRIPTION_CONTAINS.replace("{}", &at)));
+        }
+        if let Some((key, value)) = &filter.metadata {
+            let (key, value) = (query.bind(key.clone()), query.bind(value.clone()));
+            query.push(&format!(
+                " AND (e.wallet_id, e.version) IN \
+                 (SELECT m.wallet_id, m.version FROM entry_metadata m WHERE m.key = {key} AND m.value = {value})"
+            ));
+        }
+        let wallet = D::ENTRY_WALLET_ORDER;
+        if let Some(before) = &filter.before {
+            let at = query.bind(bound(before.at.unix_micros()));
+            let transaction = query.bind(bound(before.transaction_id.0));
+            let wallet_id = query.bind(before.wallet_id.as_str().to_owned());
+            query.push(&format!(" AND (e.at, e.transaction_id, {wallet}) < ({at}, {transaction}, {wallet_id})"));
+        }
+        let limit = query.bind(sql_limit(limit));
+        query.push(&format!(" ORDER BY e.at DESC, e.transaction_id DESC, {wallet} DESC LIMIT {limit}"));
+        let rows: Vec<EntryRow> = self.read_composed(query).await?;
+        rows.into_iter().map(EntryRow::into_entry).collect()
+    }
+
+    async fn search_wallets(&self, filter: &WalletFilter, limit: usize) -> Result<Vec<WalletView>, StoreError> {
+        let mut query = Composed::<D::Db>::new("SELECT w.* FROM wallets w WHERE 1 = 1");
+        if let Some(owner) = &filter.owner_id {
+            let at = query.bind(owner.as_str().to_owned());
+            query.push(&format!(" AND w.owner_id = {at}"));
+        }
+        if let Some(currency) = filter.currency {
+            let at = query.bind(currency.code().to_owned());
+            query.push(&format!(" AND w.currency = {at}"));
+        }
+        if let Some(min) = filter.min_balance {
+            let at = query.bind(min);
+            query.push(&format!(" AND w.balance >= {at}"));
+        }
+        if let Some(max) = filter.max_balance {
+            let at = query.bind(max);
+            query.push(&format!(" AND w.balance <= {at}"));
+        }
+        if let Some(from) = filter.created_from {
+            let at = query.bind(bound(from.unix_micros()));
+            query.push(&format!(" AND w.created_at >= {at}"));
+        }
+        if let Some(to) = filter.created_to {
+            let at = query.bind(bound(to.unix_micros()));
+            query.push(&format!(" AND w.created_at < {at}"));
+        }
+        if let Some((key, value)) = &filter.metadata {
+            let (key, value) = (query.bind(key.clone()), query.bind(value.clone()));
+            query.push(&format!(
+                " AND w.wallet_id IN (SELECT m.wallet_id FROM wallet_metadata m WHERE m.key = {key} AND m.value = {value})"
+            ));
+        }
+        let sort = match filter.order {
+            WalletOrder::Id => None,
+            WalletOrder::CreatedAt => Some("w.created_at"),
+            WalletOrder::Balance => Some("w.balance"),
+        };
+        let (after, direction) = if filter.descending { ("<", "DESC") } else { (">", "ASC") };
+        if let Some(cursor) = &filter.after {
+            let wallet_id = query.bind(cursor.wallet_id.as_str().to_owned());
+            match sort {
+                None => query.push(&format!(" AND w.wallet_id {after} {wallet_id}")),
+                Some(column) => {
+                    let key = query.bind(cursor.key);
+                    query.push(&format!(" AND ({column}, w.wallet_id) {after} ({key}, {wallet_id})"));
+                }
+            }
+        }
+        let limit = query.bind(sql_limit(limit));
+        match sort {
+            None => query.push(&format!(" ORDER BY w.wallet_id {direction} LIMIT {limit}")),
+            Some(column) => {
+                query.push(&format!(" ORDER BY {column} {direction}, w.wallet_id {direction} LIMIT {limit}"));
+            }
+        }
+        let rows: Vec<WalletRow> = self.read_composed(query).await?;
+        rows.into_iter().map(WalletRow::into_view).collect()
     }
 
     async fn wallet_summary(&self, wallet_id: &WalletId) -> Result<Option<WalletSummary>, StoreError> {

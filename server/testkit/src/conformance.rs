@@ -10,8 +10,8 @@ use wallex_engine::{
 
 use wallex_pipeline::codec::encode_event;
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, Direction, EventStore, OutboxMessage, OutboxPosition, Projection, ProjectionStore,
-    StoreError, StoredSnapshot,
+    Applied, CommitBatch, Direction, EntryCursor, EntryFilter, EventStore, OutboxMessage, OutboxPosition, Projection,
+    ProjectionStore, StoreError, StoredSnapshot, WalletCursor, WalletFilter, WalletOrder,
 };
 
 /// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch the writer would commit.
@@ -248,6 +248,148 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
         );
     }
     assert_eq!(store.wallet_summary(&wallet("nobody")).await.unwrap(), None);
+
+    search(&store, &mut ledger).await;
+}
+
+/// The searches: every filter alone, together, and pages through them.
+async fn search<S: ProjectionStore>(store: &S, ledger: &mut Ledger) {
+    let memo = |reference: Option<&str>, entries: &[(&str, &str)]| Memo {
+        reference: reference.map(|text| Reference::parse(text).unwrap()),
+        metadata: Metadata::parse(entries.iter().copied()).unwrap(),
+        correlation_id: None,
+    };
+    let created = |id: &str, currency, initial| CommandKind::CreateWallet {
+        wallet_id: wallet(id),
+        owner_id: OwnerId::parse("o-search").unwrap(),
+        currency,
+        initial_balance: Amount::from_minor(initial).unwrap(),
+        overdraft_limit: Amount::ZERO,
+    };
+    let described = |text: &str| Some(wallex_engine::Description::parse(text).unwrap());
+    let money = |minor| Amount::from_minor(minor).unwrap();
+    let commands = [
+        (created("s1", Currency::USD, 50_000), memo(None, &[("tier", "gold")])),
+        (created("s2", Currency::EUR, 0), memo(None, &[("tier", "silver")])),
+        (created("s3", Currency::USD, 5_000), memo(Some("open-s3"), &[("tier", "gold")])),
+        (
+            CommandKind::Credit {
+                wallet_id: wallet("s1"),
+                currency: Currency::USD,
+                amount: money(2_345),
+                description: described("Coffee at Blue Bottle"),
+            },
+            memo(Some("r-1"), &[("channel", "web")]),
+        ),
+        (
+            CommandKind::Debit {
+                wallet_id: wallet("s3"),
+                currency: Currency::USD,
+                amount: money(1_000),
+                description: described("ATM withdrawal"),
+            },
+            memo(None, &[]),
+        ),
+        (
+            CommandKind::Transfer {
+                source: wallet("s1"),
+                destination: wallet("s3"),
+                currency: Currency::USD,
+                amount: money(10_000),
+                description: described("Rent for March, 50% off_x"),
+            },
+            memo(None, &[("channel", "app")]),
+        ),
+    ];
+    let mut events = Vec::new();
+    for (offset, (kind, memo)) in (0u64..).zip(commands) {
+        let command = Command { id: CommandId(20_000 + u128::from(offset)), kind, memo };
+        let at = Timestamp::from_unix_micros(10_000_000 + offset * 1_000);
+        assert!(ledger.execute(at, &command, &mut events).result().is_ok(), "{command:?}");
+    }
+    for projection in Projection::ALL {
+        let verdicts = store.project(projection, &events).await.unwrap();
+        assert!(verdicts.iter().all(|v| *v == Applied::Projected), "{projection:?}: {verdicts:?}");
+    }
+
+    let entries = |filter: EntryFilter, limit: usize| async move {
+        let found = store.search_entries(&filter, limit).await.unwrap();
+        found.iter().map(|e| format!("{}:{}", e.wallet_id, e.version)).collect::<Vec<_>>()
+    };
+    let of = |id: &str| EntryFilter { wallet_id: Some(wallet(id)), ..EntryFilter::default() };
+    assert_eq!(entries(of("s1"), 10).await, ["s1:3", "s1:2", "s1:1"], "one wallet's, newest first");
+    let page = store.search_entries(&of("s1"), 2).await.unwrap();
+    let rest = EntryFilter { before: Some(EntryCursor::of(&page[1])), ..of("s1") };
+    assert_eq!(entries(rest, 10).await, ["s1:1"], "the cursor continues after the page");
+    let recent = EntryFilter { from: Some(Timestamp::from_unix_micros(10_000_000)), ..EntryFilter::default() };
+    assert_eq!(
+        entries(recent.clone(), 10).await,
+        ["s3:3", "s1:3", "s3:2", "s1:2", "s3:1", "s1:1"],
+        "by time, then transaction, then wallet (s2 opened empty: no entry)"
+    );
+    let window = EntryFilter { to: Some(Timestamp::from_unix_micros(10_003_000)), ..recent.clone() };
+    assert_eq!(entries(window, 10).await, ["s3:1", "s1:1"], "to is exclusive");
+    let debits = EntryFilter { entry_types: vec!["debited", "transfer_sent"], ..recent.clone() };
+    assert_eq!(entries(debits, 10).await, ["s1:3", "s3:2"], "any of the types");
+    let amounts = EntryFilter {
+        currency: Some(Currency::USD),
+        min_amount: Some(2_300),
+        max_amount: Some(2_345),
+        ..EntryFilter::default()
+    };
+    assert_eq!(entries(amounts, 10).await, ["s1:2"], "amount bounds are inclusive, in the currency");
+    let eur = EntryFilter { currency: Some(Currency::EUR), min_amount: Some(0), ..EntryFilter::default() };
+    assert!(entries(eur, 10).await.is_empty(), "no EUR entry");
+    let referenced = EntryFilter { reference: Some(Reference::parse("r-1").unwrap()), ..EntryFilter::default() };
+    assert_eq!(entries(referenced, 10).await, ["s1:2"]);
+    let contains = |text: &str| EntryFilter { description: Some(text.to_owned()), ..EntryFilter::default() };
+    assert_eq!(entries(contains("BLUE bot"), 10).await, ["s1:2"], "contains, whatever the case");
+    assert_eq!(entries(contains("rent"), 10).await, ["s3:3", "s1:3"], "both legs carry the description");
+    assert_eq!(entries(contains("50% off_x"), 10).await, ["s3:3", "s1:3"], "% and _ are plain characters");
+    assert!(entries(contains("50%%"), 10).await.is_empty());
+    assert!(entries(contains("\"ATM"), 10).await.is_empty(), "a quote is a plain character");
+    let tagged = |key: &str, value: &str| EntryFilter {
+        metadata: Some((key.to_owned(), value.to_owned())),
+        ..EntryFilter::default()
+    };
+    assert_eq!(entries(tagged("channel", "app"), 10).await, ["s3:3", "s1:3"]);
+    assert_eq!(entries(tagged("tier", "gold"), 10).await, ["s3:1", "s1:1"], "the creation's entries");
+    assert!(entries(tagged("channel", "APP"), 10).await.is_empty(), "values match exactly");
+    let together = EntryFilter { description: Some("rent".to_owned()), ..of("s3") };
+    assert_eq!(entries(together, 10).await, ["s3:3"], "filters combine");
+
+    let wallets = |filter: WalletFilter, limit: usize| async move {
+        let found = store.search_wallets(&filter, limit).await.unwrap();
+        found.iter().map(|w| w.wallet_id.to_string()).collect::<Vec<_>>()
+    };
+    let owned = WalletFilter { owner_id: Some(OwnerId::parse("o-search").unwrap()), ..WalletFilter::default() };
+    assert_eq!(wallets(owned.clone(), 10).await, ["s1", "s2", "s3"], "by id");
+    let s1 = store.wallet(&wallet("s1")).await.unwrap().unwrap();
+    assert_eq!(s1.memo.metadata.get("tier"), Some("gold"), "the read model keeps the creation's memo");
+    let gold = WalletFilter { metadata: Some(("tier".to_owned(), "gold".to_owned())), ..WalletFilter::default() };
+    assert_eq!(wallets(gold, 10).await, ["s1", "s3"]);
+    let usd = WalletFilter { currency: Some(Currency::USD), ..owned.clone() };
+    assert_eq!(wallets(usd.clone(), 10).await, ["s1", "s3"]);
+    let range = WalletFilter { min_balance: Some(14_000), max_balance: Some(14_000), ..usd.clone() };
+    assert_eq!(wallets(range, 10).await, ["s3"], "balance bounds are inclusive");
+    let richest = WalletFilter { order: WalletOrder::Balance, descending: true, ..usd.clone() };
+    assert_eq!(wallets(richest.clone(), 10).await, ["s1", "s3"], "42,345 then 14,000");
+    let first = store.search_wallets(&richest, 1).await.unwrap();
+    let next = WalletFilter {
+        after: Some(WalletCursor { key: first[0].balance, wallet_id: first[0].wallet_id }),
+        ..richest.clone()
+    };
+    assert_eq!(wallets(next, 10).await, ["s3"], "the cursor continues in the sort order");
+    let newest = WalletFilter { order: WalletOrder::CreatedAt, descending: true, ..owned.clone() };
+    assert_eq!(wallets(newest, 10).await, ["s3", "s2", "s1"]);
+    let created_window = WalletFilter {
+        created_from: Some(Timestamp::from_unix_micros(10_001_000)),
+        created_to: Some(Timestamp::from_unix_micros(10_002_000)),
+        ..WalletFilter::default()
+    };
+    assert_eq!(wallets(created_window, 10).await, ["s2"], "from inclusive, to exclusive");
+    let after_s1 = WalletFilter { after: Some(WalletCursor { key: 0, wallet_id: wallet("s1") }), ..owned };
+    assert_eq!(wallets(after_s1, 10).await, ["s2", "s3"], "by id after a cursor");
 }
 
 /// The durable stores' `requeue_unprojected` (for a bus that does not outlive the process): on a

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, WalletId};
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition, Projection,
-    ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletSummary, WalletView,
+    Applied, CommitBatch, EntryCursor, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage,
+    OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter,
+    WalletSummary, WalletView,
 };
 
 /// How an injected commit failure behaves.
@@ -304,6 +305,14 @@ impl ProjectionStore for MemoryStore {
     async fn wallet_summary(&self, wallet_id: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
         Ok(self.lock().read_side.summaries.get(wallet_id).cloned())
     }
+
+    async fn search_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(self.lock().read_side.search_entries(filter, limit))
+    }
+
+    async fn search_wallets(&self, filter: &WalletFilter, limit: usize) -> Result<Vec<WalletView>, StoreError> {
+        Ok(self.lock().read_side.search_wallets(filter, limit))
+    }
 }
 
 /// The read side's tables in memory (checkpoints, read model, ledger entries) and their queries:
@@ -369,6 +378,39 @@ impl ReadSide {
         let mut found: Vec<&LedgerEntry> =
             self.ledger.values().filter(|entry| entry.memo.reference.as_ref() == Some(reference)).collect();
         found.sort_by_key(|entry| std::cmp::Reverse((entry.transaction_id, entry.wallet_id)));
+        found.into_iter().take(limit).cloned().collect()
+    }
+
+    /// The entries `filter` admits, newest first (by time, transaction, wallet), after its cursor.
+    pub fn search_entries(&self, filter: &EntryFilter, limit: usize) -> Vec<LedgerEntry> {
+        let mut found: Vec<&LedgerEntry> = self
+            .ledger
+            .values()
+            .filter(|entry| filter.admits(entry))
+            .filter(|entry| filter.before.is_none_or(|before| EntryCursor::of(entry) < before))
+            .collect();
+        found.sort_by_key(|entry| std::cmp::Reverse(EntryCursor::of(entry)));
+        found.into_iter().take(limit).cloned().collect()
+    }
+
+    /// The wallets `filter` admits, in its order, after its cursor.
+    pub fn search_wallets(&self, filter: &WalletFilter, limit: usize) -> Vec<WalletView> {
+        let position = |view: &WalletView| (filter.key(view), view.wallet_id);
+        let mut found: Vec<&WalletView> = self
+            .wallets
+            .values()
+            .filter(|view| filter.admits(view))
+            .filter(|view| {
+                filter.after.is_none_or(|after| {
+                    let cursor = (after.key, after.wallet_id);
+                    if filter.descending { position(view) < cursor } else { position(view) > cursor }
+                })
+            })
+            .collect();
+        found.sort_by_key(|view| position(view));
+        if filter.descending {
+            found.reverse();
+        }
         found.into_iter().take(limit).cloned().collect()
     }
 
