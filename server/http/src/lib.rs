@@ -21,6 +21,7 @@ mod operations;
 pub mod problem;
 mod queries;
 mod reply;
+mod search;
 mod wallets;
 mod wire;
 
@@ -192,7 +193,7 @@ impl<S: Queries> AppState<S> {
 pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
     let limits = state.limits;
     let api = Router::new()
-        .route("/wallets", post(wallets::create_wallet::<S>).get(wallets::list_wallets::<S>))
+        .route("/wallets", post(wallets::create_wallet::<S>).get(search::list_wallets::<S>))
         .route("/wallets/{id}", get(wallets::get_wallet::<S>))
         .route("/wallets/{id}/credit", post(wallets::credit::<S>))
         .route("/wallets/{id}/debit", post(wallets::debit::<S>))
@@ -206,6 +207,7 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
         .route("/ledger/wallet/{id}", get(ledger::ledger::<S>))
         .route("/ledger/wallet/{id}/summary", get(ledger::summary::<S>))
         .route("/ledger/reference/{id}", get(ledger::by_reference::<S>))
+        .route("/ledger/transactions", get(search::transactions::<S>))
         // Outermost first: an overloaded or timed-out request becomes a problem; beyond
         // `max_concurrent` running requests a new one is shed at once, never queued.
         .route_layer(

@@ -28,9 +28,8 @@ use wallex_engine::{Currency, Description, ID_MAX_BYTES, Metadata, Reference};
 use crate::holds::{__path_capture_hold, __path_get_hold, __path_place_hold, __path_void_hold};
 use crate::ledger::{__path_balance_at, __path_by_reference, __path_ledger, __path_summary, __path_wallet_events};
 use crate::problem::{ProblemJson, RETRY_AFTER_SECONDS};
-use crate::wallets::{
-    __path_create_wallet, __path_credit, __path_debit, __path_get_wallet, __path_list_wallets, __path_transfer,
-};
+use crate::search::{__path_list_wallets, __path_transactions};
+use crate::wallets::{__path_create_wallet, __path_credit, __path_debit, __path_get_wallet, __path_transfer};
 use crate::wire::MAX_QUERY_VERSION;
 use crate::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE};
 
@@ -52,7 +51,8 @@ use crate::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE};
         void_hold,
         ledger,
         summary,
-        by_reference
+        by_reference,
+        transactions
     ),
     components(schemas(ProblemJson))
 )]
@@ -85,6 +85,36 @@ fn id_schema() -> Value {
         "minLength": 1,
         "maxLength": max,
     })
+}
+
+/// The id grammar without anchors, for patterns that embed an id.
+fn id_pattern() -> String {
+    let pattern = id_schema()["pattern"].as_str().expect("a pattern").to_owned();
+    pattern.trim_start_matches('^').trim_end_matches('$').to_owned()
+}
+
+/// A wallet list's cursor: a wallet id (ordered by id) or `key:walletId` (ordered by creation or
+/// balance). One of the other order is refused as 422 `invalid_cursor`.
+fn wallet_cursor_schema() -> Value {
+    json!({
+        "anyOf": [id_schema(), { "type": "string", "pattern": format!("^-?[0-9]{{1,18}}:{}$", id_pattern()) }],
+        "description": "As the `Link` header's next page names it",
+    })
+}
+
+/// The ledger search's cursor: `at:transactionId:walletId`.
+fn entry_cursor_schema() -> Value {
+    json!({
+        "type": "string",
+        "pattern": format!("^[0-9]{{1,18}}:[0-9]{{1,18}}:{}$", id_pattern()),
+        "description": "`nextCursor` of the previous page",
+    })
+}
+
+/// A money bound of a search, exact in the search's `currency`; finer than its minor unit, a
+/// lower bound rounds up and an upper one down.
+fn bound_schema() -> Value {
+    json!({ "type": "string", "pattern": "^-?[0-9]{1,18}(\\.[0-9]{1,10})?$" })
 }
 
 fn currency_schema() -> Value {
@@ -142,12 +172,30 @@ fn problem(description: &str) -> Value {
 
 /// The schema of a request-body property or a parameter, by its name: each name means one thing
 /// across the API. `None` leaves the annotation's schema.
-fn field_schema(name: &str) -> Option<Value> {
+/// The exact schema of a field named `name`, in a body or (`query`) a query string.
+fn field_schema(name: &str, query: bool) -> Option<Value> {
     Some(match name {
         "id" | "walletId" | "ownerId" | "toWalletId" | "holdId" => id_schema(),
         "currency" => currency_schema(),
         "amount" => amount_schema(true),
         "initialBalance" | "overdraftLimit" => amount_schema(false),
+        "metadata" if query => json!({
+            "type": "string",
+            "pattern": format!(
+                "^[A-Za-z0-9_.-]{{1,{}}}:[^\\u0000-\\u001f\\u007f-\\u009f]{{0,{}}}$",
+                Metadata::MAX_KEY_BYTES,
+                Metadata::MAX_VALUE_CHARS
+            ),
+            "description": "`key:value`",
+        }),
+        "description" if query => json!({
+            "type": "string",
+            "pattern": format!(
+                "^[^\\u0000-\\u001f\\u007f-\\u009f]{{{},{}}}$",
+                crate::search::MIN_DESCRIPTION_SEARCH,
+                crate::search::MAX_DESCRIPTION_SEARCH
+            ),
+        }),
         "description" => description_schema(),
         "referenceId" => json!({
             "type": "string",
@@ -169,6 +217,11 @@ fn field_schema(name: &str) -> Option<Value> {
         }),
         "expiresAt" | "from" | "to" | "startDate" | "endDate" => json!({ "type": "string", "format": "date-time" }),
         "transactionType" => json!({ "type": "string", "enum": crate::wire::TRANSACTION_TYPES }),
+        "type" => json!({ "type": "string", "enum": crate::wire::ENTRY_TYPES }),
+        "minBalance" | "maxBalance" | "minAmount" | "maxAmount" => bound_schema(),
+        "createdFrom" | "createdTo" => json!({ "type": "string", "format": "date-time" }),
+        "sort" => json!({ "type": "string", "enum": ["walletId", "createdAt", "balance"] }),
+        "order" => json!({ "type": "string", "enum": ["asc", "desc"] }),
         "offset" => json!({ "type": "integer", "minimum": 0, "maximum": MAX_PAGE }),
         "after" => json!({ "type": "integer", "minimum": 0, "maximum": MAX_QUERY_VERSION }),
         "limit" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE }),
@@ -190,7 +243,7 @@ fn exact(document: &mut Value) {
             .unwrap_or_default();
         let Some(properties) = schema["properties"].as_object_mut() else { continue };
         for (property, value) in properties.iter_mut() {
-            if let Some(exact) = field_schema(property) {
+            if let Some(exact) = field_schema(property, false) {
                 *value = if required.contains(property) { exact } else { nullable(exact) };
             }
         }
@@ -223,7 +276,8 @@ fn exact(document: &mut Value) {
             let mut parameters: Vec<Value> = parameters
                 .into_iter()
                 .map(|mut parameter| {
-                    if let Some(exact) = parameter["name"].as_str().and_then(field_schema) {
+                    let query = parameter["in"] == "query";
+                    if let Some(exact) = parameter["name"].as_str().and_then(|name| field_schema(name, query)) {
                         parameter["schema"] = exact;
                     }
                     if parameter["in"] == "path" && parameter["name"] == "referenceId" {
@@ -231,9 +285,12 @@ fn exact(document: &mut Value) {
                         parameter["schema"]["not"] = json!({ "enum": [".", ".."] });
                     }
                     if parameter["name"] == "cursor" {
-                        // A wallet id where the list is of wallets, else the last version seen.
-                        let by_id = parameter["schema"]["type"] == "string";
-                        parameter["schema"] = field_schema(if by_id { "id" } else { "version" }).expect("known names");
+                        // The search's own cursors, else the last version seen.
+                        parameter["schema"] = match path.as_str() {
+                            "/wallets" => wallet_cursor_schema(),
+                            "/ledger/transactions" => entry_cursor_schema(),
+                            _ => field_schema("version", true).expect("a known name"),
+                        };
                     }
                     parameter
                 })

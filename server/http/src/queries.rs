@@ -7,21 +7,29 @@
 
 use std::future::Future;
 
-use wallex_engine::{Event, OwnerId, Reference, Timestamp, WalletId};
-use wallex_pipeline::ports::{EventStore, LedgerEntry, ProjectionStore, StoreError, WalletSummary, WalletView};
+use wallex_engine::{Event, Reference, Timestamp, WalletId};
+use wallex_pipeline::ports::{
+    EntryFilter, EventStore, LedgerEntry, ProjectionStore, StoreError, WalletFilter, WalletSummary, WalletView,
+};
 
 /// The store reads behind the API's GET routes.
 pub trait Queries: Send + Sync + 'static {
     /// A wallet as the read model shows it (`GET /wallets/{id}`).
     fn wallet(&self, wallet_id: &WalletId) -> impl Future<Output = Result<Option<WalletView>, StoreError>> + Send;
 
-    /// Wallets ordered by id after `after`, optionally of one owner (`GET /wallets`).
-    fn wallets(
+    /// The wallets a search admits, in its order (`GET /wallets`).
+    fn search_wallets(
         &self,
-        owner_id: Option<&OwnerId>,
-        after: Option<&WalletId>,
+        filter: &WalletFilter,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<WalletView>, StoreError>> + Send;
+
+    /// The ledger entries a search admits, newest first (`GET /ledger/transactions`).
+    fn search_entries(
+        &self,
+        filter: &EntryFilter,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
 
     /// A wallet's ledger entries, newest first, with versions below `before` (`GET /ledger/wallet/{id}`).
     fn ledger_entries(
@@ -75,13 +83,20 @@ impl<S: EventStore + ProjectionStore> Queries for S {
         ProjectionStore::wallet(self, wallet_id)
     }
 
-    fn wallets(
+    fn search_wallets(
         &self,
-        owner_id: Option<&OwnerId>,
-        after: Option<&WalletId>,
+        filter: &WalletFilter,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<WalletView>, StoreError>> + Send {
-        ProjectionStore::wallets(self, owner_id, after, limit)
+        ProjectionStore::search_wallets(self, filter, limit)
+    }
+
+    fn search_entries(
+        &self,
+        filter: &EntryFilter,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send {
+        ProjectionStore::search_entries(self, filter, limit)
     }
 
     fn ledger_entries(

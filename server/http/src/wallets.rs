@@ -5,19 +5,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde_json::value::RawValue;
 use wallex_engine::{Amount, Command, CommandKind, Currency, OwnerId};
 
 use crate::extract::{
-    Body, Params, PathId, command_id, page_size, parse_amount, parse_currency, parse_description, parse_memo,
-    parse_wallet,
+    Body, Params, PathId, command_id, parse_amount, parse_currency, parse_description, parse_memo, parse_wallet,
 };
 use crate::problem::{ProblemJson, store_problem};
 use crate::reply::{Render, Requested, respond};
 use crate::wire::{
-    CreateWalletBody, ListQuery, MoneyBody, TransferBody, TransferJson, WalletJson, WalletOperationJson, WalletQuery,
+    CreateWalletBody, MoneyBody, TransferBody, TransferJson, WalletJson, WalletOperationJson, WalletQuery,
 };
 use crate::{AppState, Problem, Queries, Shared};
 
@@ -43,49 +42,6 @@ pub(crate) async fn create_wallet<S: Queries>(
     let kind = CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit };
     let reply = state.commands.submit(Command { id, kind, memo }).await;
     Ok(respond(&state, reply, Render::Wallet, None).await)
-}
-
-#[utoipa::path(get, path = "/wallets", params(("ownerId" = Option<String>, Query), ("cursor" = Option<String>, Query, description = "The last wallet id of the previous page, as the `Link` header's next page names it"), ("limit" = Option<usize>, Query), ("after" = Option<i64>, Query, minimum = 0, description = "A write's Wallex-Position: the list includes every write committed through it (waiting, bounded, for the read side)")),
-    responses((status = 200, description = "Wallets ordered by id, as a JSON array (as the original service answered); a full page links the next one", body = Vec<WalletJson>,
-        headers(("link" = String, description = "RFC 8288: `<…>; rel=\"next\"` when there may be more wallets"),
-            ("wallex-behind" = u64, description = "Present when the bounded wait ran out: how many wallets the list may show before that position")))))]
-pub(crate) async fn list_wallets<S: Queries>(
-    State(state): Shared<S>,
-    Params(query): Params<ListQuery>,
-) -> Result<Response, Problem> {
-    let limit = page_size(query.limit)?;
-    let mut behind = 0;
-    if let Some(position) = query.after {
-        let position = wallex_engine::TransactionId(position);
-        let deadline = tokio::time::Instant::now() + state.limits.read_wait;
-        loop {
-            behind = state.stats.view.pending_through(position);
-            if behind == 0 || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    }
-    let owner = query.owner_id.as_deref().map(OwnerId::parse).transpose().map_err(|e| Problem::field("ownerId", &e))?;
-    let after = query.cursor.as_deref().map(|text| parse_wallet("cursor", text)).transpose()?;
-    let views = state.store.wallets(owner.as_ref(), after.as_ref(), limit).await.map_err(store_problem)?;
-    let items: Vec<WalletJson> = views.iter().map(WalletJson::of).collect();
-    let mut response = Json(items).into_response();
-    // A full page may have more after it: link the next one, with the same filters.
-    if views.len() == limit
-        && let Some(last) = views.last()
-    {
-        let mut next = format!("/wallets?cursor={}&limit={limit}", last.wallet_id);
-        if let Some(owner) = &owner {
-            next.push_str(&format!("&ownerId={owner}"));
-        }
-        let link = format!("<{next}>; rel=\"next\"");
-        response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).expect("ids are header-safe"));
-    }
-    if behind > 0 {
-        response.headers_mut().insert(crate::ledger::BEHIND, HeaderValue::from(behind as u64));
-    }
-    Ok(response)
 }
 
 #[utoipa::path(get, path = "/wallets/{id}", params(("id" = String, Path), ("consistency" = Option<String>, Query, description = "By default (and `strong`) the wallet after every write acknowledged before the request; `eventual` the read model alone, which may be behind")),

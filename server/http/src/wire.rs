@@ -118,6 +118,14 @@ pub(crate) struct WalletQuery {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ListQuery {
     pub(crate) owner_id: Option<String>,
+    pub(crate) currency: Option<String>,
+    pub(crate) min_balance: Option<String>,
+    pub(crate) max_balance: Option<String>,
+    pub(crate) created_from: Option<String>,
+    pub(crate) created_to: Option<String>,
+    pub(crate) metadata: Option<String>,
+    pub(crate) sort: Option<String>,
+    pub(crate) order: Option<String>,
     pub(crate) cursor: Option<String>,
     pub(crate) limit: Option<usize>,
     /// A commit position (a write's `Wallex-Position`): answer once the read side has every
@@ -161,6 +169,38 @@ pub(crate) struct LedgerQuery {
     pub(crate) offset: Option<usize>,
 }
 
+/// `GET /ledger/transactions`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct TransactionsQuery {
+    pub(crate) wallet_id: Option<String>,
+    pub(crate) transaction_type: Option<String>,
+    #[serde(rename = "type")]
+    pub(crate) entry_type: Option<String>,
+    pub(crate) start_date: Option<String>,
+    pub(crate) end_date: Option<String>,
+    pub(crate) currency: Option<String>,
+    pub(crate) min_amount: Option<String>,
+    pub(crate) max_amount: Option<String>,
+    pub(crate) reference_id: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) metadata: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<usize>,
+    #[serde(default, deserialize_with = "optional_version")]
+    pub(crate) after: Option<u64>,
+}
+
+/// A page of the ledger search, newest first: the original's `count` and `transactions`, and the
+/// cursor of the next page (also in the `Link` header).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TransactionsJson {
+    pub(crate) count: usize,
+    pub(crate) transactions: Vec<TransactionEntryJson>,
+    pub(crate) next_cursor: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct EventsQuery {
@@ -200,6 +240,11 @@ pub struct WalletJson {
     pub version: u64,
     pub created_at: String,
     pub updated_at: String,
+    /// The reference the wallet was created with, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<String>,
+    /// The metadata the wallet was created with (an empty object when none).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl WalletJson {
@@ -221,6 +266,8 @@ impl WalletJson {
             version: view.version,
             created_at: time(view.created_at),
             updated_at: time(view.updated_at),
+            reference_id: view.memo.reference.as_ref().map(ToString::to_string),
+            metadata: metadata(&view.memo),
         }
     }
 }
@@ -436,6 +483,30 @@ pub(crate) struct TransactionEntryJson {
 /// Every transaction type the original service's filter accepts.
 pub(crate) const TRANSACTION_TYPES: [&str; 6] =
     ["CREDIT", "DEBIT", "TRANSFER_OUT", "TRANSFER_IN", "HOLD_CAPTURE", "HOLD_CAPTURE_IN"];
+
+/// The Wallex entry types of the original service's transaction type.
+pub(crate) fn entry_types(transaction_type: &str) -> Option<&'static [&'static str]> {
+    Some(match transaction_type {
+        "CREDIT" => &["wallet_created", "credited"],
+        "DEBIT" => &["debited"],
+        "TRANSFER_OUT" => &["transfer_sent"],
+        "TRANSFER_IN" => &["transfer_received"],
+        "HOLD_CAPTURE" => &["hold_captured"],
+        "HOLD_CAPTURE_IN" => &["capture_received"],
+        _ => return None,
+    })
+}
+
+/// Every Wallex entry type (a ledger entry is a posting's side).
+pub(crate) const ENTRY_TYPES: [&str; 7] = [
+    "wallet_created",
+    "credited",
+    "debited",
+    "transfer_sent",
+    "transfer_received",
+    "hold_captured",
+    "capture_received",
+];
 
 /// The original service's name for an entry of this Wallex type.
 pub(crate) fn transaction_type(entry_type: &str) -> &'static str {

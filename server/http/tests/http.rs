@@ -14,11 +14,13 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use wallex_engine::{Event, OwnerId, Reference, Timestamp, TransactionId, WalletId};
+use wallex_engine::{Event, Reference, Timestamp, TransactionId, WalletId};
 use wallex_http::{AppState, Queries, router};
 use wallex_pipeline::SystemClock;
 use wallex_pipeline::bus::InProcessBus;
-use wallex_pipeline::ports::{Clock, EventStore, LedgerEntry, StoreError, StoredSnapshot, WalletSummary, WalletView};
+use wallex_pipeline::ports::{
+    Clock, EntryFilter, EventStore, LedgerEntry, StoreError, StoredSnapshot, WalletFilter, WalletSummary, WalletView,
+};
 use wallex_pipeline::{Pipeline, PipelineConfig, WriterState};
 use wallex_testkit::memory::{CommitFault, MemoryStore};
 
@@ -179,7 +181,7 @@ async fn the_original_routes_move_money_exactly() {
     let first = api.get("/wallets?limit=1").await;
     assert_eq!(first.body[0]["walletId"], "wallet-123");
     let next = first.link.as_deref().expect("a full page links the next one");
-    assert_eq!(next, r#"</wallets?cursor=wallet-123&limit=1>; rel="next""#);
+    assert_eq!(next, r#"</wallets?limit=1&cursor=wallet-123>; rel="next""#);
     let second = api.get("/wallets?limit=1&cursor=wallet-123").await;
     assert_eq!(second.body[0]["walletId"], "wallet-789");
 }
@@ -536,12 +538,11 @@ impl Queries for Panicking {
         panic!("a planted bug in a read")
     }
 
-    async fn wallets(
-        &self,
-        _: Option<&OwnerId>,
-        _: Option<&WalletId>,
-        _: usize,
-    ) -> Result<Vec<WalletView>, StoreError> {
+    async fn search_wallets(&self, _: &WalletFilter, _: usize) -> Result<Vec<WalletView>, StoreError> {
+        panic!("a planted bug in a read")
+    }
+
+    async fn search_entries(&self, _: &EntryFilter, _: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         panic!("a planted bug in a read")
     }
 
@@ -590,6 +591,7 @@ async fn a_handler_that_panics_answers_a_500_problem_not_a_reset_connection() {
         "/ledger/wallet/w",
         "/ledger/wallet/w/summary",
         "/ledger/reference/r",
+        "/ledger/transactions",
         "/wallets/w/events",
         "/health/kafka/stats",
     ] {
@@ -629,12 +631,11 @@ impl Queries for OneUnpublished {
         Ok(None)
     }
 
-    async fn wallets(
-        &self,
-        _: Option<&OwnerId>,
-        _: Option<&WalletId>,
-        _: usize,
-    ) -> Result<Vec<WalletView>, StoreError> {
+    async fn search_wallets(&self, _: &WalletFilter, _: usize) -> Result<Vec<WalletView>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn search_entries(&self, _: &EntryFilter, _: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         Ok(Vec::new())
     }
 
@@ -1170,4 +1171,76 @@ async fn under_load_ledger_and_events_reads_include_every_write_acknowledged_bef
     assert_eq!(reads, 120, "every reader checked every read");
     let total: u64 = acked.iter().map(|version| version.load(std::sync::atomic::Ordering::SeqCst)).sum();
     assert_eq!(total, (WALLETS as u64) + 200, "every credit acknowledged once");
+}
+
+#[tokio::test]
+async fn the_search_the_original_delegated_to_elasticsearch() {
+    let api = api().await;
+    let create = |id: &str, currency: &str, initial: &str, tier: &str| {
+        json!({"walletId": id, "ownerId": "searcher", "currency": currency, "initialBalance": initial,
+               "metadata": {"tier": tier}})
+    };
+    for (id, currency, initial, tier) in [
+        ("q1", "USD", "500", "gold"),
+        ("q2", "EUR", "0", "silver"),
+        ("q3", "USD", "50", "gold"),
+        ("q4", "USD", "7", "iron"),
+    ] {
+        assert_eq!(api.post("/wallets", create(id, currency, initial, tier)).await.status, StatusCode::CREATED);
+    }
+    let credit = json!({"amount": "23.45", "description": "Coffee at Blue Bottle", "referenceId": "r-9", "metadata": {"channel": "web"}});
+    api.post("/wallets/q1/credit", credit).await;
+    api.post("/wallets/q3/debit", json!({"amount": "10", "description": "ATM withdrawal"})).await;
+    let rent =
+        json!({"toWalletId": "q3", "amount": "100", "description": "Rent for March", "metadata": {"channel": "app"}});
+    let transfer = api.post("/wallets/q1/transfer", rent).await;
+    let position = transfer.body["transactionId"].as_str().unwrap().to_owned();
+
+    // Wallets: by metadata, by currency and balance range, in balance order, page by page.
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer.body.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let gold = api.get(&format!("/wallets?metadata=tier:gold&after={position}")).await;
+    assert_eq!(ids(&gold), ["q1", "q3"], "{:?}", gold.body);
+    assert_eq!(gold.body[0]["metadata"]["tier"], "gold", "a wallet shows its creation's metadata");
+    let ranged = api.get("/wallets?ownerId=searcher&currency=USD&minBalance=100&maxBalance=140.00").await;
+    assert_eq!(ids(&ranged), ["q3"], "140.00 is within its bounds");
+    let richest = api.get("/wallets?ownerId=searcher&currency=USD&sort=balance&order=desc&limit=2").await;
+    assert_eq!(ids(&richest), ["q1", "q3"], "423.45, then 140.00");
+    let link = richest.link.clone().expect("a full page links the next");
+    let next = link.trim_start_matches('<').split('>').next().unwrap().to_owned();
+    assert!(next.contains("sort=balance") && next.contains("ownerId=searcher"), "{next}");
+    assert_eq!(ids(&api.get(&next).await), ["q4"], "the Link header's page continues the order");
+    let newest = api.get("/wallets?ownerId=searcher&sort=createdAt&order=desc").await;
+    assert_eq!(ids(&newest), ["q4", "q3", "q2", "q1"]);
+    problem(&api.get("/wallets?minBalance=1").await, StatusCode::UNPROCESSABLE_ENTITY, "currency_required");
+    problem(&api.get("/wallets?sort=balance&cursor=q1").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_cursor");
+    problem(&api.get("/wallets?sort=size").await, StatusCode::BAD_REQUEST, "invalid_query");
+
+    // The ledger: every filter alone and together, newest first, page by page.
+    let legs = |answer: &Answer| -> Vec<String> {
+        let transactions = answer.body["transactions"].as_array().unwrap();
+        assert_eq!(answer.body["count"].as_u64(), Some(transactions.len() as u64));
+        transactions.iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let search = |query: &str| format!("/ledger/transactions?{query}&after={position}");
+    assert_eq!(legs(&api.get(&search("walletId=q1")).await), ["q1:3", "q1:2", "q1:1"]);
+    assert_eq!(legs(&api.get(&search("description=blue%20BOT")).await), ["q1:2"]);
+    assert_eq!(legs(&api.get(&search("description=rent")).await), ["q3:3", "q1:3"]);
+    assert_eq!(legs(&api.get(&search("metadata=channel:app")).await), ["q3:3", "q1:3"]);
+    assert_eq!(legs(&api.get(&search("referenceId=r-9")).await), ["q1:2"]);
+    assert_eq!(legs(&api.get(&search("transactionType=DEBIT")).await), ["q3:2"]);
+    assert_eq!(legs(&api.get(&search("type=transfer_received")).await), ["q3:3"]);
+    assert_eq!(legs(&api.get(&search("currency=USD&minAmount=23.45&maxAmount=23.45")).await), ["q1:2"]);
+    assert_eq!(legs(&api.get(&search("walletId=q3&description=rent")).await), ["q3:3"], "filters combine");
+    let first = api.get(&search("metadata=tier:gold&limit=1")).await;
+    assert_eq!(legs(&first), ["q3:1"]);
+    let cursor = first.body["nextCursor"].as_str().expect("a full page has a next cursor").to_owned();
+    let rest = api.get(&search(&format!("metadata=tier:gold&cursor={cursor}"))).await;
+    assert_eq!(legs(&rest), ["q1:1"], "the cursor continues newest first");
+    assert!(first.link.as_deref().is_some_and(|link| link.contains("metadata=tier%3Agold")), "{:?}", first.link);
+    let window = api.get("/ledger/transactions?startDate=2000-01-01T00:00:00Z&endDate=2000-01-02T00:00:00Z").await;
+    assert_eq!(legs(&window), Vec::<String>::new());
+    problem(&api.get("/ledger/transactions?minAmount=1").await, StatusCode::UNPROCESSABLE_ENTITY, "currency_required");
+    problem(&api.get("/ledger/transactions?description=ab").await, StatusCode::BAD_REQUEST, "invalid_query");
 }
