@@ -34,6 +34,15 @@ pub(crate) async fn ledger<S: Queries>(
             format!("transactionType is one of {}", TRANSACTION_TYPES.join(", ")),
         ));
     }
+    if let Some(kind) = query.entry_type.as_deref()
+        && !crate::wire::ENTRY_TYPES.contains(&kind)
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("type is one of {}", crate::wire::ENTRY_TYPES.join(", ")),
+        ));
+    }
     let offset = query.offset.unwrap_or(0);
     if offset > MAX_PAGE {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("offset is at most {MAX_PAGE}")));

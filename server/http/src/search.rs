@@ -17,7 +17,7 @@ use wallex_engine::{Currency, Metadata, OwnerId, Reference, Timestamp, Transacti
 use wallex_pipeline::ports::{EntryCursor, EntryFilter, WalletCursor, WalletFilter, WalletOrder};
 
 use crate::extract::{Params, page_size, parse_currency, parse_instant, parse_wallet};
-use crate::problem::store_problem;
+use crate::problem::{ProblemJson, store_problem};
 use crate::wire::{
     ENTRY_TYPES, ListQuery, TRANSACTION_TYPES, TransactionEntryJson, TransactionsJson, TransactionsQuery, WalletJson,
     entry_types,
@@ -150,7 +150,8 @@ fn percent_encode(text: &str) -> String {
         ("after" = Option<i64>, Query, minimum = 0, description = "A write's Wallex-Position: the list includes every write committed through it (waiting, bounded, for the read side)")),
     responses((status = 200, description = "Wallets as a JSON array (as the original service answered); a full page links the next one", body = Vec<WalletJson>,
         headers(("link" = String, description = "RFC 8288: `<…>; rel=\"next\"` when there may be more wallets"),
-            ("wallex-behind" = u64, description = "Present when the bounded wait ran out: how many wallets the list may show before that position")))))]
+            ("wallex-behind" = u64, description = "Present when the bounded wait ran out: how many wallets the list may show before that position"))),
+        (status = 422, description = "currency_required (a balance bound without its currency) or invalid_cursor (a cursor of a list in another order)", body = ProblemJson)))]
 pub(crate) async fn list_wallets<S: Queries>(
     State(state): Shared<S>,
     Params(query): Params<ListQuery>,
@@ -254,7 +255,8 @@ pub(crate) async fn list_wallets<S: Queries>(
         ("after" = Option<i64>, Query, minimum = 0, description = "A write's Wallex-Position: the search includes every write committed through it (waiting, bounded, for the read side)")),
     responses((status = 200, description = "Ledger entries, newest first (by time, then transaction, then wallet)", body = TransactionsJson,
         headers(("link" = String, description = "RFC 8288: `<…>; rel=\"next\"` when there may be more"),
-            ("wallex-behind" = u64, description = "Present when the bounded wait ran out")))))]
+            ("wallex-behind" = u64, description = "Present when the bounded wait ran out"))),
+        (status = 422, description = "currency_required: an amount bound without its currency", body = ProblemJson)))]
 pub(crate) async fn transactions<S: Queries>(
     State(state): Shared<S>,
     Params(query): Params<TransactionsQuery>,

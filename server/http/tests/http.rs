@@ -1036,7 +1036,7 @@ async fn the_ledger_answers_the_original_shape_and_filters() {
     assert_eq!(received.body["transactions"][0]["transactionType"], "TRANSFER_IN");
     assert_eq!(received.body["transactions"][0]["balanceBefore"], "0.00");
     // Each date is checked whichever name it comes by, even beside the other name's.
-    for query in ["to=2030-01-01T00:00:00Z&endDate=", "startDate=x&from=2020-01-01T00:00:00Z"] {
+    for query in ["to=2030-01-01T00:00:00Z&endDate=", "startDate=x&from=2020-01-01T00:00:00Z", "type=null"] {
         problem(&api.get(&format!("/ledger/wallet/la?{query}")).await, StatusCode::BAD_REQUEST, "invalid_query");
     }
     let none = api.get("/ledger/wallet/la?from=2020-01-01T00:00:00Z&startDate=2999-01-01T00:00:00Z").await;
