@@ -76,7 +76,7 @@ fn expected_read_side(
         if let (Ok(()), CommandKind::CreateWallet { wallet_id, owner_id, .. }) = (record.result, &kind) {
             created.insert(*wallet_id, (*owner_id, record.at));
         }
-        auditor.execute(record.at, &Command { id: record.command_id, kind });
+        auditor.execute(record.at, &Command::new(record.command_id, kind));
         for event in &entry.events {
             updated.insert(event.wallet_id, record.at);
             let Some(posting) = event.posting else { continue };
