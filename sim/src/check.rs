@@ -52,8 +52,13 @@ type Views = BTreeMap<WalletId, WalletView>;
 type Entries = BTreeMap<(WalletId, u64), LedgerEntry>;
 
 /// The commands of the seed's operations, by id: what the auditor replays the journal with.
-pub fn commands(operations: &[Operation]) -> BTreeMap<CommandId, CommandKind> {
-    operations.iter().map(|operation| (operation.command.id, operation.command.kind.clone())).collect()
+pub fn commands(operations: &[Operation]) -> BTreeMap<CommandId, Command> {
+    operations.iter().map(|operation| (operation.command.id, operation.command.clone())).collect()
+}
+
+/// The command recorded as `id`: a client's, or the writer's own hold expiry.
+fn command_of(commands: &BTreeMap<CommandId, Command>, id: CommandId) -> Command {
+    commands.get(&id).cloned().unwrap_or_else(|| Command::new(id, CommandKind::ExpireHolds))
 }
 
 /// The read side there must be, from a model that shares no code with the projections (neither
@@ -62,21 +67,22 @@ pub fn commands(operations: &[Operation]) -> BTreeMap<CommandId, CommandKind> {
 /// commands and their records, and each ledger entry's balance as a running sum of the postings.
 fn expected_read_side(
     journal: &[JournalEntry],
-    commands: &BTreeMap<CommandId, CommandKind>,
+    commands: &BTreeMap<CommandId, Command>,
     config: wallex_engine::Config,
 ) -> Result<(Views, Entries), String> {
     let mut auditor = Auditor::new(config);
-    let mut created: BTreeMap<WalletId, (wallex_engine::OwnerId, wallex_engine::Timestamp)> = BTreeMap::new();
+    type Created = (wallex_engine::OwnerId, wallex_engine::Timestamp, wallex_engine::Memo);
+    let mut created: BTreeMap<WalletId, Created> = BTreeMap::new();
     let mut updated: BTreeMap<WalletId, wallex_engine::Timestamp> = BTreeMap::new();
     let mut running: BTreeMap<WalletId, i128> = BTreeMap::new();
     let mut entries = BTreeMap::new();
     for entry in journal {
         let record = &entry.record;
-        let kind = commands.get(&record.command_id).cloned().unwrap_or(CommandKind::ExpireHolds);
-        if let (Ok(()), CommandKind::CreateWallet { wallet_id, owner_id, .. }) = (record.result, &kind) {
-            created.insert(*wallet_id, (*owner_id, record.at));
+        let command = command_of(commands, record.command_id);
+        if let (Ok(()), CommandKind::CreateWallet { wallet_id, owner_id, .. }) = (record.result, &command.kind) {
+            created.insert(*wallet_id, (*owner_id, record.at, command.memo.clone()));
         }
-        auditor.execute(record.at, &Command::new(record.command_id, kind));
+        auditor.execute(record.at, &command);
         for event in &entry.events {
             updated.insert(event.wallet_id, record.at);
             let Some(posting) = event.posting else { continue };
@@ -103,13 +109,14 @@ fn expected_read_side(
                 counterparty: other.to_string(),
                 description: event.description.as_ref().map(|description| description.as_str().to_owned()),
                 at: record.at,
-                memo: Default::default(),
+                // Every entry of a transaction carries what its command carried.
+                memo: command.memo.clone(),
             };
             entries.insert((event.wallet_id, event.version), expected);
         }
     }
     let mut views = BTreeMap::new();
-    for (wallet_id, (owner_id, created_at)) in created {
+    for (wallet_id, (owner_id, created_at, memo)) in created {
         let (currency, balance, held, floor, version) =
             auditor.wallet(wallet_id.as_str()).ok_or(format!("the auditor has no wallet {wallet_id}"))?;
         let view = WalletView {
@@ -122,7 +129,7 @@ fn expected_read_side(
             version,
             created_at,
             updated_at: updated.get(&wallet_id).copied().unwrap_or(created_at),
-            memo: Default::default(),
+            memo,
         };
         views.insert(wallet_id, view);
     }
@@ -133,7 +140,7 @@ fn expected_read_side(
 pub async fn divergence(
     world: &World,
     journal: &[JournalEntry],
-    commands: &BTreeMap<CommandId, CommandKind>,
+    commands: &BTreeMap<CommandId, Command>,
     config: wallex_engine::Config,
 ) -> Option<String> {
     let (backlog, _) = world.store.outbox_backlog().await.expect("the store's disk is always readable");
@@ -205,8 +212,8 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
     }
 
     // The journal: contiguous, each command known and recorded once.
-    let kinds: BTreeMap<CommandId, &CommandKind> =
-        operations.iter().map(|operation| (operation.command.id, &operation.command.kind)).collect();
+    let by_id: BTreeMap<CommandId, &Command> =
+        operations.iter().map(|operation| (operation.command.id, &operation.command)).collect();
     let mut recorded: BTreeMap<CommandId, TransactionId> = BTreeMap::new();
     for (position, entry) in journal.iter().enumerate() {
         checks += 1;
@@ -224,13 +231,14 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
             );
         }
         let system = record.command_id.0 & SYSTEM_COMMAND_TAG == SYSTEM_COMMAND_TAG;
-        let Some(kind) = kinds.get(&record.command_id).copied().or(system.then_some(&CommandKind::ExpireHolds)) else {
+        let expire = Command::new(record.command_id, CommandKind::ExpireHolds);
+        let Some(command) = by_id.get(&record.command_id).copied().or(system.then_some(&expire)) else {
             return violated(
                 "journal",
                 format!("transaction {} records unknown command {}", record.transaction_id, record.command_id),
             );
         };
-        if kind.fingerprint() != record.fingerprint {
+        if command.fingerprint() != record.fingerprint {
             return violated(
                 "journal",
                 format!("transaction {} fingerprint differs from its command", record.transaction_id),
@@ -245,11 +253,9 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
     for entry in &journal {
         checks += 1;
         let record = &entry.record;
-        let command = Command {
-            id: record.command_id,
-            kind: kinds.get(&record.command_id).map_or(CommandKind::ExpireHolds, |kind| (*kind).clone()),
-            memo: Default::default(),
-        };
+        let command = by_id
+            .get(&record.command_id)
+            .map_or_else(|| Command::new(record.command_id, CommandKind::ExpireHolds), |command| (*command).clone());
         let expected = auditor.execute(record.at, &command);
         let actual = Expected::New(record.outcome().map(|transaction| transaction.0));
         if expected != actual {
@@ -528,7 +534,7 @@ fn check_event_log(journal: &[JournalEntry]) -> Result<u64, Violation> {
 /// out of the system), computed from the commands alone. A transfer, hold or capture that made or
 /// destroyed money, or an external movement recorded with another amount than its command's,
 /// breaks it; a sum over postings (each adds and removes one amount) could not.
-fn check_money_supply(journal: &[JournalEntry], commands: &BTreeMap<CommandId, CommandKind>) -> Result<u64, Violation> {
+fn check_money_supply(journal: &[JournalEntry], commands: &BTreeMap<CommandId, Command>) -> Result<u64, Violation> {
     let mut checks = 0;
     let mut expected: BTreeMap<Currency, i128> = BTreeMap::new();
     let mut holds: BTreeMap<wallex_engine::HoldId, u64> = BTreeMap::new();
@@ -541,7 +547,7 @@ fn check_money_supply(journal: &[JournalEntry], commands: &BTreeMap<CommandId, C
         if entry.record.result.is_err() {
             continue;
         }
-        let Some(kind) = commands.get(&entry.record.command_id) else { continue };
+        let Some(kind) = commands.get(&entry.record.command_id).map(|command| &command.kind) else { continue };
         let minor = |amount: &wallex_engine::Amount| i128::from(amount.minor());
         match kind {
             CommandKind::CreateWallet { wallet_id, currency, initial_balance, .. } => {

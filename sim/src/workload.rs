@@ -183,7 +183,20 @@ impl Client {
         let world = world();
         self.next_op += 1;
         let id = CommandId((1u128 << 100) | ((self.index as u128) << 32) | u128::from(self.next_op));
-        let command = Command::new(id, kind);
+        // Some commands carry a reference (from a small set, so they repeat and collide) and
+        // metadata: a retry must replay, never meet its own reference as `reference_exists`.
+        let memo = if thread_rng().gen_bool(0.2) {
+            let reference = format!("ref-{}", thread_rng().gen_range(0..40));
+            wallex_engine::Memo {
+                reference: Some(wallex_engine::Reference::parse(&reference).expect("a valid reference")),
+                metadata: wallex_engine::Metadata::parse([("client", self.index.to_string().as_str())])
+                    .expect("valid metadata"),
+                correlation_id: None,
+            }
+        } else {
+            wallex_engine::Memo::default()
+        };
+        let command = Command { id, kind, memo };
         let mut operation = Operation {
             client: self.index,
             command: command.clone(),

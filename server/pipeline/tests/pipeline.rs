@@ -225,10 +225,24 @@ async fn ids_the_engine_forgot_are_answered_from_the_store() {
         CommandKind::Debit { wallet_id: wallet(1), currency: Currency::USD, amount: money(5), description: None };
     let first = pipeline.commands.submit(Command::new(CommandId(900), debit.clone())).await;
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let again = pipeline.commands.submit(Command::new(CommandId(900), debit)).await;
+    let again = pipeline.commands.submit(Command::new(CommandId(900), debit.clone())).await;
     assert_eq!(decided(&again), (decided(&first).0, true), "answered from the stored record");
+    // A command with a reference and metadata: its retry is the same content (the stored record's
+    // fingerprint covers the memo), another reference under the key is reuse.
+    let memo = |reference: &str| wallex_engine::Memo {
+        reference: Some(wallex_engine::Reference::parse(reference).unwrap()),
+        metadata: wallex_engine::Metadata::parse([("order", "9")]).unwrap(),
+        correlation_id: None,
+    };
+    let with_memo = Command { id: CommandId(901), kind: debit.clone(), memo: memo("inv-9") };
+    let first = pipeline.commands.submit(with_memo.clone()).await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let again = pipeline.commands.submit(with_memo).await;
+    assert_eq!(decided(&again), (decided(&first).0, true), "a referenced command's retry replays");
+    let other = pipeline.commands.submit(Command { id: CommandId(901), kind: debit, memo: memo("inv-10") }).await;
+    assert!(matches!(other, Reply::KeyReused { .. }), "{other:?}");
     let ledger = check_promises(&store, &bus).await;
-    assert_eq!(ledger.wallet(&wallet(1)).unwrap().balance, 9_995);
+    assert_eq!(ledger.wallet(&wallet(1)).unwrap().balance, 9_990);
     pipeline.shutdown().await;
 }
 

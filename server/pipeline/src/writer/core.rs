@@ -565,7 +565,7 @@ impl<T> WriterCore<T> {
     /// Answers `pending` from a record the store holds under its id: the original answer if the
     /// content matches, else the key was reused.
     fn resolve(&mut self, record: CommandRecord, pending: Pending<T>, replayed: bool) {
-        if record.fingerprint == pending.command.kind.fingerprint() {
+        if record.fingerprint == pending.command.fingerprint() {
             self.replay(record, pending.reply, replayed);
         } else if let Some(reply) = pending.reply {
             self.reply(reply, Reply::KeyReused { original: record });
