@@ -11,4 +11,4 @@ mod store;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use store::SqlStore;
+pub use store::{Dialect, SqlStore};

@@ -214,6 +214,12 @@ impl Dialect for PostgresDialect {
         .map_err(store_error)
     }
 
+    const EXPLAIN: &'static str = "EXPLAIN (COSTS OFF) ";
+
+    fn plan_line(row: &sqlx::postgres::PgRow) -> Result<String, StoreError> {
+        sqlx::Row::try_get(row, 0).map_err(store_error)
+    }
+
     const ENTRY_WALLET_ORDER: &'static str = "e.wallet_id COLLATE \"C\"";
 
     const DESCRIPTION_CONTAINS: &'static str = "e.description ILIKE {} ESCAPE '\\'";

@@ -271,6 +271,12 @@ impl Dialect for SqliteDialect {
         Ok(rows)
     }
 
+    const EXPLAIN: &'static str = "EXPLAIN QUERY PLAN ";
+
+    fn plan_line(row: &sqlx::sqlite::SqliteRow) -> Result<String, StoreError> {
+        sqlx::Row::try_get(row, "detail").map_err(store_error)
+    }
+
     const ENTRY_WALLET_ORDER: &'static str = "e.wallet_id";
 
     const DESCRIPTION_CONTAINS: &'static str =

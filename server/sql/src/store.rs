@@ -86,6 +86,12 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 
+    /// What turns a query into its plan: `EXPLAIN …` or `EXPLAIN QUERY PLAN `.
+    const EXPLAIN: &'static str;
+
+    /// One line of a plan, from a row of [`Dialect::EXPLAIN`]'s answer.
+    fn plan_line(row: &<Self::Db as Database>::Row) -> Result<String, StoreError>;
+
     /// An entry's wallet id as the search orders it: byte order.
     const ENTRY_WALLET_ORDER: &'static str;
 
@@ -682,119 +688,12 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
     }
 
     async fn search_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        let mut query = Composed::<D::Db>::new("SELECT e.* FROM ledger_entries e WHERE 1 = 1");
-        if let Some(wallet_id) = &filter.wallet_id {
-            let at = query.bind(wallet_id.as_str().to_owned());
-            query.push(&format!(" AND e.wallet_id = {at}"));
-        }
-        if !filter.entry_types.is_empty() {
-            let list: Vec<String> = filter.entry_types.iter().map(|kind| query.bind((*kind).to_owned())).collect();
-            query.push(&format!(" AND e.entry_type IN ({})", list.join(", ")));
-        }
-        if let Some(from) = filter.from {
-            let at = query.bind(bound(from.unix_micros()));
-            query.push(&format!(" AND e.at >= {at}"));
-        }
-        if let Some(to) = filter.to {
-            let at = query.bind(bound(to.unix_micros()));
-            query.push(&format!(" AND e.at < {at}"));
-        }
-        if let Some(currency) = filter.currency {
-            let at = query.bind(currency.code().to_owned());
-            query.push(&format!(" AND e.currency = {at}"));
-        }
-        if let Some(min) = filter.min_amount {
-            let at = query.bind(bound(min));
-            query.push(&format!(" AND e.amount >= {at}"));
-        }
-        if let Some(max) = filter.max_amount {
-            let at = query.bind(bound(max));
-            query.push(&format!(" AND e.amount <= {at}"));
-        }
-        if let Some(reference) = &filter.reference {
-            let at = query.bind(reference.as_str().to_owned());
-            query.push(&format!(" AND e.reference_id = {at}"));
-        }
-        if let Some(text) = &filter.description {
-            let at = query.bind(D::description_needle(text));
-            query.push(&format!(" AND {}", D::DESCRIPTION_CONTAINS.replace("{}", &at)));
-        }
-        if let Some((key, value)) = &filter.metadata {
-            let (key, value) = (query.bind(key.clone()), query.bind(value.clone()));
-            query.push(&format!(
-                " AND (e.wallet_id, e.version) IN \
-                 (SELECT m.wallet_id, m.version FROM entry_metadata m WHERE m.key = {key} AND m.value = {value})"
-            ));
-        }
-        let wallet = D::ENTRY_WALLET_ORDER;
-        if let Some(before) = &filter.before {
-            let at = query.bind(bound(before.at.unix_micros()));
-            let transaction = query.bind(bound(before.transaction_id.0));
-            let wallet_id = query.bind(before.wallet_id.as_str().to_owned());
-            query.push(&format!(" AND (e.at, e.transaction_id, {wallet}) < ({at}, {transaction}, {wallet_id})"));
-        }
-        let limit = query.bind(sql_limit(limit));
-        query.push(&format!(" ORDER BY e.at DESC, e.transaction_id DESC, {wallet} DESC LIMIT {limit}"));
-        let rows: Vec<EntryRow> = self.read_composed(query).await?;
+        let rows: Vec<EntryRow> = self.read_composed(entries_query::<D>(filter, limit)).await?;
         rows.into_iter().map(EntryRow::into_entry).collect()
     }
 
     async fn search_wallets(&self, filter: &WalletFilter, limit: usize) -> Result<Vec<WalletView>, StoreError> {
-        let mut query = Composed::<D::Db>::new("SELECT w.* FROM wallets w WHERE 1 = 1");
-        if let Some(owner) = &filter.owner_id {
-            let at = query.bind(owner.as_str().to_owned());
-            query.push(&format!(" AND w.owner_id = {at}"));
-        }
-        if let Some(currency) = filter.currency {
-            let at = query.bind(currency.code().to_owned());
-            query.push(&format!(" AND w.currency = {at}"));
-        }
-        if let Some(min) = filter.min_balance {
-            let at = query.bind(min);
-            query.push(&format!(" AND w.balance >= {at}"));
-        }
-        if let Some(max) = filter.max_balance {
-            let at = query.bind(max);
-            query.push(&format!(" AND w.balance <= {at}"));
-        }
-        if let Some(from) = filter.created_from {
-            let at = query.bind(bound(from.unix_micros()));
-            query.push(&format!(" AND w.created_at >= {at}"));
-        }
-        if let Some(to) = filter.created_to {
-            let at = query.bind(bound(to.unix_micros()));
-            query.push(&format!(" AND w.created_at < {at}"));
-        }
-        if let Some((key, value)) = &filter.metadata {
-            let (key, value) = (query.bind(key.clone()), query.bind(value.clone()));
-            query.push(&format!(
-                " AND w.wallet_id IN (SELECT m.wallet_id FROM wallet_metadata m WHERE m.key = {key} AND m.value = {value})"
-            ));
-        }
-        let sort = match filter.order {
-            WalletOrder::Id => None,
-            WalletOrder::CreatedAt => Some("w.created_at"),
-            WalletOrder::Balance => Some("w.balance"),
-        };
-        let (after, direction) = if filter.descending { ("<", "DESC") } else { (">", "ASC") };
-        if let Some(cursor) = &filter.after {
-            let wallet_id = query.bind(cursor.wallet_id.as_str().to_owned());
-            match sort {
-                None => query.push(&format!(" AND w.wallet_id {after} {wallet_id}")),
-                Some(column) => {
-                    let key = query.bind(cursor.key);
-                    query.push(&format!(" AND ({column}, w.wallet_id) {after} ({key}, {wallet_id})"));
-                }
-            }
-        }
-        let limit = query.bind(sql_limit(limit));
-        match sort {
-            None => query.push(&format!(" ORDER BY w.wallet_id {direction} LIMIT {limit}")),
-            Some(column) => {
-                query.push(&format!(" ORDER BY {column} {direction}, w.wallet_id {direction} LIMIT {limit}"));
-            }
-        }
-        let rows: Vec<WalletRow> = self.read_composed(query).await?;
+        let rows: Vec<WalletRow> = self.read_composed(wallets_query::<D>(filter, limit)).await?;
         rows.into_iter().map(WalletRow::into_view).collect()
     }
 
@@ -803,5 +702,146 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
             .read("SELECT * FROM wallet_summaries WHERE wallet_id = $1", Values::new().and(wallet_id.as_str()))
             .await?;
         rows.pop().map(SummaryRow::into_summary).transpose()
+    }
+}
+
+/// The ledger search's statement.
+fn entries_query<D: Dialect>(filter: &EntryFilter, limit: usize) -> Composed<D::Db> {
+    let mut query = Composed::<D::Db>::new("SELECT e.* FROM ledger_entries e WHERE 1 = 1");
+    if let Some(wallet_id) = &filter.wallet_id {
+        let at = query.bind(wallet_id.as_str().to_owned());
+        query.push(&format!(" AND e.wallet_id = {at}"));
+    }
+    if !filter.entry_types.is_empty() {
+        let list: Vec<String> = filter.entry_types.iter().map(|kind| query.bind((*kind).to_owned())).collect();
+        query.push(&format!(" AND e.entry_type IN ({})", list.join(", ")));
+    }
+    if let Some(from) = filter.from {
+        let at = query.bind(bound(from.unix_micros()));
+        query.push(&format!(" AND e.at >= {at}"));
+    }
+    if let Some(to) = filter.to {
+        let at = query.bind(bound(to.unix_micros()));
+        query.push(&format!(" AND e.at < {at}"));
+    }
+    if let Some(currency) = filter.currency {
+        let at = query.bind(currency.code().to_owned());
+        query.push(&format!(" AND e.currency = {at}"));
+    }
+    if let Some(min) = filter.min_amount {
+        let at = query.bind(bound(min));
+        query.push(&format!(" AND e.amount >= {at}"));
+    }
+    if let Some(max) = filter.max_amount {
+        let at = query.bind(bound(max));
+        query.push(&format!(" AND e.amount <= {at}"));
+    }
+    if let Some(reference) = &filter.reference {
+        let at = query.bind(reference.as_str().to_owned());
+        query.push(&format!(" AND e.reference_id = {at}"));
+    }
+    if let Some(text) = &filter.description {
+        let at = query.bind(D::description_needle(text));
+        query.push(&format!(" AND {}", D::DESCRIPTION_CONTAINS.replace("{}", &at)));
+    }
+    if let Some((key, value)) = &filter.metadata {
+        let (key, value) = (query.bind(key.clone()), query.bind(value.clone()));
+        query.push(&format!(
+            " AND (e.wallet_id, e.version) IN \
+                 (SELECT m.wallet_id, m.version FROM entry_metadata m WHERE m.key = {key} AND m.value = {value})"
+        ));
+    }
+    let wallet = D::ENTRY_WALLET_ORDER;
+    if let Some(before) = &filter.before {
+        let at = query.bind(bound(before.at.unix_micros()));
+        let transaction = query.bind(bound(before.transaction_id.0));
+        let wallet_id = query.bind(before.wallet_id.as_str().to_owned());
+        query.push(&format!(" AND (e.at, e.transaction_id, {wallet}) < ({at}, {transaction}, {wallet_id})"));
+    }
+    let limit = query.bind(sql_limit(limit));
+    query.push(&format!(" ORDER BY e.at DESC, e.transaction_id DESC, {wallet} DESC LIMIT {limit}"));
+    query
+}
+
+/// The wallet search's statement.
+fn wallets_query<D: Dialect>(filter: &WalletFilter, limit: usize) -> Composed<D::Db> {
+    let mut query = Composed::<D::Db>::new("SELECT w.* FROM wallets w WHERE 1 = 1");
+    if let Some(owner) = &filter.owner_id {
+        let at = query.bind(owner.as_str().to_owned());
+        query.push(&format!(" AND w.owner_id = {at}"));
+    }
+    if let Some(currency) = filter.currency {
+        let at = query.bind(currency.code().to_owned());
+        query.push(&format!(" AND w.currency = {at}"));
+    }
+    if let Some(min) = filter.min_balance {
+        let at = query.bind(min);
+        query.push(&format!(" AND w.balance >= {at}"));
+    }
+    if let Some(max) = filter.max_balance {
+        let at = query.bind(max);
+        query.push(&format!(" AND w.balance <= {at}"));
+    }
+    if let Some(from) = filter.created_from {
+        let at = query.bind(bound(from.unix_micros()));
+        query.push(&format!(" AND w.created_at >= {at}"));
+    }
+    if let Some(to) = filter.created_to {
+        let at = query.bind(bound(to.unix_micros()));
+        query.push(&format!(" AND w.created_at < {at}"));
+    }
+    if let Some((key, value)) = &filter.metadata {
+        let (key, value) = (query.bind(key.clone()), query.bind(value.clone()));
+        query.push(&format!(
+            " AND w.wallet_id IN (SELECT m.wallet_id FROM wallet_metadata m WHERE m.key = {key} AND m.value = {value})"
+        ));
+    }
+    let sort = match filter.order {
+        WalletOrder::Id => None,
+        WalletOrder::CreatedAt => Some("w.created_at"),
+        WalletOrder::Balance => Some("w.balance"),
+    };
+    let (after, direction) = if filter.descending { ("<", "DESC") } else { (">", "ASC") };
+    if let Some(cursor) = &filter.after {
+        let wallet_id = query.bind(cursor.wallet_id.as_str().to_owned());
+        match sort {
+            None => query.push(&format!(" AND w.wallet_id {after} {wallet_id}")),
+            Some(column) => {
+                let key = query.bind(cursor.key);
+                query.push(&format!(" AND ({column}, w.wallet_id) {after} ({key}, {wallet_id})"));
+            }
+        }
+    }
+    let limit = query.bind(sql_limit(limit));
+    match sort {
+        None => query.push(&format!(" ORDER BY w.wallet_id {direction} LIMIT {limit}")),
+        Some(column) => {
+            query.push(&format!(" ORDER BY {column} {direction}, w.wallet_id {direction} LIMIT {limit}"));
+        }
+    }
+    query
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// How the database runs the ledger search `filter` (its query plan, a line per node), to show
+    /// and check that every filter is index-backed.
+    pub async fn explain_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.explain(entries_query::<D>(filter, limit)).await
+    }
+
+    /// How the database runs the wallet search `filter`.
+    pub async fn explain_wallets(&self, filter: &WalletFilter, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.explain(wallets_query::<D>(filter, limit)).await
+    }
+
+    async fn explain(&self, mut query: Composed<D::Db>) -> Result<Vec<String>, StoreError> {
+        query.sql = format!("{}{}", D::EXPLAIN, query.sql);
+        let mut reader = self.pool.acquire().await.map_err(store_error)?;
+        let arguments = query.values.arguments()?;
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(query.sql), arguments)
+            .fetch_all(reader.run())
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(|row| D::plan_line(row)).collect()
     }
 }
