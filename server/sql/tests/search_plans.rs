@@ -26,7 +26,7 @@ fn corpus() -> Vec<wallex_engine::Event> {
     for n in 0..300u64 {
         let memo = Memo {
             reference: None,
-            metadata: Metadata::parse([("tier", ["gold", "silver", "iron"][(n % 3) as usize])]).unwrap(),
+            metadata: Metadata::parse([("tier", ["gold", "silver", "iron"][usize::try_from(n % 3).unwrap()])]).unwrap(),
             correlation_id: None,
         };
         let kind = CommandKind::CreateWallet {
@@ -41,7 +41,7 @@ fn corpus() -> Vec<wallex_engine::Event> {
     }
     for n in 0..4_000u64 {
         let (source, amount) = (wallet(next(300)), Amount::from_minor(1 + next(5_000)).unwrap());
-        let description = Some(Description::parse(&format!("{} {}", words[next(8) as usize], n)).unwrap());
+        let description = Some(Description::parse(&format!("{} {}", words[usize::try_from(next(8)).unwrap()], n)).unwrap());
         let kind = match next(3) {
             0 => CommandKind::Credit { wallet_id: source, currency: Currency::USD, amount, description },
             1 => CommandKind::Debit { wallet_id: source, currency: Currency::USD, amount, description },
