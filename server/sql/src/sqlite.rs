@@ -279,13 +279,22 @@ impl Dialect for SqliteDialect {
 
     const ENTRY_WALLET_ORDER: &'static str = "e.wallet_id";
 
-    const DESCRIPTION_CONTAINS: &'static str =
-        "e.rowid IN (SELECT rowid FROM ledger_descriptions WHERE ledger_descriptions MATCH {})";
+    /// SQLite's LIKE ignores the case of ASCII letters.
+    const CASELESS_LIKE: &'static str = "LIKE";
+
+    /// The FTS5 trigram index finds the candidates; the LIKE beside it decides.
+    const DESCRIPTION_INDEX: Option<&'static str> =
+        Some("e.rowid IN (SELECT rowid FROM ledger_descriptions WHERE ledger_descriptions MATCH {})");
 
     fn description_needle(text: &str) -> String {
         // One FTS5 phrase: the text between double quotes, its own double quotes doubled.
         format!("\"{}\"", text.replace('"', "\"\""))
     }
+
+    /// No statistics of values: a common value and a rare one are told apart by counting.
+    const ADAPTIVE: bool = true;
+
+    const NEWEST_SCAN: &'static str = "SELECT e.* FROM ledger_entries e INDEXED BY ledger_entries_newest WHERE 1 = 1";
 
     async fn write_plan(
         transaction: &mut SqliteConnection,

@@ -95,12 +95,22 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// An entry's wallet id as the search orders it: byte order.
     const ENTRY_WALLET_ORDER: &'static str;
 
-    /// The condition that the entry `e`'s description contains a text, with the placeholder
-    /// `{}` for the value [`Dialect::description_needle`] makes of it (index-backed).
-    const DESCRIPTION_CONTAINS: &'static str;
+    /// The LIKE that ignores case: a description contains a text when it is LIKE `%text%` so.
+    const CASELESS_LIKE: &'static str;
 
-    /// The value bound for [`Dialect::DESCRIPTION_CONTAINS`].
+    /// A condition beside the LIKE that lets an index find the descriptions containing a text,
+    /// where the LIKE alone does not; `{}` is the value [`Dialect::description_needle`] makes.
+    const DESCRIPTION_INDEX: Option<&'static str>;
+
+    /// The value bound in [`Dialect::DESCRIPTION_INDEX`].
     fn description_needle(text: &str) -> String;
+
+    /// Whether the planner needs telling a common filter value from a rare one (it has no
+    /// statistics of values to tell by); see [`Shape`].
+    const ADAPTIVE: bool;
+
+    /// The start of a ledger search down the newest-first index (used only when `ADAPTIVE`).
+    const NEWEST_SCAN: &'static str;
 
     /// Makes the whole batch durable in one transaction, or nothing of it.
     fn commit(writer: &mut Conn<Self>, batch: &CommitBatch) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -688,7 +698,8 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
     }
 
     async fn search_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        let rows: Vec<EntryRow> = self.read_composed(entries_query::<D>(filter, limit)).await?;
+        let shape = self.entries_shape(filter).await?;
+        let rows: Vec<EntryRow> = self.read_composed(entries_query::<D>(filter, limit, shape)).await?;
         rows.into_iter().map(EntryRow::into_entry).collect()
     }
 
@@ -705,16 +716,54 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
     }
 }
 
+/// How a ledger search reads the entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// However the planner likes: an index on a filter, then a sort of what it found.
+    Natural,
+    /// Down the newest-first index, testing each entry: the fast way when a filter admits many
+    /// entries (the first page is found early), which SQLite's planner cannot tell (see
+    /// [`Dialect::ADAPTIVE`]).
+    Newest,
+    /// How many entries the filters admit, up to [`COMMON`]: tells the two apart.
+    Probe,
+}
+
+/// A filter admitting at least this many entries is common: the newest-first scan finds a page of
+/// it sooner than sorting everything it admits.
+const COMMON: usize = 1_000;
+
+/// `text` as a LIKE pattern that matches it anywhere, its own `%`, `_` and `\` literal.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for character in text.chars() {
+        if matches!(character, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(character);
+    }
+    pattern.push('%');
+    pattern
+}
+
 /// The ledger search's statement.
-fn entries_query<D: Dialect>(filter: &EntryFilter, limit: usize) -> Composed<D::Db> {
-    let mut query = Composed::<D::Db>::new("SELECT e.* FROM ledger_entries e WHERE 1 = 1");
+fn entries_query<D: Dialect>(filter: &EntryFilter, limit: usize, shape: Shape) -> Composed<D::Db> {
+    let newest = shape == Shape::Newest;
+    let mut query = Composed::<D::Db>::new(match shape {
+        Shape::Natural => "SELECT e.* FROM ledger_entries e WHERE 1 = 1",
+        Shape::Newest => D::NEWEST_SCAN,
+        Shape::Probe => "SELECT COUNT(*) FROM (SELECT 1 FROM ledger_entries e WHERE 1 = 1",
+    });
+    // In the newest-first scan, `+` keeps a filter's column from choosing another index.
+    let plain = if newest { "+" } else { "" };
     if let Some(wallet_id) = &filter.wallet_id {
         let at = query.bind(wallet_id.as_str().to_owned());
         query.push(&format!(" AND e.wallet_id = {at}"));
     }
     if !filter.entry_types.is_empty() {
         let list: Vec<String> = filter.entry_types.iter().map(|kind| query.bind((*kind).to_owned())).collect();
-        query.push(&format!(" AND e.entry_type IN ({})", list.join(", ")));
+        query.push(&format!(" AND {plain}e.entry_type IN ({})", list.join(", ")));
     }
     if let Some(from) = filter.from {
         let at = query.bind(bound(from.unix_micros()));
@@ -726,30 +775,46 @@ fn entries_query<D: Dialect>(filter: &EntryFilter, limit: usize) -> Composed<D::
     }
     if let Some(currency) = filter.currency {
         let at = query.bind(currency.code().to_owned());
-        query.push(&format!(" AND e.currency = {at}"));
+        query.push(&format!(" AND {plain}e.currency = {at}"));
     }
     if let Some(min) = filter.min_amount {
         let at = query.bind(bound(min));
-        query.push(&format!(" AND e.amount >= {at}"));
+        query.push(&format!(" AND {plain}e.amount >= {at}"));
     }
     if let Some(max) = filter.max_amount {
         let at = query.bind(bound(max));
-        query.push(&format!(" AND e.amount <= {at}"));
+        query.push(&format!(" AND {plain}e.amount <= {at}"));
     }
     if let Some(reference) = &filter.reference {
         let at = query.bind(reference.as_str().to_owned());
         query.push(&format!(" AND e.reference_id = {at}"));
     }
     if let Some(text) = &filter.description {
-        let at = query.bind(D::description_needle(text));
-        query.push(&format!(" AND {}", D::DESCRIPTION_CONTAINS.replace("{}", &at)));
+        let like = query.bind(like_pattern(text));
+        query.push(&format!(" AND e.description {} {like} ESCAPE '\\'", D::CASELESS_LIKE));
+        if !newest && let Some(index) = D::DESCRIPTION_INDEX {
+            let needle = query.bind(D::description_needle(text));
+            query.push(&format!(" AND {}", index.replace("{}", &needle)));
+        }
     }
     if let Some((key, value)) = &filter.metadata {
         let (key, value) = (query.bind(key.clone()), query.bind(value.clone()));
-        query.push(&format!(
-            " AND (e.wallet_id, e.version) IN \
+        if newest {
+            query.push(&format!(
+                " AND EXISTS (SELECT 1 FROM entry_metadata m WHERE m.key = {key} AND m.value = {value} \
+                 AND m.wallet_id = e.wallet_id AND m.version = e.version)"
+            ));
+        } else {
+            query.push(&format!(
+                " AND (e.wallet_id, e.version) IN \
                  (SELECT m.wallet_id, m.version FROM entry_metadata m WHERE m.key = {key} AND m.value = {value})"
-        ));
+            ));
+        }
+    }
+    if shape == Shape::Probe {
+        let limit = query.bind(sql_limit(COMMON));
+        query.push(&format!(" LIMIT {limit})"));
+        return query;
     }
     let wallet = D::ENTRY_WALLET_ORDER;
     if let Some(before) = &filter.before {
@@ -826,7 +891,26 @@ impl<D: Dialect> SqlStore<D> {
     /// How the database runs the ledger search `filter` (its query plan, a line per node), to show
     /// and check that every filter is index-backed.
     pub async fn explain_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.explain(entries_query::<D>(filter, limit)).await
+        let shape = self.entries_shape(filter).await?;
+        self.explain(entries_query::<D>(filter, limit, shape)).await
+    }
+
+    /// How to run a ledger search. Where the planner cannot tell a common filter value from a
+    /// rare one ([`Dialect::ADAPTIVE`]), a filter with no narrowing index of its own (a wallet, a
+    /// reference) is first counted, up to [`COMMON`], through its index: a common one is searched
+    /// down the newest-first index, a rare one through its own index.
+    async fn entries_shape(&self, filter: &EntryFilter) -> Result<Shape, StoreError> {
+        let narrow = filter.wallet_id.is_some() || filter.reference.is_some();
+        let selective = filter.min_amount.is_some()
+            || filter.max_amount.is_some()
+            || filter.metadata.is_some()
+            || filter.description.is_some();
+        if !D::ADAPTIVE || narrow || !selective {
+            return Ok(Shape::Natural);
+        }
+        let counted: Vec<(i64,)> = self.read_composed(entries_query::<D>(filter, 0, Shape::Probe)).await?;
+        let common = counted.first().is_some_and(|(count,)| uint(*count).is_ok_and(|count| count >= COMMON as u64));
+        Ok(if common { Shape::Newest } else { Shape::Natural })
     }
 
     /// How the database runs the wallet search `filter`.
