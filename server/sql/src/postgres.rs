@@ -227,6 +227,8 @@ impl Dialect for PostgresDialect {
 
     const DESCRIPTION_INDEX: Option<&'static str> = None;
 
+    const DESCRIPTION_PROBE: Option<&'static str> = None;
+
     fn description_needle(text: &str) -> String {
         text.to_owned()
     }

@@ -286,6 +286,9 @@ impl Dialect for SqliteDialect {
     const DESCRIPTION_INDEX: Option<&'static str> =
         Some("e.rowid IN (SELECT rowid FROM ledger_descriptions WHERE ledger_descriptions MATCH {})");
 
+    const DESCRIPTION_PROBE: Option<&'static str> =
+        Some("SELECT COUNT(*) FROM (SELECT 1 FROM ledger_descriptions WHERE ledger_descriptions MATCH {}");
+
     fn description_needle(text: &str) -> String {
         // One FTS5 phrase: the text between double quotes, its own double quotes doubled.
         format!("\"{}\"", text.replace('"', "\"\""))

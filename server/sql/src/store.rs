@@ -102,6 +102,10 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// where the LIKE alone does not; `{}` is the value [`Dialect::description_needle`] makes.
     const DESCRIPTION_INDEX: Option<&'static str>;
 
+    /// A count of the descriptions containing a text through the index, without its closing
+    /// `LIMIT …)`; `{}` as in [`Dialect::DESCRIPTION_INDEX`].
+    const DESCRIPTION_PROBE: Option<&'static str>;
+
     /// The value bound in [`Dialect::DESCRIPTION_INDEX`].
     fn description_needle(text: &str) -> String;
 
@@ -698,7 +702,7 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
     }
 
     async fn search_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
-        let shape = self.entries_shape(filter).await?;
+        let shape = self.entries_shape(filter, limit).await?;
         let rows: Vec<EntryRow> = self.read_composed(entries_query::<D>(filter, limit, shape)).await?;
         rows.into_iter().map(EntryRow::into_entry).collect()
     }
@@ -725,13 +729,19 @@ enum Shape {
     /// entries (the first page is found early), which SQLite's planner cannot tell (see
     /// [`Dialect::ADAPTIVE`]).
     Newest,
-    /// How many entries the filters admit, up to [`COMMON`]: tells the two apart.
-    Probe,
+    /// Through the wallet's or the reference's index, which narrows to few entries, testing the
+    /// other filters on each (no other index consulted).
+    Narrow,
 }
 
-/// A filter admitting at least this many entries is common: the newest-first scan finds a page of
-/// it sooner than sorting everything it admits.
-const COMMON: usize = 1_000;
+/// Which way is faster for a filter admitting `count` of `total` entries, when a page is `limit`:
+/// the newest-first scan reads about `limit * total / count` entries, the filter's own index
+/// `count` (and sorts them), so the scan wins past `sqrt(limit * total)` (7,071 for a page of 50
+/// in a million entries). Probes count up to this.
+fn common_from(total: u64, limit: usize) -> usize {
+    let product = u128::from(total).saturating_mul(limit as u128);
+    usize::try_from(product.isqrt()).unwrap_or(usize::MAX).clamp(1_000, 50_000)
+}
 
 /// `text` as a LIKE pattern that matches it anywhere, its own `%`, `_` and `\` literal.
 fn like_pattern(text: &str) -> String {
@@ -749,13 +759,12 @@ fn like_pattern(text: &str) -> String {
 
 /// The ledger search's statement.
 fn entries_query<D: Dialect>(filter: &EntryFilter, limit: usize, shape: Shape) -> Composed<D::Db> {
-    let newest = shape == Shape::Newest;
+    // Scanning one index, each entry tested: `+` keeps a filter's column from choosing another.
+    let newest = shape != Shape::Natural;
     let mut query = Composed::<D::Db>::new(match shape {
-        Shape::Natural => "SELECT e.* FROM ledger_entries e WHERE 1 = 1",
+        Shape::Natural | Shape::Narrow => "SELECT e.* FROM ledger_entries e WHERE 1 = 1",
         Shape::Newest => D::NEWEST_SCAN,
-        Shape::Probe => "SELECT COUNT(*) FROM (SELECT 1 FROM ledger_entries e WHERE 1 = 1",
     });
-    // In the newest-first scan, `+` keeps a filter's column from choosing another index.
     let plain = if newest { "+" } else { "" };
     if let Some(wallet_id) = &filter.wallet_id {
         let at = query.bind(wallet_id.as_str().to_owned());
@@ -810,11 +819,6 @@ fn entries_query<D: Dialect>(filter: &EntryFilter, limit: usize, shape: Shape) -
                  (SELECT m.wallet_id, m.version FROM entry_metadata m WHERE m.key = {key} AND m.value = {value})"
             ));
         }
-    }
-    if shape == Shape::Probe {
-        let limit = query.bind(sql_limit(COMMON));
-        query.push(&format!(" LIMIT {limit})"));
-        return query;
     }
     let wallet = D::ENTRY_WALLET_ORDER;
     if let Some(before) = &filter.before {
@@ -891,26 +895,65 @@ impl<D: Dialect> SqlStore<D> {
     /// How the database runs the ledger search `filter` (its query plan, a line per node), to show
     /// and check that every filter is index-backed.
     pub async fn explain_entries(&self, filter: &EntryFilter, limit: usize) -> Result<Vec<String>, StoreError> {
-        let shape = self.entries_shape(filter).await?;
+        let shape = self.entries_shape(filter, limit).await?;
         self.explain(entries_query::<D>(filter, limit, shape)).await
     }
 
     /// How to run a ledger search. Where the planner cannot tell a common filter value from a
-    /// rare one ([`Dialect::ADAPTIVE`]), a filter with no narrowing index of its own (a wallet, a
-    /// reference) is first counted, up to [`COMMON`], through its index: a common one is searched
-    /// down the newest-first index, a rare one through its own index.
-    async fn entries_shape(&self, filter: &EntryFilter) -> Result<Shape, StoreError> {
-        let narrow = filter.wallet_id.is_some() || filter.reference.is_some();
-        let selective = filter.min_amount.is_some()
-            || filter.max_amount.is_some()
-            || filter.metadata.is_some()
-            || filter.description.is_some();
-        if !D::ADAPTIVE || narrow || !selective {
+    /// rare one ([`Dialect::ADAPTIVE`]): a wallet or a reference narrows through its own index;
+    /// else each filter that has an index of its own (amounts, metadata, description) is counted
+    /// through it, up to [`common_from`]: if one is rare, the planner's way (through an index of a
+    /// filter, then a sort) is fast; if all are common, the newest-first scan is.
+    async fn entries_shape(&self, filter: &EntryFilter, limit: usize) -> Result<Shape, StoreError> {
+        if !D::ADAPTIVE {
             return Ok(Shape::Natural);
         }
-        let counted: Vec<(i64,)> = self.read_composed(entries_query::<D>(filter, 0, Shape::Probe)).await?;
-        let common = counted.first().is_some_and(|(count,)| uint(*count).is_ok_and(|count| count >= COMMON as u64));
-        Ok(if common { Shape::Newest } else { Shape::Natural })
+        if filter.wallet_id.is_some() || filter.reference.is_some() {
+            return Ok(Shape::Narrow);
+        }
+        let mut probes = Vec::new();
+        let total: Vec<(i64,)> = self.read("SELECT COALESCE(MAX(rowid), 0) FROM ledger_entries", Values::new()).await?;
+        let cap = common_from(total.first().map_or(0, |(rows,)| uint(*rows).unwrap_or(0)), limit);
+        if filter.min_amount.is_some() || filter.max_amount.is_some() {
+            let mut probe = Composed::<D::Db>::new("SELECT COUNT(*) FROM (SELECT 1 FROM ledger_entries e WHERE 1 = 1");
+            if let Some(currency) = filter.currency {
+                let at = probe.bind(currency.code().to_owned());
+                probe.push(&format!(" AND e.currency = {at}"));
+            }
+            if let Some(min) = filter.min_amount {
+                let at = probe.bind(bound(min));
+                probe.push(&format!(" AND e.amount >= {at}"));
+            }
+            if let Some(max) = filter.max_amount {
+                let at = probe.bind(bound(max));
+                probe.push(&format!(" AND e.amount <= {at}"));
+            }
+            probes.push(probe);
+        }
+        if let Some((key, value)) = &filter.metadata {
+            let mut probe = Composed::<D::Db>::new("SELECT COUNT(*) FROM (SELECT 1 FROM entry_metadata m WHERE 1 = 1");
+            let (key, value) = (probe.bind(key.clone()), probe.bind(value.clone()));
+            probe.push(&format!(" AND m.key = {key} AND m.value = {value}"));
+            probes.push(probe);
+        }
+        if let (Some(text), Some(index)) = (&filter.description, D::DESCRIPTION_PROBE) {
+            let mut probe = Composed::<D::Db>::new(index);
+            let needle = probe.bind(D::description_needle(text));
+            probe.sql = probe.sql.replace("{}", &needle);
+            probes.push(probe);
+        }
+        if probes.is_empty() {
+            return Ok(Shape::Natural);
+        }
+        for mut probe in probes {
+            let at = probe.bind(sql_limit(cap));
+            probe.push(&format!(" LIMIT {at})"));
+            let counted: Vec<(i64,)> = self.read_composed(probe).await?;
+            if counted.first().is_none_or(|(count,)| uint(*count).is_ok_and(|count| count < cap as u64)) {
+                return Ok(Shape::Natural);
+            }
+        }
+        Ok(Shape::Newest)
     }
 
     /// How the database runs the wallet search `filter`.

@@ -131,7 +131,11 @@ fn expected(events: &[wallex_engine::Event], filter: &EntryFilter) -> Vec<String
         .filter(|event| {
             let amount = event.posting.map_or(0, |posting| posting.amount.minor());
             let text = event.description.as_ref().map_or(String::new(), |d| d.as_str().to_lowercase());
-            filter.metadata.as_ref().is_none_or(|(key, value)| event.memo.metadata.get(key) == Some(value.as_str()))
+            filter.wallet_id.is_none_or(|wallet| event.wallet_id == wallet)
+                && filter
+                    .metadata
+                    .as_ref()
+                    .is_none_or(|(key, value)| event.memo.metadata.get(key) == Some(value.as_str()))
                 && filter.description.as_ref().is_none_or(|needle| text.contains(&needle.to_lowercase()))
                 && filter.currency.is_none_or(|currency| event.currency == currency)
                 && filter.min_amount.is_none_or(|min| amount >= min)
@@ -175,6 +179,8 @@ async fn check<D: Dialect>(store: &SqlStore<D>, scans: impl Fn(&str) -> bool) {
         worded("groceries 12"),
         priced(0, 5_000),
         priced(100, 101),
+        EntryFilter { wallet_id: Some(WalletId::parse("w7").unwrap()), ..worded("rent") },
+        EntryFilter { wallet_id: Some(WalletId::parse("w8").unwrap()), ..tagged("parity", "odd") },
     ] {
         let found = store.search_entries(&filter, 50).await.unwrap();
         let found: Vec<String> = found.iter().map(|e| format!("{}:{}", e.wallet_id, e.version)).collect();
