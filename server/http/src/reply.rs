@@ -43,10 +43,7 @@ pub(crate) async fn respond<S: Queries>(
     match reply {
         Reply::Decided { record, events, replayed } => {
             let mut response = match record.result {
-                Ok(()) => {
-                    let body = body(state, &events, render).await;
-                    (StatusCode::CREATED, Json(body)).into_response()
-                }
+                Ok(()) => (StatusCode::CREATED, body(state, &events, render).await).into_response(),
                 Err(rejection) => {
                     let mut problem = Problem::rejection(rejection);
                     problem.transaction_id = Some(record.transaction_id.0);
@@ -92,17 +89,17 @@ pub(crate) async fn respond<S: Queries>(
     }
 }
 
-/// A successful command's body.
-async fn body<S: Queries>(state: &AppState<S>, events: &[Event], render: Render) -> serde_json::Value {
+/// A successful command's body, its fields in their declared order.
+async fn body<S: Queries>(state: &AppState<S>, events: &[Event], render: Render) -> Response {
     let transaction_id = events.first().map(|event| event.transaction_id.to_string()).unwrap_or_default();
     let rendered = events.iter().map(EventJson::of).collect();
-    let value = match render {
+    match render {
         Render::Wallet => {
             let wallet = match events.first() {
                 Some(event) => wallet_after(state, event).await,
                 None => None,
             };
-            serde_json::to_value(WalletOperationJson { wallet, transaction_id, events: rendered })
+            Json(WalletOperationJson { wallet, transaction_id, events: rendered }).into_response()
         }
         Render::Transfer => {
             // A transfer's events: the source's, then the destination's.
@@ -112,15 +109,15 @@ async fn body<S: Queries>(state: &AppState<S>, events: &[Event], render: Render)
             }
             let mut wallets = wallets.into_iter();
             let (from_wallet, to_wallet) = (wallets.next().flatten(), wallets.next().flatten());
-            serde_json::to_value(TransferJson { from_wallet, to_wallet, transaction_id, events: rendered })
+            Json(TransferJson { from_wallet, to_wallet, transaction_id, events: rendered }).into_response()
         }
-        Render::Transaction(hold_id) => serde_json::to_value(TransactionJson {
+        Render::Transaction(hold_id) => Json(TransactionJson {
             hold_id: hold_id.map(|hold_id| hold_id.to_string()),
             transaction_id,
             events: rendered,
-        }),
-    };
-    value.expect("answers serialize")
+        })
+        .into_response(),
+    }
 }
 
 /// The wallet right after `event`: its balances and version from the event, everything else from
