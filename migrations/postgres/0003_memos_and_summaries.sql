@@ -23,11 +23,9 @@ CREATE TABLE wallet_summaries (
 
 -- The search (GET /ledger/transactions, GET /ledger/reference/{id}): newest first is by time,
 -- then transaction, then wallet (in byte order, as everywhere: COLLATE "C"), and every filter
--- has an index that yields that order or narrows to few rows. Plans: docs/SEARCH.md.
+-- has an index that yields that order or narrows to few rows: a wallet's entries by the primary
+-- key, the types (each common) down the newest-first index. Plans: docs/SEARCH.md.
 CREATE INDEX ledger_entries_newest ON ledger_entries (at, transaction_id, wallet_id COLLATE "C");
-CREATE INDEX ledger_entries_wallet_newest ON ledger_entries (wallet_id, at, transaction_id);
-CREATE INDEX ledger_entries_type_newest
-    ON ledger_entries (entry_type, at, transaction_id, wallet_id COLLATE "C");
 CREATE INDEX ledger_entries_by_amount ON ledger_entries (currency, amount, at);
 CREATE INDEX ledger_entries_by_reference
     ON ledger_entries (reference_id, at, transaction_id, wallet_id COLLATE "C")
@@ -48,7 +46,6 @@ CREATE TABLE entry_metadata (
 -- time, and one metadata key = value of the wallet's creation.
 CREATE INDEX wallets_by_currency_balance ON wallets (currency, balance, wallet_id);
 CREATE INDEX wallets_by_created ON wallets (created_at, wallet_id);
-CREATE INDEX wallets_by_balance ON wallets (balance, wallet_id);
 CREATE TABLE wallet_metadata (
     key       TEXT COLLATE "C" NOT NULL,
     value     TEXT COLLATE "C" NOT NULL,
