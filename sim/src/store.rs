@@ -14,7 +14,7 @@ use std::time::Duration;
 use madsim::net::Endpoint;
 use madsim::rand::{Rng, thread_rng};
 use wallex_engine::planted::Bug;
-use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
+use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
     Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletSummary, WalletView,
@@ -101,11 +101,6 @@ enum Request {
         wallet_id: WalletId,
     },
     Wallet(WalletId),
-    Wallets {
-        owner_id: Option<OwnerId>,
-        after: Option<WalletId>,
-        limit: usize,
-    },
     LedgerEntries {
         wallet_id: WalletId,
         before: Option<u64>,
@@ -151,7 +146,6 @@ impl Request {
             Request::ProjectRows(_) => "project_rows",
             Request::ProjectedVersion { .. } => "projected_version",
             Request::Wallet(_) => "wallet",
-            Request::Wallets { .. } => "wallets",
             Request::LedgerEntries { .. } => "ledger_entries",
             Request::EntriesByReference { .. } => "entries_by_reference",
             Request::LedgerEntry { .. } => "ledger_entry",
@@ -288,10 +282,6 @@ async fn handle(request: Request) -> Option<Response> {
         }
         Request::Wallet(wallet_id) => {
             Response::Wallet(Ok(lock(&world.projections).tables.wallets.get(&wallet_id).cloned()))
-        }
-        Request::Wallets { owner_id, after, limit } => {
-            let tables = &lock(&world.projections).tables;
-            Response::Wallets(Ok(tables.list_wallets(owner_id.as_ref(), after.as_ref(), limit)))
         }
         Request::LedgerEntries { wallet_id, before, limit } => {
             Response::Entries(Ok(lock(&world.projections).tables.list_ledger_entries(&wallet_id, before, limit)))
@@ -447,16 +437,6 @@ impl ProjectionStore for SimStore {
 
     async fn wallet(&self, wallet_id: &WalletId) -> Result<Option<WalletView>, StoreError> {
         expect!(self.call(Request::Wallet(*wallet_id)).await, Wallet)
-    }
-
-    async fn wallets(
-        &self,
-        owner_id: Option<&OwnerId>,
-        after: Option<&WalletId>,
-        limit: usize,
-    ) -> Result<Vec<WalletView>, StoreError> {
-        let request = Request::Wallets { owner_id: owner_id.copied(), after: after.copied(), limit };
-        expect!(self.call(request).await, Wallets)
     }
 
     async fn ledger_entries(

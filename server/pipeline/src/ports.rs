@@ -423,14 +423,6 @@ pub trait ProjectionStore: Clone + Send + Sync + 'static {
 
     fn wallet(&self, wallet_id: &WalletId) -> impl Future<Output = Result<Option<WalletView>, StoreError>> + Send;
 
-    /// Wallets ordered by id after `after`, optionally of one owner.
-    fn wallets(
-        &self,
-        owner_id: Option<&wallex_engine::OwnerId>,
-        after: Option<&WalletId>,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<WalletView>, StoreError>> + Send;
-
     /// A wallet's ledger entries, newest first, with versions below `before` (all when `None`).
     fn ledger_entries(
         &self,

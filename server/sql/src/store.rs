@@ -23,7 +23,7 @@ use sqlx::error::BoxDynError;
 use sqlx::pool::Pool;
 use sqlx::query::Query;
 use sqlx::{Arguments, Connection, Database, Encode, Executor, FromRow, IntoArguments, Row, Type};
-use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, Timestamp, TransactionId, WalletId};
+use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
@@ -640,25 +640,6 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
         let mut rows: Vec<WalletRow> =
             self.read("SELECT * FROM wallets WHERE wallet_id = $1", Values::new().and(wallet_id.as_str())).await?;
         rows.pop().map(WalletRow::into_view).transpose()
-    }
-
-    async fn wallets(
-        &self,
-        owner_id: Option<&OwnerId>,
-        after: Option<&WalletId>,
-        limit: usize,
-    ) -> Result<Vec<WalletView>, StoreError> {
-        let rows: Vec<WalletRow> = self
-            .read(
-                "SELECT * FROM wallets WHERE (CAST($1 AS TEXT) IS NULL OR owner_id = $1) AND wallet_id > $2 \
-                 ORDER BY wallet_id LIMIT $3",
-                Values::new()
-                    .and(owner_id.map(OwnerId::as_str))
-                    .and(after.map_or("", WalletId::as_str))
-                    .and(sql_limit(limit)),
-            )
-            .await?;
-        rows.into_iter().map(WalletRow::into_view).collect()
     }
 
     async fn ledger_entries(

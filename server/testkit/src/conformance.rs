@@ -203,12 +203,21 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     let a = store.wallet(&wallet("a")).await.unwrap().expect("a is projected");
     assert_eq!((a.balance, a.version), (800, 3), "read model matches the write side");
     assert_eq!(a.balance, ledger.wallet(&wallet("a")).unwrap().balance);
-    let listed = store.wallets(None, None, 10).await.unwrap();
+    let by_id = |owner_id: Option<OwnerId>, after: Option<WalletId>| WalletFilter {
+        owner_id,
+        after: after.map(|wallet_id| WalletCursor { key: 0, wallet_id }),
+        ..WalletFilter::default()
+    };
+    let listed = store.search_wallets(&by_id(None, None), 10).await.unwrap();
     assert_eq!(listed.iter().map(|w| w.wallet_id.as_str()).collect::<Vec<_>>(), ["a", "b"], "wallets by id");
-    let after_a = store.wallets(None, Some(&wallet("a")), 10).await.unwrap();
+    let after_a = store.search_wallets(&by_id(None, Some(wallet("a"))), 10).await.unwrap();
     assert_eq!(after_a.len(), 1, "wallets page after a cursor");
     let owner = OwnerId::parse("o2").unwrap();
-    assert_eq!(store.wallets(Some(&owner), None, 10).await.unwrap()[0].wallet_id, wallet("b"), "owner filter");
+    assert_eq!(
+        store.search_wallets(&by_id(Some(owner), None), 10).await.unwrap()[0].wallet_id,
+        wallet("b"),
+        "owner filter"
+    );
     let entries = store.ledger_entries(&wallet("a"), None, 10).await.unwrap();
     assert_eq!(entries.iter().map(|e| e.version).collect::<Vec<_>>(), vec![3, 2, 1], "ledger newest first");
     assert_eq!(entries[1].amount, 250, "ledger amounts");

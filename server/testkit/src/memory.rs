@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use wallex_engine::{CommandId, CommandRecord, Event, OwnerId, TransactionId, WalletId};
+use wallex_engine::{CommandId, CommandRecord, Event, TransactionId, WalletId};
 use wallex_pipeline::ports::{
     Applied, CommitBatch, EntryCursor, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage,
     OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter,
@@ -272,15 +272,6 @@ impl ProjectionStore for MemoryStore {
         Ok(self.lock().read_side.wallets.get(wallet_id).cloned())
     }
 
-    async fn wallets(
-        &self,
-        owner_id: Option<&OwnerId>,
-        after: Option<&WalletId>,
-        limit: usize,
-    ) -> Result<Vec<WalletView>, StoreError> {
-        Ok(self.lock().read_side.list_wallets(owner_id, after, limit))
-    }
-
     async fn ledger_entries(
         &self,
         wallet_id: &WalletId,
@@ -357,20 +348,6 @@ impl ReadSide {
 
     pub fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> u64 {
         self.checkpoints.get(&(projection, *wallet_id)).copied().unwrap_or(0)
-    }
-
-    /// Wallets ordered by id after `after`, optionally of one owner.
-    pub fn list_wallets(&self, owner_id: Option<&OwnerId>, after: Option<&WalletId>, limit: usize) -> Vec<WalletView> {
-        let range = match after {
-            Some(after) => self.wallets.range((std::ops::Bound::Excluded(*after), std::ops::Bound::Unbounded)),
-            None => self.wallets.range(..),
-        };
-        range
-            .map(|(_, view)| view)
-            .filter(|view| owner_id.is_none_or(|owner| view.owner_id == *owner))
-            .take(limit)
-            .cloned()
-            .collect()
     }
 
     /// The entries of transactions with `reference`, newest first (by transaction, then wallet).
