@@ -99,21 +99,29 @@ pub(crate) async fn summary<S: Queries>(State(state): Shared<S>, PathId(id): Pat
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/ledger/reference/{referenceId}", params(("referenceId" = String, Path, min_length = 1, max_length = 128, description = "A transaction's referenceId"), ("limit" = Option<usize>, Query)),
-    responses((status = 200, description = "The ledger entries of the transactions with this reference (one per wallet leg), newest first; none if no transaction has it", body = ReferenceJson)))]
+#[utoipa::path(get, path = "/ledger/reference/{referenceId}", params(("referenceId" = String, Path, min_length = 1, max_length = 128, description = "A transaction's referenceId"), ("limit" = Option<usize>, Query),
+        ("after" = Option<i64>, Query, minimum = 0, description = "A write's Wallex-Position: the answer includes every write committed through it (waiting, bounded, for the read side)")),
+    responses((status = 200, description = "The ledger entries of the transactions with this reference (one per wallet leg), newest first; none if no transaction has it", body = ReferenceJson,
+        headers(("wallex-behind" = u64, description = "Present when the bounded wait ran out")))))]
 pub(crate) async fn by_reference<S: Queries>(
     State(state): Shared<S>,
     PathId(id): PathId,
     Params(query): Params<ReferenceQuery>,
-) -> Result<Json<ReferenceJson>, Problem> {
+) -> Result<Response, Problem> {
     let reference = Reference::parse(&id).map_err(|error| Problem::field("referenceId", &error))?;
     let limit = page_size(query.limit)?;
+    let behind = crate::search::wait_for_position(&state, query.after).await;
     let entries = state.store.entries_by_reference(&reference, limit).await.map_err(store_problem)?;
-    Ok(Json(ReferenceJson {
+    let mut response = Json(ReferenceJson {
         reference_id: reference.to_string(),
         count: entries.len(),
         transactions: entries.iter().map(TransactionEntryJson::of).collect(),
-    }))
+    })
+    .into_response();
+    if behind > 0 {
+        response.headers_mut().insert(BEHIND, HeaderValue::from(behind as u64));
+    }
+    Ok(response)
 }
 
 /// The header a history read carries when the bounded wait ran out: how many of the wallet's

@@ -666,4 +666,6 @@ pub(crate) struct ReferenceJson {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ReferenceQuery {
     pub(crate) limit: Option<usize>,
+    #[serde(default, deserialize_with = "optional_version")]
+    pub(crate) after: Option<u64>,
 }

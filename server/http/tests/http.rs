@@ -1086,7 +1086,7 @@ async fn references_metadata_and_correlation_ids_are_stored_and_found_and_summar
         (transfer["metadata"]["order"].as_str(), transfer["correlationId"].as_str()),
         (Some("7"), Some("corr-42"))
     );
-    let found = api.get("/ledger/reference/INV%202026%2F7").await;
+    let found = api.get("/ledger/reference/INV%202026%2F7?after=1").await;
     assert_eq!(found.status, StatusCode::OK, "{:?}", found.body);
     assert_eq!(found.body["count"], 2, "both legs: {:?}", found.body);
     let wallets: Vec<&str> =
