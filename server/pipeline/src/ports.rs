@@ -649,3 +649,63 @@ impl ProjectionPlan {
         set.into_iter().collect()
     }
 }
+
+/// What an API key may do: `read` the GET routes; `write` move money out of its own wallets
+/// (debits, transfers, holds); `mint` bring money in or extend trust (credits, initial balances,
+/// overdraft limits); `admin` everything, keys included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Read,
+    Write,
+    Mint,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Mint, Scope::Admin];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Mint => "mint",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.name() == name)
+    }
+}
+
+/// An API key as stored: its id, what it may do, and the SHA-256 of its secret, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Public: printed by `wallex keys list`, written in logs and audit records.
+    pub id: String,
+    pub name: Option<String>,
+    /// In `Scope` order, no duplicates.
+    pub scopes: Vec<Scope>,
+    /// The only owner whose wallets the key sees and moves; `None`: every owner's.
+    pub owner_id: Option<wallex_engine::OwnerId>,
+    pub secret_hash: [u8; 32],
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// Where API keys live: in the ledger's own store, so every instance sees a revocation.
+pub trait KeyStore: Clone + Send + Sync + 'static {
+    /// Stores a new key; `Refused` if its id exists.
+    fn create_key(&self, key: &ApiKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The key with this id, revoked or not.
+    fn api_key(&self, id: &str) -> impl Future<Output = Result<Option<ApiKey>, StoreError>> + Send;
+
+    /// Every key, by id.
+    fn api_keys(&self) -> impl Future<Output = Result<Vec<ApiKey>, StoreError>> + Send;
+
+    /// Revokes the key at `at`; `false` if there is no such key or it was revoked already.
+    fn revoke_key(&self, id: &str, at: Timestamp) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}

@@ -10,7 +10,7 @@ use wallex_engine::{
 };
 
 use wallex_pipeline::ports::{
-    Direction, LedgerEntry, OutboxMessage, OutboxPosition, StoreError, WalletSummary, WalletView,
+    ApiKey, Direction, LedgerEntry, OutboxMessage, OutboxPosition, Scope, StoreError, WalletSummary, WalletView,
 };
 
 /// A driver error as the pipeline sees it: a unique violation means the store refused the write
@@ -147,6 +147,47 @@ pub struct EntryRow {
 /// A memo's metadata as stored: a JSON object of strings, or NULL when there is none.
 pub(crate) fn metadata_text(memo: &Memo) -> Option<String> {
     (!memo.metadata.is_empty()).then(|| serde_json::to_string(&memo.metadata).expect("metadata serializes"))
+}
+
+/// A stored `api_keys` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct KeyRow {
+    pub key_id: String,
+    pub name: Option<String>,
+    pub scopes: String,
+    pub owner_id: Option<String>,
+    pub secret_hash: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl KeyRow {
+    pub(crate) fn into_key(self) -> Result<ApiKey, StoreError> {
+        let time = |micros: i64| uint(micros).map(Timestamp::from_unix_micros);
+        Ok(ApiKey {
+            id: self.key_id,
+            name: self.name,
+            scopes: scopes_from(&self.scopes)?,
+            owner_id: self.owner_id.as_deref().map(OwnerId::parse).transpose().map_err(corrupt)?,
+            secret_hash: self.secret_hash.try_into().map_err(|_| corrupt("a secret hash is 32 bytes"))?,
+            created_at: time(self.created_at)?,
+            expires_at: self.expires_at.map(time).transpose()?,
+            revoked_at: self.revoked_at.map(time).transpose()?,
+        })
+    }
+}
+
+/// Scopes as stored: their names, comma-separated.
+pub(crate) fn scopes_text(scopes: &[Scope]) -> String {
+    scopes.iter().map(|scope| scope.name()).collect::<Vec<_>>().join(",")
+}
+
+fn scopes_from(text: &str) -> Result<Vec<Scope>, StoreError> {
+    text.split(',')
+        .filter(|name| !name.is_empty())
+        .map(|name| Scope::parse(name).ok_or_else(|| corrupt(format!("scope {name}"))))
+        .collect()
 }
 
 /// A stored `wallet_summaries` row.

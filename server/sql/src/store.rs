@@ -26,14 +26,14 @@ use sqlx::{Arguments, Connection, Database, Encode, Executor, FromRow, IntoArgum
 use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
-    Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletOrder, WalletSummary,
-    WalletView,
+    ApiKey, Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, KeyStore, LedgerEntry, OutboxMessage,
+    OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletOrder,
+    WalletSummary, WalletView,
 };
 
 use crate::common::{
-    BacklogRow, CheckpointRow, EntryRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow, bound, corrupt, int,
-    store_error, uint,
+    BacklogRow, CheckpointRow, EntryRow, KeyRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow, bound,
+    corrupt, int, scopes_text, store_error, uint,
 };
 
 /// A store over one SQL database: PostgreSQL ([`crate::PostgresStore`]) or SQLite
@@ -172,11 +172,14 @@ pub trait Driver:
                        + for<'a> Bind<&'a str>
                        + Bind<String>
                        + for<'a> Bind<Option<&'a str>>
-                       + for<'a> Bind<&'a [u8]>,
+                       + for<'a> Bind<&'a [u8]>
+                       + Bind<Option<i64>>
+                       + Bind<Option<String>>,
         Row: DecodeRow<RecordRow>
                  + DecodeRow<WalletRow>
                  + DecodeRow<EntryRow>
                  + DecodeRow<SummaryRow>
+                 + DecodeRow<KeyRow>
                  + DecodeRow<OutboxRow>
                  + DecodeRow<BacklogRow>
                  + DecodeRow<(i64,)>
@@ -870,6 +873,48 @@ fn wallets_query<D: Dialect>(filter: &WalletFilter, limit: usize) -> Composed<D:
         }
     }
     query
+}
+
+impl<D: Dialect> KeyStore for SqlStore<D> {
+    async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let time = |at: Option<Timestamp>| at.map(|at| int(at.unix_micros()));
+        self.write(
+            "INSERT INTO api_keys (key_id, name, scopes, owner_id, secret_hash, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            Values::new()
+                .and(key.id.clone())
+                .and(key.name.clone())
+                .and(scopes_text(&key.scopes))
+                .and(key.owner_id.map(|owner| owner.as_str().to_owned()))
+                .and(&key.secret_hash[..])
+                .and(int(key.created_at.unix_micros()))
+                .and(time(key.expires_at))
+                .and(time(key.revoked_at)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let mut rows: Vec<KeyRow> =
+            self.read("SELECT * FROM api_keys WHERE key_id = $1", Values::new().and(id.to_owned())).await?;
+        rows.pop().map(KeyRow::into_key).transpose()
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows: Vec<KeyRow> = self.read("SELECT * FROM api_keys ORDER BY key_id", Values::new()).await?;
+        rows.into_iter().map(KeyRow::into_key).collect()
+    }
+
+    async fn revoke_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let changed = self
+            .write(
+                "UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2 AND revoked_at IS NULL",
+                Values::new().and(int(at.unix_micros())).and(id.to_owned()),
+            )
+            .await?;
+        Ok(changed == 1)
+    }
 }
 
 impl<D: Dialect> SqlStore<D> {

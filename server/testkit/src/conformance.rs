@@ -10,8 +10,9 @@ use wallex_engine::{
 
 use wallex_pipeline::codec::encode_event;
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, Direction, EntryCursor, EntryFilter, EventStore, OutboxMessage, OutboxPosition, Projection,
-    ProjectionStore, StoreError, StoredSnapshot, WalletCursor, WalletFilter, WalletOrder,
+    ApiKey, Applied, CommitBatch, Direction, EntryCursor, EntryFilter, EventStore, KeyStore, OutboxMessage,
+    OutboxPosition, Projection, ProjectionStore, Scope, StoreError, StoredSnapshot, WalletCursor, WalletFilter,
+    WalletOrder,
 };
 
 /// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch the writer would commit.
@@ -428,4 +429,34 @@ where
     store.project(Projection::Ledger, &first.events[2..]).await.unwrap();
     assert_eq!(requeue().await.unwrap(), 0, "fully projected: nothing to requeue");
     assert!(store.outbox_after(None, 10).await.unwrap().is_empty(), "the outbox stays empty");
+}
+
+/// The key store: a key reads back whole, ids are unique, revocation is once.
+pub async fn keys<S: KeyStore>(store: S) {
+    assert!(store.api_keys().await.unwrap().is_empty(), "an empty store has no keys");
+    let key = |id: &str, scopes: Vec<Scope>, owner: Option<&str>| ApiKey {
+        id: id.to_owned(),
+        name: owner.map(|owner| format!("{owner}'s key")),
+        scopes,
+        owner_id: owner.map(|owner| OwnerId::parse(owner).unwrap()),
+        secret_hash: [u8::try_from(id.len()).unwrap(); 32],
+        created_at: Timestamp::from_unix_micros(1_000),
+        expires_at: owner.map(|_| Timestamp::from_unix_micros(9_000)),
+        revoked_at: None,
+    };
+    let admin = key("k-admin", vec![Scope::Admin], None);
+    let owned = key("k-owned", vec![Scope::Read, Scope::Write, Scope::Mint], Some("alice"));
+    store.create_key(&owned).await.unwrap();
+    store.create_key(&admin).await.unwrap();
+    assert!(matches!(store.create_key(&admin).await, Err(StoreError::Refused(_))), "an id is unique");
+    assert_eq!(store.api_key("k-owned").await.unwrap(), Some(owned.clone()), "a key reads back whole");
+    assert_eq!(store.api_key("nope").await.unwrap(), None);
+    assert_eq!(store.api_keys().await.unwrap(), vec![admin.clone(), owned.clone()], "every key, by id");
+    let at = Timestamp::from_unix_micros(5_000);
+    assert!(store.revoke_key("k-owned", at).await.unwrap(), "revoked");
+    assert!(!store.revoke_key("k-owned", Timestamp::from_unix_micros(6_000)).await.unwrap(), "once");
+    assert!(!store.revoke_key("nope", at).await.unwrap(), "no such key");
+    let revoked = store.api_key("k-owned").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at), "the first revocation's time stays");
+    assert_eq!(store.api_key("k-admin").await.unwrap().unwrap().revoked_at, None, "others are untouched");
 }

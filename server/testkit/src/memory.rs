@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use wallex_engine::{CommandId, CommandRecord, Event, TransactionId, WalletId};
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EntryCursor, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage,
-    OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter,
-    WalletSummary, WalletView,
+    ApiKey, Applied, CommitBatch, EntryCursor, EntryFilter, EventStore, JournalEntry, KeyStore, LedgerEntry,
+    OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot,
+    WalletFilter, WalletSummary, WalletView,
 };
 
 /// How an injected commit failure behaves.
@@ -32,6 +32,7 @@ struct StoreState {
     outbox: BTreeMap<OutboxPosition, OutboxMessage>,
     snapshot: Option<StoredSnapshot>,
     read_side: ReadSide,
+    api_keys: BTreeMap<String, ApiKey>,
     faults: Vec<CommitFault>,
     commits: u64,
 }
@@ -303,6 +304,36 @@ impl ProjectionStore for MemoryStore {
 
     async fn search_wallets(&self, filter: &WalletFilter, limit: usize) -> Result<Vec<WalletView>, StoreError> {
         Ok(self.lock().read_side.search_wallets(filter, limit))
+    }
+}
+
+impl KeyStore for MemoryStore {
+    async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.api_keys.contains_key(&key.id) {
+            return Err(StoreError::Refused(format!("key {} exists", key.id)));
+        }
+        state.api_keys.insert(key.id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.lock().api_keys.get(id).cloned())
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        Ok(self.lock().api_keys.values().cloned().collect())
+    }
+
+    async fn revoke_key(&self, id: &str, at: wallex_engine::Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.api_keys.get_mut(id) {
+            Some(key) if key.revoked_at.is_none() => {
+                key.revoked_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 
