@@ -13,6 +13,7 @@
 //! turns requests into typed values, `wire` holds every JSON shape, `reply` turns a command's
 //! outcome into a response and `problem` every error into RFC 9457 problem details.
 
+pub mod auth;
 mod extract;
 mod holds;
 mod ledger;

@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod keys;
 
 use std::sync::Arc;
 
@@ -37,6 +38,11 @@ enum Commands {
     Config(ConfigArgs),
     /// Runs a short tour of the ledger engine in memory and prints what it decided.
     Demo,
+    /// Manages API keys in the configured store: `create`, `list`, `revoke`.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +50,31 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Commands::Demo => {
             print!("{}", demo::run()?);
+            Ok(())
+        }
+        Commands::Keys { command } => {
+            let config = load(command.config())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let out = runtime.block_on(async {
+                match &config.store.database_url {
+                    Some(url) => {
+                        let store = PostgresStore::connect(url).await.context("connecting to PostgreSQL")?;
+                        let out = keys::run(&store, command).await;
+                        store.close().await;
+                        out
+                    }
+                    None => {
+                        let data_dir = &config.store.data_dir;
+                        let store = SqliteStore::open(data_dir)
+                            .await
+                            .with_context(|| format!("opening {}", data_dir.display()))?;
+                        let out = keys::run(&store, command).await;
+                        store.close().await;
+                        out
+                    }
+                }
+            })?;
+            print!("{out}");
             Ok(())
         }
         Commands::Config(args) => {
