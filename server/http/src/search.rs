@@ -107,32 +107,16 @@ fn parse_time(field: &str, text: Option<&str>) -> Result<Option<Timestamp>, Prob
     Ok(parse_instant(field, text)?.map(Timestamp::from_unix_micros))
 }
 
-/// The `Link` header of a page whose next one starts after `cursor`: the same query with `cursor`
-/// replaced.
-fn link(path: &str, query: &[(&str, String)], cursor: &str) -> HeaderValue {
-    let mut serializer = form_urlencoded_pairs(query);
-    serializer.push(("cursor".to_owned(), cursor.to_owned()));
-    let encoded: Vec<String> =
-        serializer.iter().map(|(key, value)| format!("{key}={}", percent_encode(value))).collect();
-    HeaderValue::from_str(&format!("<{path}?{}>; rel=\"next\"", encoded.join("&")))
-        .expect("encoded links are visible ASCII")
-}
-
-fn form_urlencoded_pairs(query: &[(&str, String)]) -> Vec<(String, String)> {
-    query.iter().filter(|(key, _)| *key != "cursor").map(|(key, value)| ((*key).to_owned(), value.clone())).collect()
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+/// The `Link` header of a page whose next one starts after `cursor`: the same filters (those
+/// given), form-encoded, and the cursor.
+fn link<'a>(path: &str, filters: impl IntoIterator<Item = (&'a str, Option<String>)>, cursor: String) -> HeaderValue {
+    let pairs: Vec<(&str, String)> = filters
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|value| (key, value)))
+        .chain([("cursor", cursor)])
+        .collect();
+    let query = serde_urlencoded::to_string(pairs).expect("string pairs always encode");
+    HeaderValue::from_str(&format!("<{path}?{query}>; rel=\"next\"")).expect("encoded links are visible ASCII")
 }
 
 #[utoipa::path(get, path = "/wallets", params(
@@ -215,7 +199,7 @@ pub(crate) async fn list_wallets<S: Queries>(
             WalletOrder::Id => last.wallet_id.to_string(),
             _ => format!("{}:{}", filter.key(last), last.wallet_id),
         };
-        let pairs: Vec<(&str, String)> = [
+        let filters = [
             ("ownerId", query.owner_id),
             ("currency", query.currency),
             ("minBalance", query.min_balance),
@@ -226,11 +210,8 @@ pub(crate) async fn list_wallets<S: Queries>(
             ("sort", query.sort),
             ("order", query.order),
             ("limit", Some(limit.to_string())),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| value.map(|value| (key, value)))
-        .collect();
-        response.headers_mut().insert(header::LINK, link("/wallets", &pairs, &cursor));
+        ];
+        response.headers_mut().insert(header::LINK, link("/wallets", filters, cursor));
     }
     if behind > 0 {
         response.headers_mut().insert(crate::ledger::BEHIND, HeaderValue::from(behind as u64));
@@ -356,7 +337,7 @@ pub(crate) async fn transactions<S: Queries>(
     };
     let mut response = Json(body).into_response();
     if let Some(cursor) = next_cursor {
-        let pairs: Vec<(&str, String)> = [
+        let filters = [
             ("walletId", query.wallet_id),
             ("transactionType", query.transaction_type),
             ("type", query.entry_type),
@@ -369,11 +350,8 @@ pub(crate) async fn transactions<S: Queries>(
             ("description", query.description),
             ("metadata", query.metadata),
             ("limit", Some(limit.to_string())),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| value.map(|value| (key, value)))
-        .collect();
-        response.headers_mut().insert(header::LINK, link("/ledger/transactions", &pairs, &cursor));
+        ];
+        response.headers_mut().insert(header::LINK, link("/ledger/transactions", filters, cursor));
     }
     if behind > 0 {
         response.headers_mut().insert(crate::ledger::BEHIND, HeaderValue::from(behind as u64));
