@@ -43,7 +43,7 @@ use wallex_pipeline::{CommandSender, PipelineStats, SystemClock};
 pub use operations::install_metrics;
 pub use problem::Problem;
 pub use queries::Queries;
-pub use wire::{EventJson, WalletJson};
+pub use wire::{EventJson, WalletJson, time as rfc3339};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -14,7 +14,7 @@ use wallex_engine::{Event, EventKind, Hold, HoldStatus, Memo, Timestamp};
 use wallex_pipeline::ports::{Direction, LedgerEntry, WalletSummary, WalletView};
 
 /// An instant as RFC 3339 in UTC, to the microsecond.
-pub(crate) fn time(at: Timestamp) -> String {
+pub fn time(at: Timestamp) -> String {
     let micros = i64::try_from(at.unix_micros()).unwrap_or(i64::MAX);
     jiff::Timestamp::from_microsecond(micros).map_or_else(|_| micros.to_string(), |t| t.to_string())
 }

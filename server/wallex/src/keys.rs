@@ -56,11 +56,6 @@ fn now() -> Timestamp {
     Timestamp::from_unix_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
 
-fn time(at: Timestamp) -> String {
-    let micros = i64::try_from(at.unix_micros()).unwrap_or(i64::MAX);
-    jiff::Timestamp::from_microsecond(micros).map_or_else(|_| micros.to_string(), |at| at.to_string())
-}
-
 /// Carries out `command` on `store`; what it prints is the command's whole output.
 pub async fn run<S: KeyStore>(store: &S, command: KeysCommand) -> anyhow::Result<String> {
     match command {
@@ -103,9 +98,9 @@ pub async fn run<S: KeyStore>(store: &S, command: KeysCommand) -> anyhow::Result
                     key.name.as_deref().unwrap_or("-"),
                     scopes.join(","),
                     key.owner_id.map_or_else(|| "-".to_owned(), |owner| owner.to_string()),
-                    time(key.created_at),
-                    key.expires_at.map_or_else(|| "-".to_owned(), time),
-                    key.revoked_at.map_or_else(|| "-".to_owned(), time),
+                    wallex_http::rfc3339(key.created_at),
+                    key.expires_at.map_or_else(|| "-".to_owned(), wallex_http::rfc3339),
+                    key.revoked_at.map_or_else(|| "-".to_owned(), wallex_http::rfc3339),
                 ));
             }
             Ok(out)
