@@ -53,9 +53,8 @@ fn parse_metadata(text: Option<&str>) -> Result<Option<(String, String)>, Proble
     let Some(text) = text else { return Ok(None) };
     let (key, value) = text.split_once(':').ok_or_else(|| invalid("metadata is key:value"))?;
     Metadata::check_key(key)
-        .map_err(|error| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("metadata: {error}")))?;
-    Metadata::check_value(value)
-        .map_err(|error| Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("metadata: {error}")))?;
+        .and_then(|()| Metadata::check_value(value))
+        .map_err(|error| invalid(format!("metadata: {error}")))?;
     Ok(Some((key.to_owned(), value.to_owned())))
 }
 
