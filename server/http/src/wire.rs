@@ -484,17 +484,12 @@ pub(crate) struct TransactionEntryJson {
 pub(crate) const TRANSACTION_TYPES: [&str; 6] =
     ["CREDIT", "DEBIT", "TRANSFER_OUT", "TRANSFER_IN", "HOLD_CAPTURE", "HOLD_CAPTURE_IN"];
 
-/// The Wallex entry types of the original service's transaction type.
-pub(crate) fn entry_types(transaction_type: &str) -> Option<&'static [&'static str]> {
-    Some(match transaction_type {
-        "CREDIT" => &["wallet_created", "credited"],
-        "DEBIT" => &["debited"],
-        "TRANSFER_OUT" => &["transfer_sent"],
-        "TRANSFER_IN" => &["transfer_received"],
-        "HOLD_CAPTURE" => &["hold_captured"],
-        "HOLD_CAPTURE_IN" => &["capture_received"],
-        _ => return None,
-    })
+/// The Wallex entry types of the original service's transaction type (`transaction_type` read
+/// backwards), or `None` for a type it does not have.
+pub(crate) fn entry_types(original: &str) -> Option<Vec<&'static str>> {
+    TRANSACTION_TYPES
+        .contains(&original)
+        .then(|| ENTRY_TYPES.into_iter().filter(|entry_type| transaction_type(entry_type) == original).collect())
 }
 
 /// Every Wallex entry type (a ledger entry is a posting's side).
