@@ -55,6 +55,7 @@ pub fn new_key(
         created_at: now,
         expires_at,
         revoked_at: None,
+        first_used_at: None,
     };
     Ok(NewKey { key, secret })
 }

@@ -10,10 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use wallex_engine::{
-    Amount, CommandId, CorrelationId, Currency, Description, HoldId, Memo, Metadata, ParseError, Reference, Timestamp,
-    WalletId,
+    Amount, CommandId, CorrelationId, Currency, Description, HoldId, Memo, Metadata, OwnerId, ParseError, Reference,
+    Timestamp, WalletId,
 };
 
+use crate::access::Caller;
 use crate::{AppState, DEFAULT_PAGE, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE, Problem};
 
 /// A JSON body whose every failure (syntax, unknown field, wrong type, size, content type) is a
@@ -268,11 +269,11 @@ pub(crate) fn page_size(limit: Option<usize>) -> Result<usize, Problem> {
     }
 }
 
-/// The command id for a request: derived from its `Idempotency-Key`, or fresh without one.
-/// The command id of a POST: from its `Idempotency-Key`, or a fresh random one when it has none and
-/// the server does not require one (`required`: 428 without it, so no client can send a money
-/// movement it could not safely retry).
-pub(crate) fn command_id(headers: &HeaderMap, required: bool) -> Result<CommandId, Problem> {
+/// The command id of a POST: from its `Idempotency-Key` in the caller's namespace (its key id), or a
+/// fresh random one when it has none and the server does not require one (`required`: 428 without
+/// it, so no client can send a money movement it could not safely retry). Two keys sending the
+/// same `Idempotency-Key` send two commands: neither can read or block the other's.
+pub(crate) fn command_id(headers: &HeaderMap, required: bool, caller: &Caller) -> Result<CommandId, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         if required {
             return Err(Problem::new(
@@ -296,29 +297,54 @@ pub(crate) fn command_id(headers: &HeaderMap, required: bool) -> Result<CommandI
                 format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters, no spaces"),
             )
         })?;
+    // Development mode's namespace is empty, which keeps the ids clients had before keys. A key's
+    // ends in a NUL, which no header value holds, so no namespace is a prefix of another's input.
     let mut input = b"wallex/idempotency-key/".to_vec();
+    let namespace = caller.idempotency_namespace();
+    if !namespace.is_empty() {
+        input.extend_from_slice(namespace.as_bytes());
+        input.push(0);
+    }
     input.extend_from_slice(key.as_bytes());
     Ok(CommandId(xxhash_rust::xxh3::xxh3_128(&input)))
 }
 
 impl<S: crate::Queries> AppState<S> {
-    /// The currency of an existing wallet: every acknowledged wallet is in the committed view or
-    /// the read model, and its currency never changes, so it is cached after the first lookup.
-    async fn currency_of(&self, wallet_id: WalletId) -> Result<Currency, Problem> {
-        if let Some(currency) = self.currencies.read().expect("lock").get(&wallet_id) {
-            return Ok(*currency);
+    /// The currency and owner of an existing wallet (`None`: no such wallet): every acknowledged
+    /// wallet is in the committed view or the read model, and neither fact ever changes, so they
+    /// are cached after the first lookup.
+    pub(crate) async fn facts_of(&self, wallet_id: WalletId) -> Result<Option<(Currency, OwnerId)>, Problem> {
+        if let Some(facts) = self.facts.read().expect("lock").get(&wallet_id) {
+            return Ok(Some(*facts));
         }
-        let wallet = self.committed_wallet(&wallet_id).await?;
-        let wallet = wallet.ok_or_else(|| Problem::rejection(wallex_engine::Rejection::WalletNotFound))?;
-        self.currencies.write().expect("lock").insert(wallet_id, wallet.currency);
-        Ok(wallet.currency)
+        let Some(wallet) = self.committed_wallet(&wallet_id).await? else { return Ok(None) };
+        let facts = (wallet.currency, wallet.owner_id);
+        self.facts.write().expect("lock").insert(wallet_id, facts);
+        Ok(Some(facts))
+    }
+
+    /// 404 `wallet_not_found` unless the wallet exists and `caller` may see it: a wallet of
+    /// another owner is answered exactly as one that does not exist, so ids do not leak.
+    pub(crate) async fn visible(&self, caller: &Caller, wallet_id: WalletId) -> Result<(), Problem> {
+        if caller.owner().is_none() {
+            return Ok(());
+        }
+        match self.facts_of(wallet_id).await? {
+            Some((_, owner)) if caller.sees(owner) => Ok(()),
+            _ => Err(Problem::rejection(wallex_engine::Rejection::WalletNotFound)),
+        }
     }
 
     /// The currency a request's amount is in: the one it names, or its wallet's.
     pub(crate) async fn request_currency(&self, named: Option<&str>, wallet_id: WalletId) -> Result<Currency, Problem> {
         match parse_currency(named)? {
             Some(currency) => Ok(currency),
-            None => self.currency_of(wallet_id).await,
+            None => {
+                let facts = self.facts_of(wallet_id).await?;
+                facts
+                    .map(|(currency, _)| currency)
+                    .ok_or_else(|| Problem::rejection(wallex_engine::Rejection::WalletNotFound))
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use wallex_engine::Reference;
 
+use crate::access::Caller;
 use crate::extract::{Params, PathId, page_size, parse_instant, parse_wallet};
 use crate::problem::{ProblemJson, store_problem};
 use crate::wire::{
@@ -20,10 +21,12 @@ use crate::{MAX_PAGE, Problem, Queries, Shared};
         headers(("wallex-behind" = u64, description = "Present when the wait ran out: how many committed versions of the wallet the answer lacks")))))]
 pub(crate) async fn ledger<S: Queries>(
     State(state): Shared<S>,
+    caller: Caller,
     PathId(id): PathId,
     Params(query): Params<LedgerQuery>,
 ) -> Result<Response, Problem> {
     let wallet_id = parse_wallet("walletId", &id)?;
+    state.visible(&caller, wallet_id).await?;
     let limit = page_size(query.limit)?;
     if let Some(kind) = query.transaction_type.as_deref()
         && !TRANSACTION_TYPES.contains(&kind)
@@ -84,8 +87,13 @@ pub(crate) async fn ledger<S: Queries>(
 #[utoipa::path(get, path = "/ledger/wallet/{id}/summary", params(("id" = String, Path)),
     responses((status = 200, description = "The wallet's ledger in sums (kept as entries are written, never computed by scanning them), with every entry the wallet had committed when the request arrived unless the bounded wait ran out", body = SummaryJson,
         headers(("wallex-behind" = u64, description = "Present when the wait ran out: how many committed versions of the wallet the answer lacks")))))]
-pub(crate) async fn summary<S: Queries>(State(state): Shared<S>, PathId(id): PathId) -> Result<Response, Problem> {
+pub(crate) async fn summary<S: Queries>(
+    State(state): Shared<S>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Response, Problem> {
     let wallet_id = parse_wallet("walletId", &id)?;
+    state.visible(&caller, wallet_id).await?;
     let behind = caught_up(&state, &wallet_id).await?;
     let summary = state.store.wallet_summary(&wallet_id).await.map_err(store_problem)?;
     let last = match &summary {
@@ -105,13 +113,24 @@ pub(crate) async fn summary<S: Queries>(State(state): Shared<S>, PathId(id): Pat
         headers(("wallex-behind" = u64, description = "Present when the bounded wait ran out")))))]
 pub(crate) async fn by_reference<S: Queries>(
     State(state): Shared<S>,
+    caller: Caller,
     PathId(id): PathId,
     Params(query): Params<ReferenceQuery>,
 ) -> Result<Response, Problem> {
     let reference = Reference::parse(&id).map_err(|error| Problem::field("referenceId", &error))?;
     let limit = page_size(query.limit)?;
     let behind = crate::search::wait_for_position(&state, query.after).await;
-    let entries = state.store.entries_by_reference(&reference, limit).await.map_err(store_problem)?;
+    let mut entries = state.store.entries_by_reference(&reference, limit).await.map_err(store_problem)?;
+    // An owner's key sees its own wallets' legs alone.
+    if caller.owner().is_some() {
+        let mut seen = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if state.visible(&caller, entry.wallet_id).await.is_ok() {
+                seen.push(entry);
+            }
+        }
+        entries = seen;
+    }
     let mut response = Json(ReferenceJson {
         reference_id: reference.to_string(),
         count: entries.len(),
@@ -154,10 +173,12 @@ async fn caught_up<S: Queries>(
     responses((status = 200, description = "The wallet's events in version order", body = Page<EventJson>)))]
 pub(crate) async fn wallet_events<S: Queries>(
     State(state): Shared<S>,
+    caller: Caller,
     PathId(id): PathId,
     Params(query): Params<EventsQuery>,
 ) -> Result<Json<Page<EventJson>>, Problem> {
     let wallet_id = parse_wallet("walletId", &id)?;
+    state.visible(&caller, wallet_id).await?;
     let limit = page_size(query.limit)?;
     // The cursor is the last version seen, and a client may send any number: past the largest
     // version the page is empty, and the range ends there rather than overflowing.
@@ -177,10 +198,12 @@ pub(crate) async fn wallet_events<S: Queries>(
     responses((status = 200, description = "The balance as of that version", body = BalanceJson), (status = 404, description = "version_not_found", body = ProblemJson)))]
 pub(crate) async fn balance_at<S: Queries>(
     State(state): Shared<S>,
+    caller: Caller,
     PathId(id): PathId,
     Params(query): Params<BalanceQuery>,
 ) -> Result<Json<BalanceJson>, Problem> {
     let wallet_id = parse_wallet("walletId", &id)?;
+    state.visible(&caller, wallet_id).await?;
     let events = state.store.wallet_events(&wallet_id, query.version, query.version).await.map_err(store_problem)?;
     let event = events.first().ok_or_else(|| {
         Problem::new(

@@ -13,6 +13,8 @@
 //! turns requests into typed values, `wire` holds every JSON shape, `reply` turns a command's
 //! outcome into a response and `problem` every error into RFC 9457 problem details.
 
+pub mod access;
+mod admin;
 pub mod auth;
 mod extract;
 mod holds;
@@ -36,7 +38,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use wallex_engine::{Currency, Timestamp, WalletId};
+use wallex_engine::{Currency, OwnerId, Timestamp, WalletId};
 use wallex_pipeline::ports::{Bus, BusError, Clock};
 use wallex_pipeline::{CommandSender, PipelineStats, SystemClock};
 
@@ -68,8 +70,8 @@ pub struct AppState<S> {
     pub stats: Arc<PipelineStats>,
     /// The bus's name in health answers (`kafka`, `in-process`).
     pub bus_name: &'static str,
-    /// Wallet currencies never change, so they are cached after the first lookup.
-    currencies: RwLock<BTreeMap<WalletId, Currency>>,
+    /// A wallet's currency and owner never change, so they are cached after the first lookup.
+    facts: RwLock<BTreeMap<WalletId, (Currency, OwnerId)>>,
     /// Consumer lag, when the bus is known (see `with_bus`).
     lag: Option<Arc<dyn LagProbe>>,
     /// The time for answers that depend on it (outbox age); the wall clock unless `with_clock`.
@@ -78,6 +80,8 @@ pub struct AppState<S> {
     require_idempotency_key: bool,
     /// How many API requests run at once, and how long one may take; see `with_limits`.
     limits: Limits,
+    /// API keys, rate limits and the audit trail; development mode without `with_keys`.
+    access: access::Access,
 }
 
 /// Bounds on the API's requests, so that overload is refused early instead of queueing without
@@ -134,12 +138,25 @@ impl<S> AppState<S> {
             store,
             stats,
             bus_name,
-            currencies: RwLock::new(BTreeMap::new()),
+            facts: RwLock::new(BTreeMap::new()),
             lag: None,
             clock: Arc::new(SystemClock),
             require_idempotency_key: false,
             limits: Limits::default(),
+            access: access::Access::default(),
         }
+    }
+
+    /// Checks API keys from `keys` (the ledger's store), limiting each key at `rates`. Until the
+    /// store holds a key the server stays in development mode (see [`access`]).
+    pub fn with_keys(mut self, keys: impl access::Keys + 'static, rates: access::RateLimits) -> AppState<S> {
+        self.access = access::Access::new(Some(Arc::new(keys)), rates);
+        self
+    }
+
+    /// Whether requests must carry an API key now (the store holds one).
+    pub async fn requires_keys(&self) -> Result<bool, wallex_pipeline::ports::StoreError> {
+        self.access.enforcing().await
     }
 
     /// Bounds concurrency and time per API request (see [`Limits`]).
@@ -190,10 +207,26 @@ impl<S: Queries> AppState<S> {
     }
 }
 
-/// The router, with body limit, request limits and request tracing.
+/// The router, with every route on one listener: the API, and the operational routes (those but
+/// `/health/live`, `/health/ready` and `/openapi.json` need a key with `read` once keys exist).
 pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
+    let ops = operational(&state);
+    let authenticated = ops.route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate::<S>));
+    finish(api(&state).merge(authenticated).merge(open()), state)
+}
+
+/// The API and the open probes for the main listener, and the operational routes (all open) for a
+/// listener of their own (`http.ops_listen`), which only the operators' network should reach.
+pub fn split_routers<S: Queries>(state: Arc<AppState<S>>) -> (Router, Router) {
+    let main = finish(api(&state).merge(open()), state.clone());
+    let ops = finish(operational(&state).merge(open()), state);
+    (main, ops)
+}
+
+/// The API routes, authenticated and bounded (see [`Limits`]).
+fn api<S: Queries>(state: &Arc<AppState<S>>) -> Router<Arc<AppState<S>>> {
     let limits = state.limits;
-    let api = Router::new()
+    Router::new()
         .route("/wallets", post(wallets::create_wallet::<S>).get(search::list_wallets::<S>))
         .route("/wallets/{id}", get(wallets::get_wallet::<S>))
         .route("/wallets/{id}/credit", post(wallets::credit::<S>))
@@ -209,6 +242,12 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
         .route("/ledger/wallet/{id}/summary", get(ledger::summary::<S>))
         .route("/ledger/reference/{id}", get(ledger::by_reference::<S>))
         .route("/ledger/transactions", get(search::transactions::<S>))
+        .route("/admin/keys", get(admin::list_keys::<S>).post(admin::create_key::<S>))
+        .route("/admin/keys/{id}/revoke", post(admin::revoke_key::<S>))
+        .route("/admin/audit", get(admin::audit_trail::<S>))
+        // Inside the limits: a request is authenticated (and its scope and rate checked) before
+        // its route reads anything.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate::<S>))
         // Outermost first: an overloaded or timed-out request becomes a problem; beyond
         // `max_concurrent` running requests a new one is shed at once, never queued.
         .route_layer(
@@ -218,16 +257,29 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
                 // One semaphore for every route: the layer is applied to each route separately.
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_concurrent))
                 .timeout(limits.timeout),
-        );
+        )
+}
+
+/// The operational routes that show the whole service: health in detail, the bus, metrics.
+fn operational<S: Queries>(_state: &Arc<AppState<S>>) -> Router<Arc<AppState<S>>> {
     Router::new()
-        .merge(api)
         .route("/health", get(operations::health::<S>))
-        .route("/health/live", get(operations::live))
-        .route("/health/ready", get(operations::ready::<S>))
         .route("/health/kafka", get(operations::bus_health::<S>))
         .route("/health/kafka/stats", get(operations::bus_stats::<S>))
         .route("/metrics", get(operations::prometheus::<S>))
+}
+
+/// What any listener answers without credentials: liveness, readiness and the API's document.
+fn open<S: Queries>() -> Router<Arc<AppState<S>>> {
+    Router::new()
+        .route("/health/live", get(operations::live))
+        .route("/health/ready", get(operations::ready::<S>))
         .route("/openapi.json", get(openapi::openapi))
+}
+
+/// The fallbacks, body limit, panic guard, tracing and correlation ids every listener has.
+fn finish<S: Queries>(routes: Router<Arc<AppState<S>>>, state: Arc<AppState<S>>) -> Router {
+    routes
         // Added after the routes, since it applies to the routes registered so far; axum still
         // sets the `Allow` header on the answer.
         .method_not_allowed_fallback(|| async {
@@ -237,7 +289,7 @@ pub fn router<S: Queries>(state: Arc<AppState<S>>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Inside the trace layer, so the trace records the 500 a panic became.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(problem::panicked))
-        // Every request's trace carries its correlation id.
+        // Every request's trace carries its correlation id (never its credentials).
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let correlation = request.headers().get(CORRELATION_ID).and_then(|value| value.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %request.method(), uri = %request.uri(), correlation_id = %correlation)

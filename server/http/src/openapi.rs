@@ -25,6 +25,7 @@ use wallex_engine::{Currency, Description, ID_MAX_BYTES, Metadata, Reference};
 
 // utoipa tags each operation with the module path it is named by in `paths(...)`; naming the
 // handlers' generated path types directly keeps the operations untagged, as published.
+use crate::admin::{__path_audit_trail, __path_create_key, __path_list_keys, __path_revoke_key};
 use crate::holds::{__path_capture_hold, __path_get_hold, __path_place_hold, __path_void_hold};
 use crate::ledger::{__path_balance_at, __path_by_reference, __path_ledger, __path_summary, __path_wallet_events};
 use crate::problem::{ProblemJson, RETRY_AFTER_SECONDS};
@@ -52,7 +53,11 @@ use crate::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE};
         ledger,
         summary,
         by_reference,
-        transactions
+        transactions,
+        list_keys,
+        create_key,
+        revoke_key,
+        audit_trail
     ),
     components(schemas(ProblemJson))
 )]
@@ -215,6 +220,15 @@ fn field_schema(name: &str, query: bool) -> Option<Value> {
             },
             "description": "Flat string metadata",
         }),
+        "scopes" => json!({
+            "type": "array",
+            "minItems": 1,
+            "items": { "type": "string", "enum": ["read", "write", "mint", "admin"] },
+        }),
+        "name" => {
+            json!({ "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$" })
+        }
+        "before" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_QUERY_VERSION }),
         "expiresAt" | "from" | "to" | "startDate" | "endDate" => json!({ "type": "string", "format": "date-time" }),
         "transactionType" => json!({ "type": "string", "enum": crate::wire::TRANSACTION_TYPES }),
         "type" => json!({ "type": "string", "enum": crate::wire::ENTRY_TYPES }),
@@ -265,13 +279,21 @@ fn exact(document: &mut Value) {
         "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "const": RETRY_AFTER_SECONDS } },
     });
 
+    let mut limited = problem("rate_limited: the key is over its rate; nothing was done");
+    limited["headers"] = json!({
+        "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "minimum": 1 } },
+        "RateLimit-Policy": { "description": "The key's bucket: `\"key\";q=<burst>;w=<seconds>`", "schema": { "type": "string" } },
+        "RateLimit": { "description": "What is left of it: `\"key\";r=<remaining>;t=<seconds>`", "schema": { "type": "string" } },
+    });
+
     let paths = document["paths"].as_object_mut().expect("paths");
     for (path, item) in paths.iter_mut() {
         // Every route that names a wallet or a hold answers 404 when there is none, except the
         // ledger, whose page for an unknown wallet is empty.
         let names_one = path.contains("{id}") && !path.starts_with("/ledger/");
         for (method, operation) in item.as_object_mut().expect("a path item").iter_mut() {
-            let post = method == "post";
+            // A POST that submits a command (not the administration's).
+            let post = method == "post" && !path.starts_with("/admin");
             let parameters = operation["parameters"].as_array_mut().map(std::mem::take).unwrap_or_default();
             let mut parameters: Vec<Value> = parameters
                 .into_iter()
@@ -324,13 +346,36 @@ fn exact(document: &mut Value) {
                     ("428", problem("idempotency_key_required, when the server requires keys")),
                 ]);
             }
+            common.extend(credentials(limited.clone()));
             for (status, response) in common {
                 responses.entry(status).or_insert(response);
             }
+            operation["security"] = json!([{ "bearer": [] }]);
         }
     }
     links(paths);
-    operational_routes(paths);
+    operational_routes(paths, &limited);
+    document["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key's secret (`wallex keys create`, `POST /admin/keys`). A server whose store \
+                            holds no key runs in development mode, on loopback only, and needs none.",
+        },
+    });
+}
+
+/// What every route that needs a key may answer besides its own.
+fn credentials(limited: Value) -> [(&'static str, Value); 3] {
+    let mut unauthenticated = problem("unauthenticated (no key), invalid_credentials, key_revoked or key_expired");
+    unauthenticated["headers"] = json!({
+        "WWW-Authenticate": { "description": "`Bearer`", "schema": { "type": "string" } },
+    });
+    [
+        ("401", unauthenticated),
+        ("403", problem("forbidden: the key lacks the scope, or the owner, this request needs")),
+        ("429", limited),
+    ]
 }
 
 /// What a created wallet or hold leads to, for clients and for schemathesis' stateful phase.
@@ -348,8 +393,9 @@ fn links(paths: &mut serde_json::Map<String, Value>) {
     paths["/wallets/{id}/holds"]["post"]["responses"]["201"]["links"] = to(&hold, "$response.body#/events/0/holdId");
 }
 
-/// Health, metrics and this document.
-fn operational_routes(paths: &mut serde_json::Map<String, Value>) {
+/// Health, metrics and this document. Liveness, readiness and this document are open; the rest need
+/// a key with `read` bound to no owner (unless served on `http.ops_listen`, where all are open).
+fn operational_routes(paths: &mut serde_json::Map<String, Value>, limited: &Value) {
     let object = |description: &str| json!({ "description": description, "content": { "application/json": { "schema": { "type": "object" } } } });
     let check = |summary: &str, ok: &str| {
         json!({ "get": {
@@ -385,4 +431,20 @@ fn operational_routes(paths: &mut serde_json::Map<String, Value>) {
         "/openapi.json".to_owned(),
         json!({ "get": { "summary": "This document", "responses": { "200": object("OpenAPI 3.1") } } }),
     );
+    for (path, item) in paths.iter_mut() {
+        let open = matches!(path.as_str(), "/health/live" | "/health/ready" | "/openapi.json");
+        if !(path.starts_with("/health") || path == "/metrics" || open) {
+            continue;
+        }
+        let operation = &mut item["get"];
+        if open {
+            operation["security"] = json!([]);
+            continue;
+        }
+        operation["security"] = json!([{ "bearer": [] }]);
+        let responses = operation["responses"].as_object_mut().expect("responses");
+        for (status, response) in credentials(limited.clone()) {
+            responses.entry(status).or_insert(response);
+        }
+    }
 }

@@ -16,6 +16,7 @@ use rust_decimal::prelude::ToPrimitive;
 use wallex_engine::{Currency, Metadata, OwnerId, Reference, Timestamp, TransactionId};
 use wallex_pipeline::ports::{EntryCursor, EntryFilter, WalletCursor, WalletFilter, WalletOrder};
 
+use crate::access::Caller;
 use crate::extract::{Params, page_size, parse_currency, parse_instant, parse_wallet};
 use crate::problem::{ProblemJson, store_problem};
 use crate::wire::{
@@ -137,11 +138,24 @@ fn link<'a>(path: &str, filters: impl IntoIterator<Item = (&'a str, Option<Strin
         (status = 422, description = "currency_required (a balance bound without its currency) or invalid_cursor (a cursor of a list in another order)", body = ProblemJson)))]
 pub(crate) async fn list_wallets<S: Queries>(
     State(state): Shared<S>,
+    caller: Caller,
     Params(query): Params<ListQuery>,
 ) -> Result<Response, Problem> {
     let limit = page_size(query.limit)?;
     let owner_id =
         query.owner_id.as_deref().map(OwnerId::parse).transpose().map_err(|error| Problem::field("ownerId", &error))?;
+    // An owner's key lists its own wallets: the filter is its owner, and naming another is 403.
+    let owner_id = match (caller.owner(), owner_id) {
+        (Some(own), Some(named)) if own != named => {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this API key lists its own owner's wallets only",
+            ));
+        }
+        (Some(own), _) => Some(own),
+        (None, named) => named,
+    };
     let currency = parse_currency(query.currency.as_deref())?;
     let order = match query.sort.as_deref() {
         None | Some("walletId") => WalletOrder::Id,
@@ -239,9 +253,22 @@ pub(crate) async fn list_wallets<S: Queries>(
         (status = 422, description = "currency_required: an amount bound without its currency", body = ProblemJson)))]
 pub(crate) async fn transactions<S: Queries>(
     State(state): Shared<S>,
+    caller: Caller,
     Params(query): Params<TransactionsQuery>,
 ) -> Result<Response, Problem> {
     let limit = page_size(query.limit)?;
+    // An owner's key searches one of its own wallets at a time: every filter stays index-backed
+    // and no page holds another owner's entry.
+    if caller.owner().is_some() {
+        let Some(text) = query.wallet_id.as_deref() else {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "an API key bound to an owner searches one of its wallets at a time: walletId is required",
+            ));
+        };
+        state.visible(&caller, parse_wallet("walletId", text)?).await?;
+    }
     let mut types: Vec<&'static str> = Vec::new();
     if let Some(kind) = query.transaction_type.as_deref() {
         types.extend(

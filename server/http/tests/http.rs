@@ -32,9 +32,10 @@ struct Api {
 async fn api() -> Api {
     let (store, bus) = (MemoryStore::new(), InProcessBus::new());
     let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, PipelineConfig::default()).await.unwrap();
-    let state =
-        Arc::new(AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), "in-process").with_bus(bus));
-    Api { router: router(state), _pipeline: pipeline }
+    let state = AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), "in-process")
+        .with_bus(bus)
+        .with_keys(store, wallex_http::access::RateLimits::default());
+    Api { router: router(Arc::new(state)), _pipeline: pipeline }
 }
 
 struct Answer {

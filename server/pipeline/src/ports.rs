@@ -693,6 +693,33 @@ pub struct ApiKey {
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// When a request first authenticated with it (audited once, on whichever instance saw it).
+    pub first_used_at: Option<Timestamp>,
+}
+
+impl ApiKey {
+    /// Whether the key has `scope`: `admin` has every scope.
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.iter().any(|held| *held == scope || *held == Scope::Admin)
+    }
+}
+
+/// One entry of the append-only audit trail: who (a key's id, never its secret) did what to what,
+/// under which request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Assigned by the store, in append order; ignored when appending.
+    pub id: u64,
+    pub at: Timestamp,
+    /// The acting key; `None`: the command line, or a server in development mode.
+    pub actor: Option<String>,
+    /// What happened: `key_created`, `key_revoked`, `key_first_used`, `admin_request`.
+    pub action: String,
+    /// What it happened to: a key's id, a route.
+    pub target: Option<String>,
+    /// The request's correlation id, when a request did it.
+    pub request_id: Option<String>,
+    pub detail: Option<String>,
 }
 
 /// Where API keys live: in the ledger's own store, so every instance sees a revocation.
@@ -708,4 +735,19 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
 
     /// Revokes the key at `at`; `false` if there is no such key or it was revoked already.
     fn revoke_key(&self, id: &str, at: Timestamp) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records the key's first use at `at`; `true` only for the call that recorded it, so that of
+    /// several instances exactly one audits it.
+    fn mark_key_used(&self, id: &str, at: Timestamp) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Appends `record` to the audit trail (its `id` is assigned here). Nothing updates or deletes
+    /// the trail: the SQL stores refuse both by trigger.
+    fn append_audit(&self, record: &AuditRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// At most `limit` audit records with ids below `before` (all, without it), newest first.
+    fn audit_records(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
 }

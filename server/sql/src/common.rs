@@ -10,7 +10,8 @@ use wallex_engine::{
 };
 
 use wallex_pipeline::ports::{
-    ApiKey, Direction, LedgerEntry, OutboxMessage, OutboxPosition, Scope, StoreError, WalletSummary, WalletView,
+    ApiKey, AuditRecord, Direction, LedgerEntry, OutboxMessage, OutboxPosition, Scope, StoreError, WalletSummary,
+    WalletView,
 };
 
 /// A driver error as the pipeline sees it: a unique violation means the store refused the write
@@ -160,6 +161,7 @@ pub struct KeyRow {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    pub first_used_at: Option<i64>,
 }
 
 impl KeyRow {
@@ -174,6 +176,33 @@ impl KeyRow {
             created_at: time(self.created_at)?,
             expires_at: self.expires_at.map(time).transpose()?,
             revoked_at: self.revoked_at.map(time).transpose()?,
+            first_used_at: self.first_used_at.map(time).transpose()?,
+        })
+    }
+}
+
+/// A stored `audit_log` row.
+#[derive(Debug, sqlx::FromRow)]
+pub struct AuditRow {
+    pub audit_id: i64,
+    pub at: i64,
+    pub actor: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl AuditRow {
+    pub(crate) fn into_record(self) -> Result<AuditRecord, StoreError> {
+        Ok(AuditRecord {
+            id: uint(self.audit_id)?,
+            at: Timestamp::from_unix_micros(uint(self.at)?),
+            actor: self.actor,
+            action: self.action,
+            target: self.target,
+            request_id: self.request_id,
+            detail: self.detail,
         })
     }
 }

@@ -26,14 +26,14 @@ use sqlx::{Arguments, Connection, Database, Encode, Executor, FromRow, IntoArgum
 use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
-    ApiKey, Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, KeyStore, LedgerEntry, OutboxMessage,
-    OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletOrder,
-    WalletSummary, WalletView,
+    ApiKey, Applied, AuditRecord, CommitBatch, EntryFilter, EventStore, JournalEntry, KeyStore, LedgerEntry,
+    OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot,
+    WalletFilter, WalletOrder, WalletSummary, WalletView,
 };
 
 use crate::common::{
-    BacklogRow, CheckpointRow, EntryRow, KeyRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow, bound,
-    corrupt, int, scopes_text, store_error, uint,
+    AuditRow, BacklogRow, CheckpointRow, EntryRow, KeyRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow,
+    bound, corrupt, int, scopes_text, store_error, uint,
 };
 
 /// A store over one SQL database: PostgreSQL ([`crate::PostgresStore`]) or SQLite
@@ -180,6 +180,7 @@ pub trait Driver:
                  + DecodeRow<EntryRow>
                  + DecodeRow<SummaryRow>
                  + DecodeRow<KeyRow>
+                 + DecodeRow<AuditRow>
                  + DecodeRow<OutboxRow>
                  + DecodeRow<BacklogRow>
                  + DecodeRow<(i64,)>
@@ -914,6 +915,43 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
             )
             .await?;
         Ok(changed == 1)
+    }
+
+    async fn mark_key_used(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let changed = self
+            .write(
+                "UPDATE api_keys SET first_used_at = $1 WHERE key_id = $2 AND first_used_at IS NULL",
+                Values::new().and(int(at.unix_micros())).and(id.to_owned()),
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.write(
+            "INSERT INTO audit_log (at, actor, action, target, request_id, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            Values::new()
+                .and(int(record.at.unix_micros()))
+                .and(record.actor.clone())
+                .and(record.action.clone())
+                .and(record.target.clone())
+                .and(record.request_id.clone())
+                .and(record.detail.clone()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn audit_records(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let before = before.map_or(i64::MAX, int);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<AuditRow> = self
+            .read(
+                "SELECT * FROM audit_log WHERE audit_id < $1 ORDER BY audit_id DESC LIMIT $2",
+                Values::new().and(before).and(limit),
+            )
+            .await?;
+        rows.into_iter().map(AuditRow::into_record).collect()
     }
 }
 

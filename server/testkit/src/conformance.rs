@@ -10,9 +10,9 @@ use wallex_engine::{
 
 use wallex_pipeline::codec::encode_event;
 use wallex_pipeline::ports::{
-    ApiKey, Applied, CommitBatch, Direction, EntryCursor, EntryFilter, EventStore, KeyStore, OutboxMessage,
-    OutboxPosition, Projection, ProjectionStore, Scope, StoreError, StoredSnapshot, WalletCursor, WalletFilter,
-    WalletOrder,
+    ApiKey, Applied, AuditRecord, CommitBatch, Direction, EntryCursor, EntryFilter, EventStore, KeyStore,
+    OutboxMessage, OutboxPosition, Projection, ProjectionStore, Scope, StoreError, StoredSnapshot, WalletCursor,
+    WalletFilter, WalletOrder,
 };
 
 /// Decides `kinds` on `ledger` (ids from `first_id`) and returns the batch the writer would commit.
@@ -443,6 +443,7 @@ pub async fn keys<S: KeyStore>(store: S) {
         created_at: Timestamp::from_unix_micros(1_000),
         expires_at: owner.map(|_| Timestamp::from_unix_micros(9_000)),
         revoked_at: None,
+        first_used_at: None,
     };
     let admin = key("k-admin", vec![Scope::Admin], None);
     let owned = key("k-owned", vec![Scope::Read, Scope::Write, Scope::Mint], Some("alice"));
@@ -459,4 +460,36 @@ pub async fn keys<S: KeyStore>(store: S) {
     let revoked = store.api_key("k-owned").await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(at), "the first revocation's time stays");
     assert_eq!(store.api_key("k-admin").await.unwrap().unwrap().revoked_at, None, "others are untouched");
+
+    // A first use is recorded once, whoever asks again.
+    let used = Timestamp::from_unix_micros(7_000);
+    assert!(store.mark_key_used("k-admin", used).await.unwrap(), "the first use");
+    assert!(!store.mark_key_used("k-admin", Timestamp::from_unix_micros(8_000)).await.unwrap(), "not twice");
+    assert!(!store.mark_key_used("nope", used).await.unwrap(), "no such key");
+    assert_eq!(store.api_key("k-admin").await.unwrap().unwrap().first_used_at, Some(used));
+
+    // The audit trail pages newest first, by the ids the store gave.
+    assert!(store.audit_records(None, 10).await.unwrap().is_empty(), "an empty trail");
+    for n in 0..5u64 {
+        let record = AuditRecord {
+            id: 0,
+            at: Timestamp::from_unix_micros(10_000 + n),
+            actor: (n % 2 == 0).then(|| "k-admin".to_owned()),
+            action: format!("action-{n}"),
+            target: Some(format!("target-{n}")),
+            request_id: (n == 3).then(|| "req-3".to_owned()),
+            detail: None,
+        };
+        store.append_audit(&record).await.unwrap();
+    }
+    let all = store.audit_records(None, 10).await.unwrap();
+    let actions: Vec<&str> = all.iter().map(|record| record.action.as_str()).collect();
+    assert_eq!(actions, ["action-4", "action-3", "action-2", "action-1", "action-0"], "newest first");
+    assert!(all.windows(2).all(|pair| pair[0].id > pair[1].id), "ids grow with appends");
+    assert_eq!(all[1].request_id.as_deref(), Some("req-3"));
+    assert_eq!(all[0].actor.as_deref(), Some("k-admin"));
+    assert_eq!(all[1].actor, None);
+    assert_eq!(all[4].at, Timestamp::from_unix_micros(10_000));
+    let page = store.audit_records(Some(all[1].id), 2).await.unwrap();
+    assert_eq!(page, all[2..4].to_vec(), "a page continues below its cursor");
 }

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use wallex_engine::{CommandId, CommandRecord, Event, TransactionId, WalletId};
 use wallex_pipeline::ports::{
-    ApiKey, Applied, CommitBatch, EntryCursor, EntryFilter, EventStore, JournalEntry, KeyStore, LedgerEntry,
-    OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot,
-    WalletFilter, WalletSummary, WalletView,
+    ApiKey, Applied, AuditRecord, CommitBatch, EntryCursor, EntryFilter, EventStore, JournalEntry, KeyStore,
+    LedgerEntry, OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError,
+    StoredSnapshot, WalletFilter, WalletSummary, WalletView,
 };
 
 /// How an injected commit failure behaves.
@@ -33,6 +33,8 @@ struct StoreState {
     snapshot: Option<StoredSnapshot>,
     read_side: ReadSide,
     api_keys: BTreeMap<String, ApiKey>,
+    /// The audit trail, in append order (ids from 1).
+    audit: Vec<AuditRecord>,
     faults: Vec<CommitFault>,
     commits: u64,
 }
@@ -334,6 +336,30 @@ impl KeyStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn mark_key_used(&self, id: &str, at: wallex_engine::Timestamp) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.api_keys.get_mut(id) {
+            Some(key) if key.first_used_at.is_none() => {
+                key.first_used_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let id = u64::try_from(state.audit.len()).expect("fits") + 1;
+        state.audit.push(AuditRecord { id, ..record.clone() });
+        Ok(())
+    }
+
+    async fn audit_records(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let state = self.lock();
+        let before = before.unwrap_or(u64::MAX);
+        Ok(state.audit.iter().rev().filter(|record| record.id < before).take(limit).cloned().collect())
     }
 }
 

@@ -57,17 +57,40 @@ pub struct HttpConfig {
     /// reach the wallet's committed version, in milliseconds; past it, the answer carries
     /// `Wallex-Behind` (how many versions it lacks).
     pub read_wait_ms: u64,
+    /// Where the operational routes (`/health…`, `/metrics`) are served, open, instead of on
+    /// `listen` behind a key; `/health/live`, `/health/ready` and `/openapi.json` stay on both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<SocketAddr>,
+    /// Serve without API keys on an address other than loopback. Without it, a server whose
+    /// store holds no key refuses to start there: anyone who reached it could move any money.
+    pub insecure_allow_anonymous: bool,
+    /// The token bucket of a key with each scope (a key gets its most generous scope's).
+    pub rate_limits: wallex_http::access::RateLimits,
+    /// TLS: the certificate chain (PEM). With `tls_key`, the API is served over HTTPS (HTTP/1.1
+    /// and HTTP/2); both are read again on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM) of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
         let limits = wallex_http::Limits::default();
         HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            // Loopback: another address is a choice to make (and needs API keys, or
+            // `insecure_allow_anonymous`).
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             require_idempotency_key: false,
             max_concurrent_requests: limits.max_concurrent,
             request_timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
             read_wait_ms: u64::try_from(limits.read_wait.as_millis()).unwrap_or(u64::MAX),
+            ops_listen: None,
+            insecure_allow_anonymous: false,
+            rate_limits: wallex_http::access::RateLimits::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -179,6 +202,18 @@ pub struct ConfigArgs {
     /// The dead-letter topic, when Kafka is used (`bus.dead_letter_topic`).
     #[arg(long)]
     pub kafka_dlq_topic: Option<String>,
+    /// Where the operational routes are served, open (`http.ops_listen`).
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
+    /// Serve without API keys on an address other than loopback (`http.insecure_allow_anonymous`).
+    #[arg(long)]
+    pub insecure_allow_anonymous: bool,
+    /// The TLS certificate chain, PEM (`http.tls_cert`).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key, PEM (`http.tls_key`).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -224,6 +259,10 @@ impl Config {
             ("pipeline.writer.max_batch", args.max_batch.map(|max| max.to_string())),
             ("bus.topic", args.kafka_topic.clone()),
             ("bus.dead_letter_topic", args.kafka_dlq_topic.clone()),
+            ("http.ops_listen", args.ops_listen.map(|listen| listen.to_string())),
+            ("http.insecure_allow_anonymous", args.insecure_allow_anonymous.then(|| "true".to_owned())),
+            ("http.tls_cert", args.tls_cert.as_ref().map(|path| path.display().to_string())),
+            ("http.tls_key", args.tls_key.as_ref().map(|path| path.display().to_string())),
         ];
         for (key, value) in shorthands {
             if let Some(value) = value {
@@ -281,6 +320,15 @@ impl Config {
                 "http.read_wait_ms",
                 format!("must be shorter than http.request_timeout_ms ({})", self.http.request_timeout_ms),
             ));
+        }
+        if let Err(detail) = self.http.rate_limits.validate() {
+            return Err(ConfigError::new("http.rate_limits", detail));
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(ConfigError::new("http.tls_cert", "TLS needs both http.tls_cert and http.tls_key"));
+        }
+        if self.http.ops_listen.is_some_and(|ops| ops == self.http.listen) {
+            return Err(ConfigError::new("http.ops_listen", "must differ from http.listen"));
         }
         if self.bus.replication_factor < 1 {
             return Err(ConfigError::new("bus.replication_factor", "must be at least 1"));
@@ -357,7 +405,8 @@ fn lookup<'a>(table: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> 
 }
 
 /// Keys that have no default (so are absent from the defaults tree) but are settings.
-const OPTIONAL_KEYS: &[&str] = &["store.database_url", "bus.kafka_brokers"];
+const OPTIONAL_KEYS: &[&str] =
+    &["store.database_url", "bus.kafka_brokers", "http.ops_listen", "http.tls_cert", "http.tls_key"];
 
 /// Sets `key` (dotted) to `text`, typed as the default at that key is (a string where it has none).
 /// A key that names no setting is refused.

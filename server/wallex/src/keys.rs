@@ -5,7 +5,7 @@
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use wallex_engine::{OwnerId, Timestamp};
-use wallex_pipeline::ports::{KeyStore, Scope};
+use wallex_pipeline::ports::{AuditRecord, KeyStore, Scope};
 
 use crate::config::ConfigArgs;
 
@@ -56,6 +56,20 @@ fn now() -> Timestamp {
     Timestamp::from_unix_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// Appends what the command line did to the audit trail.
+async fn audit<S: KeyStore>(store: &S, action: &str, key_id: &str, detail: String) -> anyhow::Result<()> {
+    let record = AuditRecord {
+        id: 0,
+        at: now(),
+        actor: None,
+        action: action.to_owned(),
+        target: Some(key_id.to_owned()),
+        request_id: None,
+        detail: Some(detail),
+    };
+    store.append_audit(&record).await.context("appending to the audit trail")
+}
+
 /// Carries out `command` on `store`; what it prints is the command's whole output.
 pub async fn run<S: KeyStore>(store: &S, command: KeysCommand) -> anyhow::Result<String> {
     match command {
@@ -79,6 +93,8 @@ pub async fn run<S: KeyStore>(store: &S, command: KeysCommand) -> anyhow::Result
             let made = wallex_http::auth::new_key(scopes, owner, name, expires_at, now())
                 .map_err(|error| anyhow::anyhow!("drawing the key's secret: {error}"))?;
             store.create_key(&made.key).await.context("storing the key")?;
+            let detail = made.key.scopes.iter().map(|scope| scope.name()).collect::<Vec<_>>().join(",");
+            audit(store, "key_created", &made.key.id, format!("scopes {detail}, by the command line")).await?;
             let scopes: Vec<&str> = made.key.scopes.iter().map(|scope| scope.name()).collect();
             Ok(format!(
                 "created {} (scopes {}{}); its secret, shown this once:\n{}\n",
@@ -109,6 +125,7 @@ pub async fn run<S: KeyStore>(store: &S, command: KeysCommand) -> anyhow::Result
             if !store.revoke_key(&id, now()).await.context("revoking the key")? {
                 bail!("no key {id} to revoke (unknown, or revoked already)");
             }
+            audit(store, "key_revoked", &id, "by the command line".to_owned()).await?;
             Ok(format!("revoked {id}\n"))
         }
     }

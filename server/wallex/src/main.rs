@@ -10,11 +10,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use config::{Config, ConfigArgs, HttpConfig};
-use wallex_http::{AppState, router};
+use wallex_http::{AppState, router, split_routers};
 use wallex_kafka::{KafkaBus, KafkaConfig};
 use wallex_pipeline::SystemClock;
 use wallex_pipeline::bus::InProcessBus;
-use wallex_pipeline::ports::{Bus, EventStore, ProjectionStore};
+use wallex_pipeline::ports::{Bus, EventStore, KeyStore, ProjectionStore};
 use wallex_pipeline::{Pipeline, PipelineConfig};
 use wallex_sql::{PostgresStore, SqliteStore};
 
@@ -146,7 +146,7 @@ const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `store` on Kafka when configured, else on the in-process bus; that bus starts empty, so
 /// first `requeue` puts back into the outbox whatever a projection had not applied.
-async fn serve_on<S: EventStore + ProjectionStore>(
+async fn serve_on<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug>(
     store: S,
     kafka: Option<KafkaConfig>,
     http: HttpConfig,
@@ -163,7 +163,7 @@ async fn serve_on<S: EventStore + ProjectionStore>(
     }
 }
 
-async fn run_on_kafka<S: EventStore + ProjectionStore>(
+async fn run_on_kafka<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug>(
     store: S,
     kafka: KafkaConfig,
     http: HttpConfig,
@@ -179,7 +179,7 @@ async fn run_on_kafka<S: EventStore + ProjectionStore>(
 }
 
 /// Runs the pipeline and the HTTP server until SIGTERM or Ctrl-C, then drains.
-async fn run<S: EventStore + ProjectionStore, B: Bus + std::fmt::Debug>(
+async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bus + std::fmt::Debug>(
     store: S,
     bus: B,
     bus_name: &'static str,
@@ -188,15 +188,47 @@ async fn run<S: EventStore + ProjectionStore, B: Bus + std::fmt::Debug>(
 ) -> anyhow::Result<()> {
     wallex_http::install_metrics();
     let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await?;
-    let state = AppState::new(pipeline.commands.clone(), store, pipeline.stats.clone(), bus_name)
+    let state = AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), bus_name)
         .with_bus(bus)
+        .with_keys(store, http.rate_limits)
         .requiring_idempotency_keys(http.require_idempotency_key)
         .with_limits(http.limits());
     let listen = http.listen;
     let state = Arc::new(state);
+    if !state.requires_keys().await.context("reading the API keys")? {
+        if !listen.ip().is_loopback() && !http.insecure_allow_anonymous {
+            pipeline.shutdown().await;
+            anyhow::bail!(
+                "refusing to serve on {listen} without API keys: anyone who reaches it could move any money. \
+                 Create a key (`wallex keys create --scope admin`), listen on loopback, or pass \
+                 --insecure-allow-anonymous"
+            );
+        }
+        tracing::warn!(
+            %listen,
+            "DEVELOPMENT MODE: the store holds no API key, so requests are not authenticated and may do \
+             anything; create one with `wallex keys create --scope admin` to require keys"
+        );
+    }
+    let (main, ops) = match http.ops_listen {
+        Some(_) => {
+            let (main, ops) = split_routers(state);
+            (main, Some(ops))
+        }
+        None => (router(state), None),
+    };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "wallex serving");
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(stop_signal());
+    let server = axum::serve(listener, main).with_graceful_shutdown(stop_signal());
+    if let (Some(address), Some(ops)) = (http.ops_listen, ops) {
+        let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+        tracing::info!(listen = %address, "operational routes serving");
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, ops).await {
+                tracing::error!(%error, "the operational listener failed");
+            }
+        });
+    }
     tokio::select! {
         served = server => served?,
         // A process without its writer would serve reads, fail every write and look alive: exit,
