@@ -89,7 +89,8 @@ pub(crate) async fn list_keys<S: Queries>(State(state): Shared<S>) -> Result<Jso
 
 #[utoipa::path(post, path = "/admin/keys", request_body = CreateKeyBody,
     responses((status = 201, description = "Created: the key and its secret, shown this once", body = NewKeyJson),
-        (status = 400, description = "invalid_scope, invalid_id, invalid_name or invalid_expiry", body = ProblemJson)))]
+        (status = 400, description = "invalid_scope, invalid_id, invalid_name or invalid_expiry", body = ProblemJson),
+        (status = 422, description = "invalid_expiry: an instant before 1970", body = ProblemJson)))]
 pub(crate) async fn create_key<S: Queries>(
     State(state): Shared<S>,
     caller: Caller,
@@ -187,9 +188,10 @@ impl AuditJson {
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// Records older than this id (the `Link` header's next page).
-    #[param(minimum = 1)]
+    #[param(minimum = 0)]
     before: Option<u64>,
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,

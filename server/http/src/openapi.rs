@@ -228,7 +228,7 @@ fn field_schema(name: &str, query: bool) -> Option<Value> {
         "name" => {
             json!({ "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$" })
         }
-        "before" => json!({ "type": "integer", "minimum": 1, "maximum": MAX_QUERY_VERSION }),
+        "before" => json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX }),
         "expiresAt" | "from" | "to" | "startDate" | "endDate" => json!({ "type": "string", "format": "date-time" }),
         "transactionType" => json!({ "type": "string", "enum": crate::wire::TRANSACTION_TYPES }),
         "type" => json!({ "type": "string", "enum": crate::wire::ENTRY_TYPES }),
@@ -322,6 +322,7 @@ fn exact(document: &mut Value) {
             }
             operation["parameters"] = Value::Array(parameters);
 
+            let has_body = operation.get("requestBody").is_some();
             let responses = operation["responses"].as_object_mut().expect("responses");
             for response in responses.values_mut() {
                 let content = &mut response["content"];
@@ -336,6 +337,12 @@ fn exact(document: &mut Value) {
             ];
             if names_one {
                 common.push(("404", problem("wallet_not_found or hold_not_found")));
+            }
+            if method == "post" && !post && has_body {
+                common.extend([
+                    ("413", problem("payload_too_large")),
+                    ("415", problem("unsupported_media_type: a body must be application/json")),
+                ]);
             }
             if post {
                 common.extend([

@@ -943,7 +943,8 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
     }
 
     async fn audit_records(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        let before = before.map_or(i64::MAX, int);
+        // Any id a client names: past the largest a row can have, it means "from the newest".
+        let before = before.map_or(i64::MAX, |before| i64::try_from(before).unwrap_or(i64::MAX));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<AuditRow> = self
             .read(

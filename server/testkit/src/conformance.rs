@@ -492,4 +492,5 @@ pub async fn keys<S: KeyStore>(store: S) {
     assert_eq!(all[4].at, Timestamp::from_unix_micros(10_000));
     let page = store.audit_records(Some(all[1].id), 2).await.unwrap();
     assert_eq!(page, all[2..4].to_vec(), "a page continues below its cursor");
+    assert_eq!(store.audit_records(Some(u64::MAX), 10).await.unwrap(), all, "any cursor a client sends");
 }

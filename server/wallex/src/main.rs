@@ -186,6 +186,15 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
     http: HttpConfig,
     config: PipelineConfig,
 ) -> anyhow::Result<()> {
+    // Before anything starts: no key, and an address beyond this machine, is refused.
+    let keys = KeyStore::api_keys(&store).await.context("reading the API keys")?;
+    if keys.is_empty() && !http.listen.ip().is_loopback() && !http.insecure_allow_anonymous {
+        anyhow::bail!(
+            "refusing to serve on {} without API keys: anyone who reaches it could move any money. Create a \
+             key (`wallex keys create --scope admin`), listen on loopback, or pass --insecure-allow-anonymous",
+            http.listen
+        );
+    }
     wallex_http::install_metrics();
     let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await?;
     let state = AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), bus_name)
@@ -196,14 +205,6 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
     let listen = http.listen;
     let state = Arc::new(state);
     if !state.requires_keys().await.context("reading the API keys")? {
-        if !listen.ip().is_loopback() && !http.insecure_allow_anonymous {
-            pipeline.shutdown().await;
-            anyhow::bail!(
-                "refusing to serve on {listen} without API keys: anyone who reaches it could move any money. \
-                 Create a key (`wallex keys create --scope admin`), listen on loopback, or pass \
-                 --insecure-allow-anonymous"
-            );
-        }
         tracing::warn!(
             %listen,
             "DEVELOPMENT MODE: the store holds no API key, so requests are not authenticated and may do \

@@ -46,7 +46,14 @@ struct Answer {
 }
 
 impl Api {
-    async fn call(&self, method: &str, uri: &str, secret: Option<&str>, key: Option<&str>, body: Option<Value>) -> Answer {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        secret: Option<&str>,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(secret) = secret {
             request = request.header("authorization", format!("Bearer {secret}"));
@@ -69,8 +76,8 @@ impl Api {
 /// Stores a key made as the server makes them; its secret.
 async fn key<S: KeyStore>(store: &S, scopes: &[Scope], owner: Option<&str>, expires_at: Option<Timestamp>) -> String {
     let owner = owner.map(|owner| OwnerId::parse(owner).unwrap());
-    let made = wallex_http::auth::new_key(scopes.to_vec(), owner, None, expires_at, Timestamp::from_unix_micros(1))
-        .unwrap();
+    let made =
+        wallex_http::auth::new_key(scopes.to_vec(), owner, None, expires_at, Timestamp::from_unix_micros(1)).unwrap();
     store.create_key(&made.key).await.unwrap();
     made.secret
 }
@@ -153,7 +160,11 @@ const OPEN: &[&str] = &["/health/live", "/health/ready", "/openapi.json"];
 /// The status the rules give `route` for `credential`.
 fn expected(route: &Route, credential: Credential) -> u16 {
     let (scope, bound, other) = match credential {
-        Credential::None | Credential::Unknown | Credential::WrongSecret | Credential::Revoked | Credential::Expired => {
+        Credential::None
+        | Credential::Unknown
+        | Credential::WrongSecret
+        | Credential::Revoked
+        | Credential::Expired => {
             return 401;
         }
         Credential::Unbound(scope) => (scope, false, false),
@@ -179,9 +190,7 @@ fn expected(route: &Route, credential: Credential) -> u16 {
 async fn table<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug>(store: S) {
     let api = api(store.clone(), generous()).await;
     let admin = key(&store, &[Scope::Admin], None, None).await;
-    let fund = |wallet: &str, owner: &str| {
-        json!({"walletId": wallet, "ownerId": owner, "initialBalance": 1_000_000, "referenceId": format!("ref-{wallet}")})
-    };
+    let fund = |wallet: &str, owner: &str| json!({"walletId": wallet, "ownerId": owner, "initialBalance": 1_000_000, "referenceId": format!("ref-{wallet}")});
     assert_eq!(api.call("POST", "/wallets", Some(&admin), None, Some(fund("alice-w", "alice"))).await.status, 201);
     assert_eq!(api.call("POST", "/wallets", Some(&admin), None, Some(fund("bob-w", "bob"))).await.status, 201);
 
@@ -224,7 +233,8 @@ async fn table<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug>(sto
             let hold = format!("h-{fresh}");
             if route.path.contains("{h}") {
                 let body = json!({"amount": 1, "holdId": hold});
-                let placed = api.call("POST", &format!("/wallets/{wallet}/holds"), Some(&admin), None, Some(body)).await;
+                let placed =
+                    api.call("POST", &format!("/wallets/{wallet}/holds"), Some(&admin), None, Some(body)).await;
                 assert_eq!(placed.status, 201, "{placed:?}");
             }
             let fill = |text: &str| {
@@ -275,7 +285,8 @@ async fn table<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug>(sto
     // What an owner's key sees of lists is its own owner's alone.
     let (_, _, alice_read) = &secrets[0];
     let listed = api.call("GET", "/wallets?limit=1000", Some(alice_read), None, None).await;
-    let owners: Vec<&str> = listed.body.as_array().unwrap().iter().map(|wallet| wallet["ownerId"].as_str().unwrap()).collect();
+    let owners: Vec<&str> =
+        listed.body.as_array().unwrap().iter().map(|wallet| wallet["ownerId"].as_str().unwrap()).collect();
     assert!(!owners.is_empty() && owners.iter().all(|owner| *owner == "alice"), "{owners:?}");
     let all = api.call("GET", "/wallets?limit=1000", Some(&admin), None, None).await;
     assert!(all.body.as_array().unwrap().iter().any(|wallet| wallet["ownerId"] == "bob"), "the admin sees every owner");
@@ -391,7 +402,11 @@ async fn a_revoked_key_stops_working_on_every_instance_within_a_second() {
     let revoked = one.call("POST", &format!("/admin/keys/{id}/revoke"), Some(&admin), None, None).await;
     assert_eq!(revoked.status, StatusCode::OK);
     assert!(revoked.body["revokedAt"].is_string());
-    assert_eq!(one.call("GET", "/wallets", Some(&secret), None, None).await.status, StatusCode::UNAUTHORIZED, "at once here");
+    assert_eq!(
+        one.call("GET", "/wallets", Some(&secret), None, None).await.status,
+        StatusCode::UNAUTHORIZED,
+        "at once here"
+    );
     let started = std::time::Instant::now();
     let mut status = StatusCode::OK;
     while started.elapsed() < Duration::from_secs(3) && status == StatusCode::OK {
