@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod keys;
+mod tls;
 
 use std::sync::Arc;
 
@@ -195,6 +196,11 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
             http.listen
         );
     }
+    // TLS is read before anything starts, so a bad certificate stops nothing but the start.
+    let tls = match (&http.tls_cert, &http.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load(cert, key).await?),
+        _ => None,
+    };
     wallex_http::install_metrics();
     let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await?;
     let state = AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), bus_name)
@@ -219,8 +225,15 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
         None => (router(state), None),
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, "wallex serving");
-    let server = axum::serve(listener, main).with_graceful_shutdown(stop_signal());
+    tracing::info!(%listen, tls = tls.is_some(), "wallex serving");
+    let served_http = http.clone();
+    let server = async move {
+        let http = served_http;
+        match tls {
+            None => axum::serve(listener, main).with_graceful_shutdown(stop_signal()).await.context("serving"),
+            Some(config) => tls::serve(listener, main, config, &http, stop_signal()).await,
+        }
+    };
     if let (Some(address), Some(ops)) = (http.ops_listen, ops) {
         let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
         tracing::info!(listen = %address, "operational routes serving");
