@@ -13,6 +13,7 @@ use crate::{Command, CommandKind, Config, Currency, Event, Rejection, Timestamp}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ModelWallet {
+    owner: String,
     currency: Currency,
     balance: i128,
     held: i128,
@@ -69,6 +70,9 @@ impl Expected {
 #[derive(Clone, Debug, Default)]
 pub struct Auditor {
     retention_micros: u64,
+    /// The quotas: wallets, and active holds, per owner.
+    max_wallets: u64,
+    max_holds: u64,
     clock: u64,
     transactions: u64,
     wallets: BTreeMap<String, ModelWallet>,
@@ -81,7 +85,12 @@ pub struct Auditor {
 
 impl Auditor {
     pub fn new(config: Config) -> Auditor {
-        Auditor { retention_micros: config.command_retention_micros, ..Auditor::default() }
+        Auditor {
+            retention_micros: config.command_retention_micros,
+            max_wallets: config.max_wallets_per_owner,
+            max_holds: config.max_active_holds_per_owner,
+            ..Auditor::default()
+        }
     }
 
     /// Predicts the outcome of `command` at `now` and applies its effect to the model.
@@ -136,12 +145,17 @@ impl Auditor {
 
     fn decide(&mut self, now: u64, kind: &CommandKind) -> Result<(), Rejection> {
         match kind {
-            CommandKind::CreateWallet { wallet_id, currency, initial_balance, overdraft_limit, .. } => {
+            CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit } => {
                 if self.wallets.contains_key(wallet_id.as_str()) {
                     return Err(Rejection::WalletExists);
                 }
+                let owned = self.wallets.values().filter(|wallet| wallet.owner == owner_id.as_str()).count();
+                if owned as u64 >= self.max_wallets {
+                    return Err(Rejection::QuotaExceeded);
+                }
                 let initial = i128::from(initial_balance.minor());
                 let wallet = ModelWallet {
+                    owner: owner_id.to_string(),
                     currency: *currency,
                     balance: initial,
                     held: 0,
@@ -212,7 +226,7 @@ impl Auditor {
                 if self.holds.contains_key(hold_id.as_str()) {
                     return Err(Rejection::HoldExists);
                 }
-                let wallet = self.wallets.get_mut(wallet_id.as_str()).ok_or(Rejection::WalletNotFound)?;
+                let wallet = self.wallets.get(wallet_id.as_str()).ok_or(Rejection::WalletNotFound)?;
                 if wallet.currency != *currency {
                     return Err(Rejection::CurrencyMismatch);
                 }
@@ -223,6 +237,16 @@ impl Auditor {
                 if wallet.balance - wallet.held - amount < wallet.floor {
                     return Err(Rejection::InsufficientFunds);
                 }
+                let owner = wallet.owner.clone();
+                let active = self
+                    .holds
+                    .values()
+                    .filter(|hold| hold.state == ModelHoldState::Active && self.wallets[&hold.wallet].owner == owner)
+                    .count();
+                if active as u64 >= self.max_holds {
+                    return Err(Rejection::QuotaExceeded);
+                }
+                let wallet = self.wallets.get_mut(wallet_id.as_str()).expect("found above");
                 wallet.held += amount;
                 wallet.version += 1;
                 let hold =

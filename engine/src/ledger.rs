@@ -29,12 +29,31 @@ pub struct Config {
     /// The key of the id indexes; see [`HashSeed`]. The default is fixed and public: a server
     /// passes a secret one.
     pub hash_seed: HashSeed,
+    /// The most wallets one owner may have: creating one more is refused `quota_exceeded`, so no
+    /// client can grow the writer's memory without bound. Default: 100,000.
+    pub max_wallets_per_owner: u64,
+    /// The most active holds across one owner's wallets (placing one more is refused
+    /// `quota_exceeded`). Default: 100,000.
+    pub max_active_holds_per_owner: u64,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { command_retention_micros: 24 * 60 * 60 * 1_000_000, hash_seed: HashSeed::default() }
+        Config {
+            command_retention_micros: 24 * 60 * 60 * 1_000_000,
+            hash_seed: HashSeed::default(),
+            max_wallets_per_owner: 100_000,
+            max_active_holds_per_owner: 100_000,
+        }
     }
+}
+
+/// What one owner has of the ledger, for the quotas: derived from the wallets and holds (rebuilt
+/// on restore, never stored).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) wallets: u64,
+    pub(crate) active_holds: u64,
 }
 
 /// A wallet as the write side knows it.
@@ -210,6 +229,8 @@ pub struct Ledger {
     /// with that transaction: 24 bytes each, kept forever, so a reference stays unique among a
     /// wallet's transactions.
     pub(crate) references: BTreeMap<u128, TransactionId>,
+    /// Each owner's wallets and active holds, for the quotas.
+    pub(crate) usage: BTreeMap<OwnerId, Usage>,
 }
 
 /// The digest of a wallet's reference: XXH3-128 over the length-prefixed wallet id and reference.
@@ -235,7 +256,27 @@ impl Ledger {
             world: [0; Currency::COUNT],
             commands: CommandMemory::new(config.hash_seed),
             references: BTreeMap::new(),
+            usage: BTreeMap::new(),
         }
+    }
+
+    /// What `owner` has of the ledger now.
+    fn usage_of(&self, owner: &OwnerId) -> Usage {
+        self.usage.get(owner).copied().unwrap_or_default()
+    }
+
+    /// Counts the wallets and active holds of every owner afresh (after a restore).
+    pub(crate) fn recount_usage(&mut self) {
+        let mut usage: BTreeMap<OwnerId, Usage> = BTreeMap::new();
+        for wallet in self.wallets.as_slice() {
+            usage.entry(wallet.owner_id).or_default().wallets += 1;
+        }
+        for hold in self.holds.values().filter(|hold| hold.status == HoldStatus::Active) {
+            if let Some(wallet) = self.wallets.get(&hold.wallet_id) {
+                usage.entry(wallet.owner_id).or_default().active_holds += 1;
+            }
+        }
+        self.usage = usage;
     }
 
     pub fn config(&self) -> Config {
@@ -396,7 +437,9 @@ impl Ledger {
                     updated_at: event.at,
                     memo: (!event.memo.is_empty()).then(|| Box::new(event.memo.clone())),
                 });
-                created.map_err(|()| fail("the wallet exists".to_owned()))?
+                let created = created.map_err(|()| fail("the wallet exists".to_owned()))?;
+                self.usage.entry(*owner_id).or_default().wallets += 1;
+                created
             }
             _ => match position.filter(|&position| self.wallets.at(position).id == event.wallet_id) {
                 Some(position) => position,
@@ -405,6 +448,7 @@ impl Ledger {
         };
 
         let wallet = self.wallets.at(index);
+        let owner = wallet.owner_id;
         if event.version != wallet.version + 1 {
             return Err(fail(format!("expected version {}", wallet.version + 1)));
         }
@@ -467,6 +511,7 @@ impl Ledger {
                 if let Some(expires_at) = expires_at {
                     self.hold_expiries.insert((*expires_at, *hold_id));
                 }
+                self.usage.entry(owner).or_default().active_holds += 1;
             }
             EventKind::HoldCaptured { hold_id, captured, released, .. } => {
                 let status = HoldStatus::Captured { captured: *captured };
@@ -527,7 +572,13 @@ impl Ledger {
         if let Some(expires_at) = hold.expires_at {
             self.hold_expiries.remove(&(expires_at, *hold_id));
         }
-        Ok(i128::from(hold.amount.minor()))
+        let amount = i128::from(hold.amount.minor());
+        if let Some(wallet) = self.wallets.get(&event.wallet_id)
+            && let Some(usage) = self.usage.get_mut(&wallet.owner_id)
+        {
+            usage.active_holds = usage.active_holds.saturating_sub(1);
+        }
+        Ok(amount)
     }
 
     /// Remembers a newly decided command, forgetting the ones whose retention ended by its time.
@@ -581,6 +632,9 @@ impl Ledger {
             CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit } => {
                 if self.wallets.contains(wallet_id) {
                     return Err(Rejection::WalletExists);
+                }
+                if self.usage_of(owner_id).wallets >= self.config.max_wallets_per_owner {
+                    return Err(Rejection::QuotaExceeded);
                 }
                 let posting = (!initial_balance.is_zero()).then_some(Posting {
                     source: Account::World(*currency),
@@ -683,6 +737,9 @@ impl Ledger {
                     return Err(Rejection::InvalidExpiry);
                 }
                 covers(wallet, *amount)?;
+                if self.usage_of(&wallet.owner_id).active_holds >= self.config.max_active_holds_per_owner {
+                    return Err(Rejection::QuotaExceeded);
+                }
                 let kind = EventKind::HoldPlaced { hold_id: *hold_id, amount: *amount, expires_at: *expires_at };
                 let held = held_of(wallet) + i128::from(amount.minor());
                 let mut placed = event(wallet, kind, None, balance_of(wallet), held);

@@ -65,6 +65,8 @@ pub enum Rejection {
     BalanceLimitExceeded,
     /// A wallet the command touches already has a transaction with the command's reference.
     ReferenceExists,
+    /// The owner already has as many wallets, or active holds, as the ledger allows one owner.
+    QuotaExceeded,
 }
 
 impl Rejection {
@@ -86,6 +88,7 @@ impl Rejection {
         Rejection::InsufficientFunds,
         Rejection::BalanceLimitExceeded,
         Rejection::ReferenceExists,
+        Rejection::QuotaExceeded,
     ];
 
     /// The stable machine-readable code, as it appears in API errors and events.
@@ -107,6 +110,7 @@ impl Rejection {
             Rejection::InsufficientFunds => "insufficient_funds",
             Rejection::BalanceLimitExceeded => "balance_limit_exceeded",
             Rejection::ReferenceExists => "reference_exists",
+            Rejection::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -125,7 +129,8 @@ impl Rejection {
             | Rejection::HoldNotFound
             | Rejection::DestinationWalletNotFound
             | Rejection::InsufficientFunds
-            | Rejection::BalanceLimitExceeded => true,
+            | Rejection::BalanceLimitExceeded
+            | Rejection::QuotaExceeded => true,
             Rejection::IdempotencyKeyReused
             | Rejection::InvalidAmount
             | Rejection::SameWalletTransfer

@@ -216,6 +216,7 @@ impl Ledger {
         ledger.commands = CommandMemory::from_records(config.hash_seed, snapshot.commands)
             .map_err(|command_id| SnapshotError::Invalid(format!("command {command_id} appears twice")))?;
         ledger.references = references.into_iter().collect();
+        ledger.recount_usage();
         ledger.check_invariants().map_err(|violation| SnapshotError::Invalid(violation.to_string()))?;
         Ok(ledger)
     }

@@ -670,3 +670,35 @@ fn a_reference_is_unique_among_each_wallets_transactions_and_is_content() {
     let after = Command { id: CommandId(904), kind: credit("bob", 5), memo: memo("inv-1") };
     assert_eq!(restored.execute(now, &after, &mut events).result(), Err(Rejection::ReferenceExists));
 }
+
+#[test]
+fn an_owner_gets_at_most_its_quota_of_wallets_and_of_active_holds() {
+    let quota = Config { max_wallets_per_owner: 2, max_active_holds_per_owner: 2, ..Config::default() };
+    let mut script = Script::with_config(quota);
+    script.create("a1", Currency::USD, 100, 0);
+    script.create("a2", Currency::USD, 100, 0);
+    assert_eq!(script.refused(create("a3", Currency::USD, 0, 0)), Rejection::QuotaExceeded);
+    let other = CommandKind::CreateWallet {
+        wallet_id: wallet("b1"),
+        owner_id: OwnerId::parse("owner-2").unwrap(),
+        currency: Currency::USD,
+        initial_balance: money(0),
+        overdraft_limit: money(0),
+    };
+    script.ok(other);
+
+    // Holds on either of the owner's wallets count; a finished one frees its place.
+    script.ok(place("h1", "a1", 1, None));
+    script.ok(place("h2", "a2", 1, Some(script.now + 100)));
+    assert_eq!(script.refused(place("h3", "a1", 1, None)), Rejection::QuotaExceeded);
+    script.ok(void("h1"));
+    script.ok(place("h3", "a1", 1, None));
+    assert_eq!(script.refused(place("h4", "a2", 1, None)), Rejection::QuotaExceeded);
+    script.now += 1_000;
+    script.ok(CommandKind::ExpireHolds);
+    script.ok(place("h4", "a2", 1, None));
+    script.ok(capture("h4", None, None));
+    script.ok(place("h5", "a2", 1, None));
+    // Replay and a snapshot restore count the same (the snapshot holds no counts of its own).
+    script.finish();
+}

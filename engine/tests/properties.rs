@@ -74,6 +74,8 @@ fn retention() -> impl Strategy<Value = Config> {
         Just(Config::default()),
         Just(Config { command_retention_micros: 300, ..Config::default() }),
         Just(Config { command_retention_micros: 1_500, ..Config::default() }),
+        // Quotas small enough that the generated commands run into them.
+        Just(Config { max_wallets_per_owner: 2, max_active_holds_per_owner: 2, ..Config::default() }),
     ]
 }
 

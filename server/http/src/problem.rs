@@ -74,7 +74,8 @@ impl Problem {
             | Rejection::InvalidExpiry
             | Rejection::CaptureExceedsHold
             | Rejection::InsufficientFunds
-            | Rejection::BalanceLimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            | Rejection::BalanceLimitExceeded
+            | Rejection::QuotaExceeded => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Problem::new(status, rejection.code(), describe(rejection))
     }
@@ -142,6 +143,7 @@ fn describe(rejection: Rejection) -> &'static str {
         Rejection::InsufficientFunds => "the available balance is too low",
         Rejection::BalanceLimitExceeded => "the balance would exceed its limit",
         Rejection::ReferenceExists => "a transaction of this wallet already has this referenceId",
+        Rejection::QuotaExceeded => "the owner already has as many wallets, or active holds, as one owner may",
     }
 }
 

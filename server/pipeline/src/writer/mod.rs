@@ -52,6 +52,10 @@ pub struct WriterConfig {
     pub idempotency_retention_micros: u64,
     /// How often expired idempotency keys are deleted from the store, in milliseconds.
     pub idempotency_cleanup_interval_ms: u64,
+    /// The most wallets one owner may have (more is refused 422 `quota_exceeded`).
+    pub max_wallets_per_owner: u64,
+    /// The most active holds across one owner's wallets (more is refused 422 `quota_exceeded`).
+    pub max_active_holds_per_owner: u64,
     /// The secret key of the engine's id indexes. Never read from a file nor printed: the server
     /// draws it from the operating system at start (the default is fixed and public, for tests),
     /// the simulator from its seed.
@@ -73,6 +77,8 @@ impl Default for WriterConfig {
             retry_backoff_ms: 50,
             journal_page: 10_000,
             idempotency_retention_micros: 24 * 60 * 60 * 1_000_000,
+            max_wallets_per_owner: wallex_engine::Config::default().max_wallets_per_owner,
+            max_active_holds_per_owner: wallex_engine::Config::default().max_active_holds_per_owner,
             idempotency_cleanup_interval_ms: 10 * 60 * 1_000,
             hash_seed: wallex_engine::HashSeed::default(),
         }
@@ -104,7 +110,12 @@ pub const MAX_BATCH_LIMIT: usize = 8_192;
 impl WriterConfig {
     /// The engine's own settings.
     pub fn engine(&self) -> wallex_engine::Config {
-        wallex_engine::Config { command_retention_micros: self.engine_retention_micros, hash_seed: self.hash_seed }
+        wallex_engine::Config {
+            command_retention_micros: self.engine_retention_micros,
+            hash_seed: self.hash_seed,
+            max_wallets_per_owner: self.max_wallets_per_owner,
+            max_active_holds_per_owner: self.max_active_holds_per_owner,
+        }
     }
 
     /// Refuses settings that contradict each other or leave the writer unable to work; nothing is
