@@ -64,6 +64,10 @@ struct Args {
     /// reads cost the writes.
     #[arg(long)]
     read_rate: Option<u64>,
+    /// An API key's secret, sent as `Authorization: Bearer` on every request (a server whose
+    /// store holds keys needs one with read, write and mint, or admin); also `WALLEX_API_KEY`.
+    #[arg(long, env = "WALLEX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -293,8 +297,17 @@ async fn main() -> anyhow::Result<()> {
         bail!("--wallets must be at least 2 (transfers need two)");
     }
     let connections = args.connections.unwrap_or(args.workers).max(1);
-    let client =
-        reqwest::Client::builder().pool_max_idle_per_host(connections).timeout(Duration::from_secs(30)).build()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(secret) = &args.api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()?;
     let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros());
     let run = Arc::new(Run { args, client, run_id, tally: Mutex::new(Tally::new()?), sent: AtomicU64::new(0) });
     setup(&run).await?;
