@@ -445,8 +445,8 @@ pub(crate) async fn audit(keys: &dyn Keys, record: AuditRecord) {
     }
 }
 
-/// What a route needs, by method and matched path: the one table of scopes. `None`: any key
-/// (there is no such route today). Operational routes need `read`; `/admin` needs `admin`.
+/// What a route needs, by method and matched path: the one table of scopes. Reads need `read`
+/// (the operational routes too), credits `mint`, every other write `write`, `/admin` `admin`.
 pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
     if path.starts_with("/admin") {
         return Scope::Admin;
