@@ -467,7 +467,7 @@ fn whole_ledger(path: &str) -> bool {
 }
 
 /// The request's correlation id (every request has one by the time it gets here).
-fn request_id(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<&str> {
     headers.get(crate::CORRELATION_ID).and_then(|value| value.to_str().ok())
 }
 
@@ -480,10 +480,9 @@ pub(crate) async fn authenticate<S: Queries>(
 ) -> Response {
     let now = state.now();
     let method = request.method().clone();
-    let path = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
+    // A route layer: the route matched, so its path is there (shared, not copied).
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let path = matched.as_ref().map_or("", MatchedPath::as_str);
     let request_id = request_id(request.headers()).map(str::to_owned);
     let denied = |key_id: Option<&str>, problem: Problem| {
         metrics::counter!("wallex_http_denied_total", "code" => problem.code).increment(1);
@@ -530,10 +529,10 @@ pub(crate) async fn authenticate<S: Queries>(
         }
     };
     if let Some(key) = &caller.key {
-        if let Err(problem) = caller.require(required_scope(&method, &path)) {
+        if let Err(problem) = caller.require(required_scope(&method, path)) {
             return denied(Some(&key.id), problem);
         }
-        if key.owner_id.is_some() && whole_ledger(&path) {
+        if key.owner_id.is_some() && whole_ledger(path) {
             let problem = Problem::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -563,7 +562,7 @@ pub(crate) async fn authenticate<S: Queries>(
         && let Some(keys) = state.access.keys()
     {
         let detail = Some(format!("{method} {path}: {}", status.as_u16()));
-        audit(keys.as_ref(), record(now, caller.key_id(), "admin_request", Some(&path), request_id.as_deref(), detail))
+        audit(keys.as_ref(), record(now, caller.key_id(), "admin_request", Some(path), request_id.as_deref(), detail))
             .await;
     }
     if let Some(budget) = budget {

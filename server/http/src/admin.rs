@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use wallex_engine::OwnerId;
 use wallex_pipeline::ports::{ApiKey, AuditRecord, Scope};
 
-use crate::access::{Caller, Keys, audit, record};
+use crate::access::{Caller, Keys, audit, record, request_id};
 use crate::extract::{Body, Params, PathId, page_size, parse_expiry};
 use crate::problem::{ProblemJson, store_problem};
 use crate::wire::time;
@@ -125,8 +125,8 @@ pub(crate) async fn create_key<S: Queries>(
     })?;
     keys.create_key(&made.key).await.map_err(store_problem)?;
     state.access.enforce();
-    let request_id = headers.get(crate::CORRELATION_ID).and_then(|value| value.to_str().ok());
-    let detail = Some(format!("scopes {}", made.key.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(",")));
+    let request_id = request_id(&headers);
+    let detail = Some(format!("scopes {}", Scope::list(&made.key.scopes)));
     audit(keys, record(now, caller.key_id(), "key_created", Some(&made.key.id), request_id, detail)).await;
     let body = NewKeyJson { key: KeyJson::of(&made.key), secret: made.secret };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -149,7 +149,7 @@ pub(crate) async fn revoke_key<S: Queries>(
     let now = state.now();
     if keys.revoke_key(&id, now).await.map_err(store_problem)? {
         state.access.forget(&id);
-        let request_id = headers.get(crate::CORRELATION_ID).and_then(|value| value.to_str().ok());
+        let request_id = request_id(&headers);
         audit(keys, record(now, caller.key_id(), "key_revoked", Some(&id), request_id, None)).await;
     }
     let key = keys.api_key(&id).await.map_err(store_problem)?.ok_or_else(not_found)?;

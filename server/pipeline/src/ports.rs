@@ -677,6 +677,11 @@ impl Scope {
     pub fn parse(name: &str) -> Option<Scope> {
         Scope::ALL.into_iter().find(|scope| scope.name() == name)
     }
+
+    /// Scopes as stored and shown: their names, comma-separated (`read,write`).
+    pub fn list(scopes: &[Scope]) -> String {
+        scopes.iter().map(|scope| scope.name()).collect::<Vec<_>>().join(",")
+    }
 }
 
 /// An API key as stored: its id, what it may do, and the SHA-256 of its secret, never the secret.

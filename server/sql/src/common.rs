@@ -209,7 +209,7 @@ impl AuditRow {
 
 /// Scopes as stored: their names, comma-separated.
 pub(crate) fn scopes_text(scopes: &[Scope]) -> String {
-    scopes.iter().map(|scope| scope.name()).collect::<Vec<_>>().join(",")
+    Scope::list(scopes)
 }
 
 fn scopes_from(text: &str) -> Result<Vec<Scope>, StoreError> {

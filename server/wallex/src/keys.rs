@@ -93,13 +93,12 @@ pub async fn run<S: KeyStore>(store: &S, command: KeysCommand) -> anyhow::Result
             let made = wallex_http::auth::new_key(scopes, owner, name, expires_at, now())
                 .map_err(|error| anyhow::anyhow!("drawing the key's secret: {error}"))?;
             store.create_key(&made.key).await.context("storing the key")?;
-            let detail = made.key.scopes.iter().map(|scope| scope.name()).collect::<Vec<_>>().join(",");
-            audit(store, "key_created", &made.key.id, format!("scopes {detail}, by the command line")).await?;
-            let scopes: Vec<&str> = made.key.scopes.iter().map(|scope| scope.name()).collect();
+            let scopes = Scope::list(&made.key.scopes);
+            audit(store, "key_created", &made.key.id, format!("scopes {scopes}, by the command line")).await?;
             Ok(format!(
                 "created {} (scopes {}{}); its secret, shown this once:\n{}\n",
                 made.key.id,
-                scopes.join(","),
+                scopes,
                 made.key.owner_id.map(|owner| format!(", owner {owner}")).unwrap_or_default(),
                 made.secret
             ))
@@ -107,12 +106,11 @@ pub async fn run<S: KeyStore>(store: &S, command: KeysCommand) -> anyhow::Result
         KeysCommand::List { .. } => {
             let mut out = String::from("id\tname\tscopes\towner\tcreated\texpires\trevoked\n");
             for key in store.api_keys().await.context("reading the keys")? {
-                let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.name()).collect();
                 out.push_str(&format!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
                     key.id,
                     key.name.as_deref().unwrap_or("-"),
-                    scopes.join(","),
+                    Scope::list(&key.scopes),
                     key.owner_id.map_or_else(|| "-".to_owned(), |owner| owner.to_string()),
                     wallex_http::rfc3339(key.created_at),
                     key.expires_at.map_or_else(|| "-".to_owned(), wallex_http::rfc3339),
