@@ -100,6 +100,7 @@ async fn seed(store: &SqliteStore) {
                 at: Timestamp::from_unix_micros(transaction),
                 transaction_id: TransactionId(transaction),
                 result: Err(Rejection::WalletNotFound),
+                refused_leg: None,
             });
         }
         next += batch.records.len() as u64;

@@ -9,7 +9,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ledger::{CommandRecord, Ledger, MAX_BALANCE_MINOR, MAX_EXPIRIES_PER_COMMAND, Outcome};
-use crate::{Command, CommandKind, Config, Currency, Event, Rejection, Timestamp};
+use crate::{Command, CommandKind, Config, Currency, Event, MAX_ATOMIC_LEGS, Rejection, Timestamp};
+
+/// A decision as the auditor states it: the transaction, or the rejection with the refused leg of
+/// an atomic group (`None` for any other command, and for a group refused as a whole).
+pub type Verdict = Result<u64, (Rejection, Option<u16>)>;
+
+/// A record's decision, in the auditor's terms.
+pub fn verdict(record: &CommandRecord) -> Verdict {
+    record.outcome().map(|transaction| transaction.0).map_err(|rejection| (rejection, record.refused_leg))
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ModelWallet {
@@ -41,26 +50,25 @@ struct Seen {
     /// The reference and metadata, which are content too (the correlation id is not).
     attached: (Option<String>, Vec<(String, String)>),
     at: u64,
-    result: Result<u64, Rejection>,
+    result: Verdict,
 }
 
 /// What the auditor expects `Ledger::execute` to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expected {
     /// A new command with this result (transaction id or rejection).
-    New(Result<u64, Rejection>),
+    New(Verdict),
     /// A retry of a remembered command: the original result.
-    Duplicate(Result<u64, Rejection>),
+    Duplicate(Verdict),
     /// A remembered id with other content.
     KeyReused,
 }
 
 impl Expected {
     fn of(outcome: &Outcome) -> Expected {
-        let result = |record: &CommandRecord| record.outcome().map(|id| id.0);
         match outcome {
-            Outcome::Recorded(record) => Expected::New(result(record)),
-            Outcome::Duplicate(record) => Expected::Duplicate(result(record)),
+            Outcome::Recorded(record) => Expected::New(verdict(record)),
+            Outcome::Duplicate(record) => Expected::Duplicate(verdict(record)),
             Outcome::KeyReused { .. } => Expected::KeyReused,
         }
     }
@@ -114,7 +122,7 @@ impl Auditor {
         self.transactions += 1;
         let transaction = self.transactions;
         let result = match &attached.0 {
-            None => self.decide(now, &command.kind),
+            None => self.decide_command(now, &command.kind),
             Some(reference) => self.decide_with_reference(now, &command.kind, reference),
         };
         let result = result.map(|()| transaction);
@@ -124,9 +132,14 @@ impl Auditor {
 
     /// Decides on a copy of the model; the wallets whose versions moved are the ones the command
     /// touched, and if any of them has used `reference`, nothing happened: `reference_exists`.
-    fn decide_with_reference(&mut self, now: u64, kind: &CommandKind, reference: &str) -> Result<(), Rejection> {
+    fn decide_with_reference(
+        &mut self,
+        now: u64,
+        kind: &CommandKind,
+        reference: &str,
+    ) -> Result<(), (Rejection, Option<u16>)> {
         let before = self.clone();
-        self.decide(now, kind)?;
+        self.decide_command(now, kind)?;
         let touched: Vec<String> = self
             .wallets
             .iter()
@@ -135,10 +148,32 @@ impl Auditor {
             .collect();
         if touched.iter().any(|id| self.references.contains(&(id.clone(), reference.to_owned()))) {
             *self = before;
-            return Err(Rejection::ReferenceExists);
+            return Err((Rejection::ReferenceExists, None));
         }
         for id in touched {
             self.references.insert((id, reference.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// A command, or an atomic group: its legs in order on the model, and if one is refused, the
+    /// model as it was before the group.
+    fn decide_command(&mut self, now: u64, kind: &CommandKind) -> Result<(), (Rejection, Option<u16>)> {
+        let CommandKind::Atomic(legs) = kind else {
+            return self.decide(now, kind).map_err(|rejection| (rejection, None));
+        };
+        if legs.is_empty()
+            || legs.len() > MAX_ATOMIC_LEGS
+            || legs.iter().any(|leg| matches!(leg, CommandKind::Atomic(_) | CommandKind::ExpireHolds))
+        {
+            return Err((Rejection::InvalidAtomicGroup, None));
+        }
+        let before = self.clone();
+        for (index, leg) in legs.iter().enumerate() {
+            if let Err(rejection) = self.decide(now, leg) {
+                *self = before;
+                return Err((rejection, Some(u16::try_from(index).expect("legs fit u16"))));
+            }
         }
         Ok(())
     }
@@ -315,6 +350,7 @@ impl Auditor {
                 }
                 Ok(())
             }
+            CommandKind::Atomic(_) => Err(Rejection::InvalidAtomicGroup),
         }
     }
 
@@ -491,6 +527,9 @@ impl Harness {
 fn check_events(record: &CommandRecord, events: &[Event]) -> Result<(), String> {
     if record.result.is_err() && !events.is_empty() {
         return Err("a rejected command emitted events".to_owned());
+    }
+    if record.refused_leg.is_some() && record.result.is_ok() {
+        return Err("an accepted command names a refused leg".to_owned());
     }
     let mut last_version: BTreeMap<_, u64> = BTreeMap::new();
     for event in events {

@@ -131,7 +131,16 @@ pub enum CommandKind {
     /// Releases holds whose expiry is at or before `now`, oldest first, at most
     /// [`crate::MAX_EXPIRIES_PER_COMMAND`] of them.
     ExpireHolds,
+    /// Several operations (legs) decided as one transaction: each leg sees the ledger as the legs
+    /// before it left it, and either every leg takes effect, under one transaction id, or none
+    /// does (the record names the first refused leg). A payment and its fee, a split, an exchange
+    /// through house wallets. 1 to [`MAX_ATOMIC_LEGS`] legs, none of them `Atomic` or
+    /// `ExpireHolds` (otherwise the group is refused `invalid_atomic_group`).
+    Atomic(Vec<CommandKind>),
 }
+
+/// The most legs one atomic group may have (TigerBeetle's batch size less its header).
+pub const MAX_ATOMIC_LEGS: usize = 8_189;
 
 impl CommandKind {
     /// A short stable name of the command type, for logs, metrics and traces.
@@ -145,6 +154,7 @@ impl CommandKind {
             CommandKind::CaptureHold { .. } => "capture_hold",
             CommandKind::VoidHold { .. } => "void_hold",
             CommandKind::ExpireHolds => "expire_holds",
+            CommandKind::Atomic(_) => "atomic",
         }
     }
 
@@ -213,6 +223,17 @@ impl CommandKind {
                 out.text(hold_id.as_bytes());
             }
             CommandKind::ExpireHolds => out.tag(8),
+            CommandKind::Atomic(legs) => {
+                // The legs' own digests, in order, streamed: a group of 8,189 legs outgrows the
+                // stack buffer.
+                let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+                hasher.update(&[9]);
+                hasher.update(&(legs.len() as u64).to_le_bytes());
+                for leg in legs {
+                    hasher.update(&leg.fingerprint().0.to_le_bytes());
+                }
+                return Fingerprint(hasher.digest128());
+            }
         }
         Fingerprint(xxhash_rust::xxh3::xxh3_128(out.bytes()))
     }

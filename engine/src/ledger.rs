@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::tables::{CommandMemory, HashSeed, WalletTable};
 use crate::{
-    Account, Amount, Command, CommandId, CommandKind, Currency, Event, EventKind, Fingerprint, HoldId, Memo, OwnerId,
-    Posting, Rejection, Timestamp, TransactionId, WalletId,
+    Account, Amount, Command, CommandId, CommandKind, Currency, Event, EventKind, Fingerprint, HoldId, MAX_ATOMIC_LEGS,
+    Memo, OwnerId, Posting, Rejection, Timestamp, TransactionId, WalletId,
 };
 
 /// The highest balance a wallet may hold, in minor units (10^18, well inside `i64`).
@@ -161,6 +161,10 @@ pub struct CommandRecord {
     /// The command's position in the journal. An accepted command's events carry it.
     pub transaction_id: TransactionId,
     pub result: Result<(), Rejection>,
+    /// For a refused atomic group: the leg whose own rejection `result` is (every other leg was
+    /// refused with it). `None` for every other command, and for a group refused as a whole
+    /// (`invalid_atomic_group`, `reference_exists`).
+    pub refused_leg: Option<u16>,
 }
 
 impl CommandRecord {
@@ -353,7 +357,23 @@ impl Ledger {
         let transaction_id = self.last_transaction_id.next();
         let record_start = events.len();
         let mut touched = Touched::new();
-        let mut result = self.decide(now, transaction_id, command, events, &mut touched);
+        let mut refused_leg = None;
+        // An atomic group applies its legs as it decides them (each leg sees the ones before it);
+        // `undo` puts them back if the group is refused after all.
+        let mut undo = None;
+        let mut result = match &command.kind {
+            CommandKind::Atomic(legs) => match self.decide_group(now, transaction_id, command, legs, events) {
+                Ok(log) => {
+                    undo = Some(log);
+                    Ok(())
+                }
+                Err((rejection, leg)) => {
+                    refused_leg = leg;
+                    Err(rejection)
+                }
+            },
+            kind => self.decide(now, transaction_id, command.id, kind, events, &mut touched),
+        };
         debug_assert!(result.is_ok() || events.len() == record_start, "a rejection emits no events");
         // Last of all: a reference already used on a wallet the command touches.
         if let Some(reference) = &command.memo.reference
@@ -361,19 +381,32 @@ impl Ledger {
                 .iter()
                 .any(|event| self.references.contains_key(&reference_key(&event.wallet_id, reference)))
         {
+            if let Some(log) = undo.take() {
+                self.undo(log);
+            }
             events.truncate(record_start);
             result = Err(Rejection::ReferenceExists);
         }
-        if !command.memo.is_empty() {
+        let applied = undo.is_some();
+        if !command.memo.is_empty() && !applied {
             for event in &mut events[record_start..] {
                 event.memo = command.memo.clone();
             }
         }
-        let record = CommandRecord { command_id: command.id, fingerprint, at: now, transaction_id, result };
+        let record =
+            CommandRecord { command_id: command.id, fingerprint, at: now, transaction_id, result, refused_leg };
         self.record(&record);
-        for (index, event) in events[record_start..].iter().enumerate() {
-            if let Err(error) = self.apply_at(event, touched.get(index).copied()) {
-                panic!("the ledger emitted an event it cannot apply: {error}");
+        if applied {
+            if let Some(reference) = &command.memo.reference {
+                for event in &events[record_start..] {
+                    self.references.insert(reference_key(&event.wallet_id, reference), transaction_id);
+                }
+            }
+        } else {
+            for (index, event) in events[record_start..].iter().enumerate() {
+                if let Err(error) = self.apply_at(event, touched.get(index).copied(), true) {
+                    panic!("the ledger emitted an event it cannot apply: {error}");
+                }
             }
         }
         if cfg!(debug_assertions)
@@ -410,12 +443,14 @@ impl Ledger {
     ///
     /// This is the single place wallet state changes, for `execute` and `replay` alike.
     pub fn apply(&mut self, event: &Event) -> Result<(), ReplayError> {
-        self.apply_at(event, None)
+        self.apply_at(event, None, true)
     }
 
     /// [`Ledger::apply`], with the wallet's position when the caller already knows it (`execute`
-    /// does: it just looked the wallet up to decide), saving a second lookup.
-    fn apply_at(&mut self, event: &Event, position: Option<usize>) -> Result<(), ReplayError> {
+    /// does: it just looked the wallet up to decide), saving a second lookup. Without
+    /// `references`, the event's reference is neither checked nor remembered: an atomic group
+    /// checks and remembers its reference once, after its last leg.
+    fn apply_at(&mut self, event: &Event, position: Option<usize>, references: bool) -> Result<(), ReplayError> {
         let fail = |reason: String| ReplayError {
             transaction_id: event.transaction_id,
             reason: format!("{} v{} {}: {reason}", event.wallet_id, event.version, event.kind.name()),
@@ -455,7 +490,12 @@ impl Ledger {
         if event.currency != wallet.currency {
             return Err(fail("currency differs from the wallet's".to_owned()));
         }
-        let reference = event.memo.reference.as_ref().map(|reference| reference_key(&event.wallet_id, reference));
+        let reference = event
+            .memo
+            .reference
+            .as_ref()
+            .filter(|_| references)
+            .map(|reference| reference_key(&event.wallet_id, reference));
         // One transaction may touch a wallet more than once (expiries); another may not reuse it.
         if reference.is_some_and(|key| self.references.get(&key).is_some_and(|used| *used != event.transaction_id)) {
             return Err(fail("the wallet already has a transaction with this reference".to_owned()));
@@ -605,7 +645,8 @@ impl Ledger {
         &self,
         now: Timestamp,
         transaction_id: TransactionId,
-        command: &Command,
+        command_id: CommandId,
+        kind: &CommandKind,
         events: &mut Vec<Event>,
         touched: &mut Touched,
     ) -> Result<(), Rejection> {
@@ -614,7 +655,7 @@ impl Ledger {
                 wallet_id: wallet.id,
                 version: wallet.version + 1,
                 transaction_id,
-                command_id: command.id,
+                command_id,
                 at: now,
                 currency: wallet.currency,
                 kind,
@@ -628,7 +669,7 @@ impl Ledger {
         let held_of = |wallet: &Wallet| i128::from(wallet.held);
         let fits = |balance: i128| balance <= i128::from(MAX_BALANCE_MINOR);
 
-        match &command.kind {
+        match kind {
             CommandKind::CreateWallet { wallet_id, owner_id, currency, initial_balance, overdraft_limit } => {
                 if self.wallets.contains(wallet_id) {
                     return Err(Rejection::WalletExists);
@@ -647,7 +688,7 @@ impl Ledger {
                     wallet_id: *wallet_id,
                     version: 1,
                     transaction_id,
-                    command_id: command.id,
+                    command_id,
                     at: now,
                     currency: *currency,
                     kind: EventKind::WalletCreated { owner_id: *owner_id, overdraft_limit: *overdraft_limit },
@@ -828,8 +869,130 @@ impl Ledger {
                     events.push(expired);
                 }
             }
+            // Groups are decided by `decide_group`, which never hands one to a leg.
+            CommandKind::Atomic(_) => return Err(Rejection::InvalidAtomicGroup),
         }
         Ok(())
+    }
+
+    /// Decides an atomic group leg by leg, applying each accepted leg's events at once (with the
+    /// command's memo, without its reference) so the next leg sees them. Returns what puts the
+    /// ledger back, or the first refused leg's rejection with the ledger as it was and no events.
+    fn decide_group(
+        &mut self,
+        now: Timestamp,
+        transaction_id: TransactionId,
+        command: &Command,
+        legs: &[CommandKind],
+        events: &mut Vec<Event>,
+    ) -> Result<GroupUndo, (Rejection, Option<u16>)> {
+        let nested = |leg: &CommandKind| matches!(leg, CommandKind::Atomic(_) | CommandKind::ExpireHolds);
+        if legs.is_empty() || legs.len() > MAX_ATOMIC_LEGS || legs.iter().any(nested) {
+            return Err((Rejection::InvalidAtomicGroup, None));
+        }
+        let start = events.len();
+        let mut log = GroupUndo { world: self.world, steps: Vec::with_capacity(legs.len() * 2) };
+        for (index, leg) in legs.iter().enumerate() {
+            let leg_start = events.len();
+            let mut touched = Touched::new();
+            if let Err(rejection) = self.decide(now, transaction_id, command.id, leg, events, &mut touched) {
+                events.truncate(start);
+                self.undo(log);
+                let index = u16::try_from(index).expect("MAX_ATOMIC_LEGS fits u16");
+                return Err((rejection, Some(index)));
+            }
+            for offset in 0..events.len() - leg_start {
+                let event = &mut events[leg_start + offset];
+                if !command.memo.is_empty() {
+                    event.memo = command.memo.clone();
+                }
+                let event = &events[leg_start + offset];
+                self.remember_for_undo(event, &mut log.steps);
+                if let Err(error) = self.apply_at(event, touched.get(offset).copied(), false) {
+                    panic!("the ledger emitted an event it cannot apply: {error}");
+                }
+            }
+        }
+        Ok(log)
+    }
+
+    /// Records what applying `event` will change, before it is applied.
+    fn remember_for_undo(&self, event: &Event, steps: &mut Vec<UndoStep>) {
+        match &event.kind {
+            EventKind::WalletCreated { .. } => steps.push(UndoStep::Created),
+            _ => {
+                if let Some(position) = self.wallets.position(&event.wallet_id) {
+                    let wallet = self.wallets.at(position);
+                    steps.push(UndoStep::Wallet {
+                        position,
+                        balance: wallet.balance,
+                        held: wallet.held,
+                        version: wallet.version,
+                        updated_at: wallet.updated_at,
+                    });
+                }
+            }
+        }
+        match &event.kind {
+            EventKind::HoldPlaced { hold_id, .. } => steps.push(UndoStep::HoldPlaced(*hold_id)),
+            EventKind::HoldCaptured { hold_id, .. }
+            | EventKind::HoldVoided { hold_id, .. }
+            | EventKind::HoldExpired { hold_id, .. } => {
+                if let Some(hold) = self.holds.get(hold_id) {
+                    steps.push(UndoStep::HoldFinished(hold.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Puts back everything an atomic group's applied legs changed, newest first.
+    fn undo(&mut self, log: GroupUndo) {
+        let owner_of =
+            |ledger: &Ledger, wallet_id: &WalletId| ledger.wallets.get(wallet_id).map(|wallet| wallet.owner_id);
+        for step in log.steps.into_iter().rev() {
+            match step {
+                UndoStep::Wallet { position, balance, held, version, updated_at } => {
+                    let wallet = self.wallets.at_mut(position);
+                    wallet.balance = balance;
+                    wallet.held = held;
+                    wallet.version = version;
+                    wallet.updated_at = updated_at;
+                }
+                UndoStep::Created => {
+                    let wallet = self.wallets.pop().expect("an undone creation is the newest wallet");
+                    self.adjust_usage(wallet.owner_id, |usage| usage.wallets -= 1);
+                }
+                UndoStep::HoldPlaced(hold_id) => {
+                    let hold = self.holds.remove(&hold_id).expect("an undone hold exists");
+                    if let Some(expires_at) = hold.expires_at {
+                        self.hold_expiries.remove(&(expires_at, hold_id));
+                    }
+                    if let Some(owner) = owner_of(self, &hold.wallet_id) {
+                        self.adjust_usage(owner, |usage| usage.active_holds -= 1);
+                    }
+                }
+                UndoStep::HoldFinished(hold) => {
+                    if let Some(expires_at) = hold.expires_at {
+                        self.hold_expiries.insert((expires_at, hold.id));
+                    }
+                    if let Some(owner) = owner_of(self, &hold.wallet_id) {
+                        self.adjust_usage(owner, |usage| usage.active_holds += 1);
+                    }
+                    self.holds.insert(hold.id, hold);
+                }
+            }
+        }
+        self.world = log.world;
+    }
+
+    /// Changes an owner's usage, dropping it when nothing is left (as a recount would).
+    fn adjust_usage(&mut self, owner: OwnerId, change: impl FnOnce(&mut Usage)) {
+        let usage = self.usage.entry(owner).or_default();
+        change(usage);
+        if *usage == Usage::default() {
+            self.usage.remove(&owner);
+        }
     }
 
     /// Checks every invariant of the state; `execute` asserts it after each command in debug builds.
@@ -931,3 +1094,23 @@ fn check_active(hold: &Hold, now: Timestamp) -> Result<(), Rejection> {
 
 /// Positions of the wallets a command's events touch, in event order, when there are at most two.
 type Touched = arrayvec::ArrayVec<usize, 2>;
+
+/// What an atomic group's applied legs changed: the system accounts as they were, and one step
+/// per change to a wallet or hold, oldest first.
+#[derive(Debug)]
+struct GroupUndo {
+    world: [i128; Currency::COUNT],
+    steps: Vec<UndoStep>,
+}
+
+#[derive(Debug)]
+enum UndoStep {
+    /// A wallet's moving parts before an event.
+    Wallet { position: usize, balance: i64, held: u64, version: u64, updated_at: Timestamp },
+    /// The newest wallet was created.
+    Created,
+    /// A hold was placed.
+    HoldPlaced(HoldId),
+    /// A hold, active as it was, was finished.
+    HoldFinished(Hold),
+}

@@ -32,7 +32,7 @@ mod snapshot;
 mod tables;
 pub mod testkit;
 
-pub use command::{Command, CommandKind, Description, Fingerprint};
+pub use command::{Command, CommandKind, Description, Fingerprint, MAX_ATOMIC_LEGS};
 pub use event::{Account, Event, EventKind, Posting};
 pub use ids::{CommandId, HoldId, ID_MAX_BYTES, OwnerId, Timestamp, TransactionId, WalletId};
 pub use ledger::{

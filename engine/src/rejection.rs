@@ -23,6 +23,7 @@ use crate::{Currency, money::Amount};
 /// | capture hold | `idempotency_key_reused`, `invalid_amount`, `hold_not_found`, `destination_wallet_not_found`, `same_wallet_transfer`, `currency_mismatch`, `hold_not_active`, `hold_expired`, `capture_exceeds_hold`, `balance_limit_exceeded` |
 /// | void hold | `idempotency_key_reused`, `hold_not_found`, `hold_not_active`, `hold_expired` |
 /// | expire holds | `idempotency_key_reused` |
+/// | atomic group | `idempotency_key_reused`, `invalid_atomic_group`, then each leg's own checks in order (the first refused leg's rejection) |
 ///
 /// Last of all, a command with a reference that would otherwise be accepted is refused as
 /// `reference_exists` if any wallet it touches already has a transaction with that reference.
@@ -67,6 +68,9 @@ pub enum Rejection {
     ReferenceExists,
     /// The owner already has as many wallets, or active holds, as the ledger allows one owner.
     QuotaExceeded,
+    /// An atomic group with no legs, more than [`crate::MAX_ATOMIC_LEGS`], or a leg that is itself
+    /// a group or `ExpireHolds`.
+    InvalidAtomicGroup,
 }
 
 impl Rejection {
@@ -89,6 +93,7 @@ impl Rejection {
         Rejection::BalanceLimitExceeded,
         Rejection::ReferenceExists,
         Rejection::QuotaExceeded,
+        Rejection::InvalidAtomicGroup,
     ];
 
     /// The stable machine-readable code, as it appears in API errors and events.
@@ -111,6 +116,7 @@ impl Rejection {
             Rejection::BalanceLimitExceeded => "balance_limit_exceeded",
             Rejection::ReferenceExists => "reference_exists",
             Rejection::QuotaExceeded => "quota_exceeded",
+            Rejection::InvalidAtomicGroup => "invalid_atomic_group",
         }
     }
 
@@ -141,7 +147,8 @@ impl Rejection {
             | Rejection::HoldExpired
             | Rejection::InvalidExpiry
             | Rejection::CaptureExceedsHold
-            | Rejection::ReferenceExists => false,
+            | Rejection::ReferenceExists
+            | Rejection::InvalidAtomicGroup => false,
         }
     }
 }

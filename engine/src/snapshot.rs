@@ -3,7 +3,8 @@
 //! Layout: the bincode (standard config) encoding of the format version and [`SnapshotState`],
 //! followed by the XXH3-64 of those bytes, little-endian. The format version comes first so layouts
 //! can be read side by side: format 1 also carried the engine's settings, which a restore now takes
-//! from its caller (format 2 drops them; format 1 is still read, its settings skipped). Restoring
+//! from its caller (format 2 drops them; format 1 is still read, its settings skipped); format 4
+//! adds each command record's refused leg (atomic groups). Restoring
 //! re-checks every invariant: a snapshot that decodes but describes an impossible ledger is refused,
 //! never loaded.
 
@@ -13,8 +14,12 @@ use crate::ledger::{CommandRecord, Config, Hold, Ledger, Wallet};
 use crate::tables::{CommandMemory, WalletTable};
 use crate::{Currency, Timestamp, TransactionId};
 
-/// The snapshot layout this build writes (it reads this one and format 1).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// The snapshot layout this build writes (it reads this one and formats 1 to 3).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+
+/// Format 3: format 4 without the refused leg of each command record (written before atomic
+/// groups).
+const FORMAT_WITHOUT_LEGS: u32 = 3;
 
 /// Format 2: format 3 without the references (written before transactions carried them).
 const FORMAT_WITHOUT_REFERENCES: u32 = 2;
@@ -33,7 +38,7 @@ pub enum SnapshotError {
     Checksum,
     #[error("snapshot does not decode: {0}")]
     Decode(String),
-    #[error("snapshot format {found} is not a supported format (1, 2 or {SNAPSHOT_FORMAT_VERSION})")]
+    #[error("snapshot format {found} is not a supported format (1 to {SNAPSHOT_FORMAT_VERSION})")]
     Format { found: u32 },
     #[error("snapshot describes an impossible ledger: {0}")]
     Invalid(String),
@@ -42,13 +47,30 @@ pub enum SnapshotError {
 /// The decoded state, after the format version (and, in format 1, the settings). Field order is the
 /// wire order.
 #[derive(Deserialize)]
-struct SnapshotState<W> {
+struct SnapshotState<W, R> {
     clock: Timestamp,
     last_transaction_id: TransactionId,
     wallets: Vec<W>,
     holds: Vec<Hold>,
     world: Vec<(Currency, i128)>,
-    commands: Vec<CommandRecord>,
+    commands: Vec<R>,
+}
+
+/// A command record as formats 1 to 3 wrote it: without the refused leg.
+#[derive(Deserialize)]
+struct RecordWithoutLeg {
+    command_id: crate::CommandId,
+    fingerprint: crate::Fingerprint,
+    at: Timestamp,
+    transaction_id: TransactionId,
+    result: Result<(), crate::Rejection>,
+}
+
+impl From<RecordWithoutLeg> for CommandRecord {
+    fn from(old: RecordWithoutLeg) -> CommandRecord {
+        let RecordWithoutLeg { command_id, fingerprint, at, transaction_id, result } = old;
+        CommandRecord { command_id, fingerprint, at, transaction_id, result, refused_leg: None }
+    }
 }
 
 /// A wallet as formats 1 and 2 wrote it: without its memo.
@@ -82,15 +104,15 @@ impl From<WalletWithoutMemo> for Wallet {
     }
 }
 
-impl<W: Into<Wallet>> SnapshotState<W> {
-    fn current(self) -> SnapshotState<Wallet> {
+impl<W: Into<Wallet>, R: Into<CommandRecord>> SnapshotState<W, R> {
+    fn current(self) -> SnapshotState<Wallet, CommandRecord> {
         SnapshotState {
             clock: self.clock,
             last_transaction_id: self.last_transaction_id,
             wallets: self.wallets.into_iter().map(Into::into).collect(),
             holds: self.holds,
             world: self.world,
-            commands: self.commands,
+            commands: self.commands.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -166,7 +188,7 @@ impl Ledger {
         let (format_version, mut read): (u32, usize) =
             bincode::serde::decode_from_slice(body, encoding()).map_err(decode_error)?;
         match format_version {
-            SNAPSHOT_FORMAT_VERSION | FORMAT_WITHOUT_REFERENCES => {}
+            SNAPSHOT_FORMAT_VERSION | FORMAT_WITHOUT_LEGS | FORMAT_WITHOUT_REFERENCES => {}
             FORMAT_WITH_SETTINGS => {
                 let (_retention, skipped): (u64, usize) =
                     bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
@@ -174,18 +196,30 @@ impl Ledger {
             }
             found => return Err(SnapshotError::Format { found }),
         }
-        let (snapshot, state_bytes) = if format_version == SNAPSHOT_FORMAT_VERSION {
-            bincode::serde::decode_from_slice::<SnapshotState<Wallet>, _>(&body[read..], encoding())
-                .map_err(decode_error)?
-        } else {
-            let (old, bytes) =
-                bincode::serde::decode_from_slice::<SnapshotState<WalletWithoutMemo>, _>(&body[read..], encoding())
-                    .map_err(decode_error)?;
-            (old.current(), bytes)
+        let state = &body[read..];
+        let (snapshot, state_bytes) = match format_version {
+            SNAPSHOT_FORMAT_VERSION => {
+                bincode::serde::decode_from_slice::<SnapshotState<Wallet, CommandRecord>, _>(state, encoding())
+                    .map_err(decode_error)?
+            }
+            FORMAT_WITHOUT_LEGS => {
+                let (old, bytes) =
+                    bincode::serde::decode_from_slice::<SnapshotState<Wallet, RecordWithoutLeg>, _>(state, encoding())
+                        .map_err(decode_error)?;
+                (old.current(), bytes)
+            }
+            _ => {
+                let (old, bytes) = bincode::serde::decode_from_slice::<
+                    SnapshotState<WalletWithoutMemo, RecordWithoutLeg>,
+                    _,
+                >(state, encoding())
+                .map_err(decode_error)?;
+                (old.current(), bytes)
+            }
         };
         read += state_bytes;
         let mut references = Vec::new();
-        if format_version == SNAPSHOT_FORMAT_VERSION {
+        if format_version >= FORMAT_WITHOUT_LEGS {
             let (decoded, bytes): (Vec<(u128, TransactionId)>, usize) =
                 bincode::serde::decode_from_slice(&body[read..], encoding()).map_err(decode_error)?;
             references = decoded;

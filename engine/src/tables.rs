@@ -137,6 +137,16 @@ impl WalletTable {
         }
     }
 
+    /// Removes the newest wallet (an atomic group's creation, undone).
+    pub(crate) fn pop(&mut self) -> Option<Wallet> {
+        let wallet = self.wallets.pop()?;
+        let position = u32::try_from(self.wallets.len()).expect("fewer than 2^32 wallets");
+        if let Ok(entry) = self.index.find_entry(self.seed.hash_of(&wallet.id), |&p| p == position) {
+            entry.remove();
+        }
+        Some(wallet)
+    }
+
     pub(crate) fn as_slice(&self) -> &[Wallet] {
         &self.wallets
     }

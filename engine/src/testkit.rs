@@ -23,14 +23,48 @@ pub const CURRENCIES: [Currency; 3] = [Currency::USD, Currency::JPY, Currency::K
 /// A command before ids and time are known; `expiry_offset` is relative to the step's `now`.
 #[derive(Clone, Debug)]
 pub enum Draft {
-    Create { wallet: usize, currency: Option<usize>, initial: u64, overdraft: u64 },
-    Credit { wallet: usize, currency: Option<usize>, amount: u64, described: bool },
-    Debit { wallet: usize, currency: Option<usize>, amount: u64 },
-    Transfer { source: usize, destination: usize, currency: Option<usize>, amount: u64 },
-    PlaceHold { hold: usize, wallet: usize, currency: Option<usize>, amount: u64, expiry_offset: Option<i64> },
-    Capture { hold: usize, amount: Option<u64>, destination: Option<usize> },
-    Void { hold: usize },
+    Create {
+        wallet: usize,
+        currency: Option<usize>,
+        initial: u64,
+        overdraft: u64,
+    },
+    Credit {
+        wallet: usize,
+        currency: Option<usize>,
+        amount: u64,
+        described: bool,
+    },
+    Debit {
+        wallet: usize,
+        currency: Option<usize>,
+        amount: u64,
+    },
+    Transfer {
+        source: usize,
+        destination: usize,
+        currency: Option<usize>,
+        amount: u64,
+    },
+    PlaceHold {
+        hold: usize,
+        wallet: usize,
+        currency: Option<usize>,
+        amount: u64,
+        expiry_offset: Option<i64>,
+    },
+    Capture {
+        hold: usize,
+        amount: Option<u64>,
+        destination: Option<usize>,
+    },
+    Void {
+        hold: usize,
+    },
     ExpireHolds,
+    /// An atomic group of these legs (a leg that is itself a group or `ExpireHolds` makes the
+    /// group invalid, which is worth sending too).
+    Atomic(Vec<Draft>),
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +95,7 @@ impl Draft {
         let pick = |wallet: usize, currency: Option<usize>| currency.map_or(HOME[wallet], |index| CURRENCIES[index]);
         let money = |minor: u64| Amount::from_minor(minor).unwrap();
         match *self {
+            Draft::Atomic(ref legs) => CommandKind::Atomic(legs.iter().map(|leg| leg.command(now)).collect()),
             Draft::Create { wallet, currency, initial, overdraft } => CommandKind::CreateWallet {
                 wallet_id: wallet_id(wallet),
                 owner_id: OwnerId::parse(&format!("owner-{}", wallet % 2)).unwrap(),
@@ -112,7 +147,8 @@ impl Draft {
 pub struct Summary {
     /// Commands accepted (new and successful).
     pub accepted: usize,
-    /// Every outcome seen: a command name for an accepted command, else a rejection code.
+    /// Every outcome seen: a command name for an accepted command, else a rejection code (and
+    /// `atomic_leg_refused` when a group was refused for one of its legs).
     pub outcomes: BTreeSet<&'static str>,
 }
 
@@ -151,6 +187,11 @@ pub fn run(config: Config, steps: &[(i64, Step)]) -> Result<Summary, String> {
             Ok(_) => {}
             Err(rejection) => {
                 summary.outcomes.insert(rejection.code());
+                if let Outcome::Recorded(record) = &outcome
+                    && record.refused_leg.is_some()
+                {
+                    summary.outcomes.insert("atomic_leg_refused");
+                }
             }
         }
         sent.push(command);

@@ -576,15 +576,22 @@ fn a_restored_ledger_runs_under_the_settings_it_is_restored_with() {
 /// debited 1.00 (`Script::new`, `create("alice", USD, 1_000, 0)`, `ok(debit("alice", 100))`).
 const FORMAT_2: &[u8] = include_bytes!("fixtures/snapshot-format-2.bin");
 
+/// The same ledger as format 3 wrote it, the release before atomic groups (records without their
+/// refused leg).
+const FORMAT_3: &[u8] = include_bytes!("fixtures/snapshot-format-3.bin");
+
 #[test]
-fn format_1_and_2_snapshots_still_restore_and_format_1_settings_are_ignored() {
+fn format_1_to_3_snapshots_still_restore_and_format_1_settings_are_ignored() {
     let mut script = Script::new();
     script.create("alice", Currency::USD, 1_000, 0);
     script.ok(debit("alice", 100));
     let current = script.ledger().encode_snapshot();
-    assert_eq!(current[0], 3, "this release writes format 3");
+    assert_eq!(current[0], 4, "this release writes format 4");
     let restored = Ledger::restore(FORMAT_2, Config::default()).unwrap();
     assert_eq!(restored.encode_snapshot(), current, "format 2 restores to the same state");
+    assert_eq!(FORMAT_3[0], 3);
+    let restored = Ledger::restore(FORMAT_3, Config::default()).unwrap();
+    assert_eq!(restored.encode_snapshot(), current, "format 3 restores to the same state");
 
     // Format 1 was the format version, the settings (the retention, a varint) and then format 2's
     // state.
@@ -605,11 +612,11 @@ fn format_1_and_2_snapshots_still_restore_and_format_1_settings_are_ignored() {
     assert_eq!(restored.encode_snapshot(), current, "the same state");
 
     let mut future = current.clone();
-    future[0] = 4;
+    future[0] = 5;
     let len = future.len();
     let checksum = xxhash_rust::xxh3::xxh3_64(&future[..len - 8]);
     future[len - 8..].copy_from_slice(&checksum.to_le_bytes());
-    assert!(matches!(Ledger::restore(&future, config), Err(wallex_engine::SnapshotError::Format { found: 4 })));
+    assert!(matches!(Ledger::restore(&future, config), Err(wallex_engine::SnapshotError::Format { found: 5 })));
 }
 
 #[test]
@@ -701,4 +708,143 @@ fn an_owner_gets_at_most_its_quota_of_wallets_and_of_active_holds() {
     script.ok(place("h5", "a2", 1, None));
     // Replay and a snapshot restore count the same (the snapshot holds no counts of its own).
     script.finish();
+}
+
+#[test]
+fn an_atomic_group_takes_effect_as_one_transaction_each_leg_seeing_the_ones_before() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.create("bob", Currency::USD, 0, 0);
+    // A new wallet, funded by a transfer, holding part of it and paying bob from the hold: every
+    // leg after the first needs what an earlier leg did.
+    let group = CommandKind::Atomic(vec![
+        create("carol", Currency::USD, 0, 0),
+        transfer("alice", "carol", 600),
+        place("h1", "carol", 400, None),
+        capture("h1", Some(250), Some("bob")),
+        credit("bob", 5),
+        debit("alice", 400),
+    ]);
+    let events = script.ok(group);
+    let transaction = events[0].transaction_id;
+    assert!(events.iter().all(|event| event.transaction_id == transaction), "one transaction id");
+    let kinds: Vec<&str> = events.iter().map(|event| event.kind.name()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "wallet_created",
+            "transfer_sent",
+            "transfer_received",
+            "hold_placed",
+            "hold_captured",
+            "capture_received",
+            "credited",
+            "debited"
+        ]
+    );
+    let carol: Vec<u64> = events.iter().filter(|event| event.wallet_id == wallet("carol")).map(|e| e.version).collect();
+    assert_eq!(carol, [1, 2, 3, 4], "a wallet's versions run on within the group");
+    assert_eq!(script.balance("alice"), (0, 0));
+    assert_eq!(script.balance("carol"), (350, 0));
+    assert_eq!(script.balance("bob"), (255, 0));
+    assert_eq!(script.ledger().world_balance(Currency::USD), -605, "in 1,000 and 5, out 400");
+    script.finish();
+}
+
+#[test]
+fn an_atomic_group_with_one_refused_leg_changes_nothing_and_names_that_leg() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.create("bob", Currency::USD, 100, 0);
+    script.ok(place("h0", "bob", 50, Some(5_000_000)));
+    let before = script.ledger().clone();
+    // Creates a wallet, places and finishes holds, moves money; the fifth leg overdraws alice.
+    let group = CommandKind::Atomic(vec![
+        create("carol", Currency::USD, 0, 0),
+        transfer("alice", "carol", 700),
+        place("h1", "carol", 300, Some(9_000_000)),
+        void("h0"),
+        debit("alice", 301),
+        credit("bob", 1),
+    ]);
+    let id = CommandId(4_242);
+    let (result, events) = script.run_as(id, group.clone());
+    assert_eq!(result, Err(Rejection::InsufficientFunds));
+    assert!(events.is_empty());
+    let record = *script.ledger().command(&id, at(script.now)).unwrap();
+    assert_eq!(record.refused_leg, Some(4), "the fifth leg is the refused one");
+    let ledger = script.ledger();
+    assert_eq!(ledger.wallets(), before.wallets(), "no wallet changed, and carol does not exist");
+    assert_eq!(ledger.holds().collect::<Vec<_>>(), before.holds().collect::<Vec<_>>());
+    assert_eq!(ledger.next_hold_expiry(), before.next_hold_expiry());
+    assert_eq!(ledger.world_balance(Currency::USD), before.world_balance(Currency::USD));
+    // The same id again: the same refusal, still naming its leg, and nothing changes.
+    let mut again = script.ledger().clone();
+    let outcome = again.execute(at(script.now + 1), &Command::new(id, group), &mut Vec::new());
+    assert_eq!(outcome, wallex_engine::Outcome::Duplicate(record));
+    // Restored from a snapshot, the record still names the leg.
+    let restored = Ledger::restore(&script.ledger().encode_snapshot(), Config::default()).unwrap();
+    assert_eq!(restored.command(&id, at(script.now)).unwrap().refused_leg, Some(4));
+    // Without the overdraft, the same legs go through.
+    script.ok(CommandKind::Atomic(vec![create("carol", Currency::USD, 0, 0), transfer("alice", "carol", 700)]));
+    script.finish();
+}
+
+#[test]
+fn malformed_groups_are_refused_whole_and_a_groups_reference_covers_every_wallet_it_touches() {
+    let mut script = Script::new();
+    script.create("alice", Currency::USD, 1_000, 0);
+    script.create("bob", Currency::USD, 0, 0);
+    assert_eq!(script.refused(CommandKind::Atomic(Vec::new())), Rejection::InvalidAtomicGroup);
+    let nested = CommandKind::Atomic(vec![credit("alice", 1), CommandKind::Atomic(vec![credit("alice", 1)])]);
+    assert_eq!(script.refused(nested), Rejection::InvalidAtomicGroup);
+    assert_eq!(script.refused(CommandKind::Atomic(vec![CommandKind::ExpireHolds])), Rejection::InvalidAtomicGroup);
+    let too_many = CommandKind::Atomic(vec![credit("alice", 1); wallex_engine::MAX_ATOMIC_LEGS + 1]);
+    assert_eq!(script.refused(too_many), Rejection::InvalidAtomicGroup);
+    let largest = CommandKind::Atomic(vec![credit("alice", 1); wallex_engine::MAX_ATOMIC_LEGS]);
+    assert_eq!(script.ok(largest).len(), wallex_engine::MAX_ATOMIC_LEGS);
+
+    let memo = wallex_engine::Memo {
+        reference: Some(wallex_engine::Reference::parse("order-7").unwrap()),
+        ..wallex_engine::Memo::default()
+    };
+    let mut ledger = script.ledger().clone();
+    let now = at(script.now + 1);
+    let first = Command { id: CommandId(1_001), kind: debit("bob", 1), memo: memo.clone() };
+    assert_eq!(ledger.execute(now, &first, &mut Vec::new()).result(), Err(Rejection::InsufficientFunds));
+    let paid = Command { id: CommandId(1_002), kind: credit("bob", 1), memo: memo.clone() };
+    assert!(ledger.execute(now, &paid, &mut Vec::new()).result().is_ok());
+    let before = ledger.clone();
+    // The group's second leg touches bob, whose transactions already used the reference.
+    let group = Command {
+        id: CommandId(1_003),
+        kind: CommandKind::Atomic(vec![create("dave", Currency::USD, 0, 0), transfer("alice", "bob", 5)]),
+        memo: memo.clone(),
+    };
+    let mut events = Vec::new();
+    assert_eq!(ledger.execute(now, &group, &mut events).result(), Err(Rejection::ReferenceExists));
+    assert!(events.is_empty());
+    assert_eq!(ledger.wallets(), before.wallets(), "dave was never created");
+    assert_eq!(ledger.command(&CommandId(1_003), now).unwrap().refused_leg, None, "refused as a whole");
+    // Without bob, the group goes through and its reference then covers dave and alice.
+    let group = Command {
+        id: CommandId(1_004),
+        kind: CommandKind::Atomic(vec![create("dave", Currency::USD, 0, 0), transfer("alice", "dave", 5)]),
+        memo: memo.clone(),
+    };
+    assert!(ledger.execute(now, &group, &mut events).result().is_ok());
+    assert!(events.iter().all(|event| event.memo == memo));
+    assert_eq!(ledger.wallet(&wallet("dave")).unwrap().memo.as_deref(), Some(&memo));
+    let again = Command { id: CommandId(1_005), kind: credit("dave", 1), memo };
+    assert_eq!(ledger.execute(now, &again, &mut Vec::new()).result(), Err(Rejection::ReferenceExists));
+    ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn a_groups_fingerprint_is_its_legs_in_order() {
+    let one = CommandKind::Atomic(vec![credit("a", 1), debit("a", 1)]);
+    let swapped = CommandKind::Atomic(vec![debit("a", 1), credit("a", 1)]);
+    assert_eq!(one.fingerprint(), CommandKind::Atomic(vec![credit("a", 1), debit("a", 1)]).fingerprint());
+    assert_ne!(one.fingerprint(), swapped.fingerprint());
+    assert_ne!(CommandKind::Atomic(vec![credit("a", 1)]).fingerprint(), credit("a", 1).fingerprint());
 }

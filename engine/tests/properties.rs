@@ -27,7 +27,17 @@ fn currency() -> impl Strategy<Value = Option<usize>> {
     prop_oneof![8 => Just(None), 1 => (0..CURRENCIES.len()).prop_map(Some)]
 }
 
-fn draft() -> impl Strategy<Value = Draft> {
+/// A single operation, or now and then an atomic group of 1 to 4 of them. Boxed: the unboxed
+/// strategy types are large enough to overflow a test thread's stack in debug builds.
+fn draft() -> BoxedStrategy<Draft> {
+    prop_oneof![
+        10 => operation(),
+        2 => prop::collection::vec(operation(), 1..=4).prop_map(Draft::Atomic),
+    ]
+    .boxed()
+}
+
+fn operation() -> BoxedStrategy<Draft> {
     let wallet = 0..WALLETS;
     let hold = 0..HOLDS;
     prop_oneof![
@@ -48,6 +58,7 @@ fn draft() -> impl Strategy<Value = Draft> {
         1 => hold.prop_map(|hold| Draft::Void { hold }),
         1 => Just(Draft::ExpireHolds),
     ]
+    .boxed()
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -118,10 +129,11 @@ fn the_generator_reaches_every_outcome() {
         let (config, steps) = strategy.new_tree(&mut runner).unwrap().current();
         outcomes.extend(testkit::run(config, &steps).unwrap().outcomes);
     }
-    let commands = ["create_wallet", "credit", "debit", "transfer", "place_hold", "capture_hold", "void_hold"];
+    let commands =
+        ["create_wallet", "credit", "debit", "transfer", "place_hold", "capture_hold", "void_hold", "atomic"];
     // The balance limit needs a thousand maximal credits to one wallet; its unit test covers it.
     let rejections = Rejection::ALL.iter().filter(|r| **r != Rejection::BalanceLimitExceeded).map(|r| r.code());
-    for expected in rejections.chain(commands).chain(["expire_holds"]) {
+    for expected in rejections.chain(commands).chain(["expire_holds", "atomic_leg_refused"]) {
         assert!(outcomes.contains(expected), "the generator never produced {expected}; saw {outcomes:?}");
     }
 }

@@ -43,6 +43,14 @@ fn script(input: &mut Unstructured<'_>) -> Result<(Config, Vec<(i64, Step)>)> {
 }
 
 fn draft(input: &mut Unstructured<'_>) -> Result<Draft> {
+    if input.ratio(1, 6)? {
+        let legs = input.int_in_range(1..=4usize)?;
+        return (0..legs).map(|_| operation(input)).collect::<Result<Vec<_>>>().map(Draft::Atomic);
+    }
+    operation(input)
+}
+
+fn operation(input: &mut Unstructured<'_>) -> Result<Draft> {
     let wallet = input.choose_index(WALLETS)?;
     let other = input.choose_index(WALLETS)?;
     let hold = input.choose_index(HOLDS)?;

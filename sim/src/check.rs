@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wallex_engine::auditor::{Auditor, Expected};
+use wallex_engine::auditor::{Auditor, Expected, verdict};
 use wallex_engine::{Account, Command, CommandId, CommandKind, Currency, EventKind, Ledger, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{Direction, EventStore, JournalEntry, LedgerEntry, Projection, WalletView};
@@ -257,7 +257,7 @@ pub async fn verify(world: &World, operations: &[Operation], config: wallex_engi
             .get(&record.command_id)
             .map_or_else(|| Command::new(record.command_id, CommandKind::ExpireHolds), |command| (*command).clone());
         let expected = auditor.execute(record.at, &command);
-        let actual = Expected::New(record.outcome().map(|transaction| transaction.0));
+        let actual = Expected::New(verdict(record));
         if expected != actual {
             return violated(
                 "auditor",

@@ -119,6 +119,7 @@ fn record(command_id: CommandId, sequence: usize) -> CommandRecord {
         at: Timestamp::ZERO,
         transaction_id: TransactionId(sequence as u64 + 1),
         result: Ok(()),
+        refused_leg: None,
     }
 }
 

@@ -75,7 +75,8 @@ impl Problem {
             | Rejection::CaptureExceedsHold
             | Rejection::InsufficientFunds
             | Rejection::BalanceLimitExceeded
-            | Rejection::QuotaExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            | Rejection::QuotaExceeded
+            | Rejection::InvalidAtomicGroup => StatusCode::UNPROCESSABLE_ENTITY,
         };
         Problem::new(status, rejection.code(), describe(rejection))
     }
@@ -144,6 +145,7 @@ fn describe(rejection: Rejection) -> &'static str {
         Rejection::BalanceLimitExceeded => "the balance would exceed its limit",
         Rejection::ReferenceExists => "a transaction of this wallet already has this referenceId",
         Rejection::QuotaExceeded => "the owner already has as many wallets, or active holds, as one owner may",
+        Rejection::InvalidAtomicGroup => "an atomic batch has 1 to the configured maximum of operations",
     }
 }
 

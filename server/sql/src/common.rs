@@ -58,6 +58,7 @@ pub struct RecordRow {
     pub fingerprint: Vec<u8>,
     pub at: i64,
     pub rejection: Option<String>,
+    pub refused_leg: Option<i32>,
 }
 
 impl RecordRow {
@@ -72,6 +73,10 @@ impl RecordRow {
             at: Timestamp::from_unix_micros(uint(self.at)?),
             transaction_id: TransactionId(uint(self.transaction_id)?),
             result,
+            refused_leg: self
+                .refused_leg
+                .map(|leg| u16::try_from(leg).map_err(|_| corrupt(format!("refused leg {leg}"))))
+                .transpose()?,
         })
     }
 }

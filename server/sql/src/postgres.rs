@@ -113,8 +113,8 @@ impl Dialect for PostgresDialect {
         debug_assert_eq!(events.len(), outbox.len());
         sqlx::query(
             "WITH recorded AS ( \
-               INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) \
-               SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[])), \
+               INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection, refused_leg) \
+               SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[], $11::int[])), \
              keyed AS ( \
                INSERT INTO idempotency_keys (command_id, transaction_id, at) \
                SELECT * FROM UNNEST($2::bytea[], $1::bigint[], $4::bigint[]) \
@@ -138,6 +138,7 @@ impl Dialect for PostgresDialect {
         .bind(outbox.iter().map(|m| m.key.as_str()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| int(e.version)).collect::<Vec<_>>())
         .bind(outbox.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.refused_leg.map(i32::from)).collect::<Vec<_>>())
         .execute(writer)
         .await
         .map_err(store_error)?;
@@ -146,7 +147,7 @@ impl Dialect for PostgresDialect {
 
     async fn keyed_records(reader: &mut PgConnection, ids: &[CommandId]) -> Result<Vec<KeyedRecord>, StoreError> {
         sqlx::query_as(
-            "SELECT c.transaction_id, c.command_id, c.fingerprint, c.at, c.rejection, k.at AS key_at \
+            "SELECT c.transaction_id, c.command_id, c.fingerprint, c.at, c.rejection, c.refused_leg, k.at AS key_at \
              FROM UNNEST($1::bytea[]) AS ids (command_id) \
              JOIN idempotency_keys k ON k.command_id = ids.command_id \
              JOIN commands c ON c.transaction_id = k.transaction_id",

@@ -162,7 +162,7 @@ impl Dialect for SqliteDialect {
         let mut transaction = writer.begin_with(Self::BEGIN).await.map_err(store_error)?;
         insert_rows(
             &mut transaction,
-            "INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection) ",
+            "INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection, refused_leg) ",
             &batch.records,
             "",
             |mut row, record| {
@@ -170,7 +170,8 @@ impl Dialect for SqliteDialect {
                     .push_bind(id_bytes(record.command_id.0))
                     .push_bind(id_bytes(record.fingerprint.0))
                     .push_bind(int(record.at.unix_micros()))
-                    .push_bind(record.result.err().map(Rejection::code));
+                    .push_bind(record.result.err().map(Rejection::code))
+                    .push_bind(record.refused_leg.map(i32::from));
             },
         )
         .await?;
@@ -213,7 +214,7 @@ impl Dialect for SqliteDialect {
         let mut records = Vec::new();
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let mut query = QueryBuilder::new(
-                "SELECT c.transaction_id, c.command_id, c.fingerprint, c.at, c.rejection, k.at AS key_at \
+                "SELECT c.transaction_id, c.command_id, c.fingerprint, c.at, c.rejection, c.refused_leg, k.at AS key_at \
                  FROM idempotency_keys k JOIN commands c ON c.transaction_id = k.transaction_id WHERE k.command_id",
             );
             push_in(&mut query, chunk.iter().map(|id| id_bytes(id.0)));

@@ -442,7 +442,7 @@ impl<D: Dialect> EventStore for SqlStore<D> {
     async fn journal(&self, after: TransactionId, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
         let records: Vec<RecordRow> = self
             .read(
-                "SELECT transaction_id, command_id, fingerprint, at, rejection FROM commands \
+                "SELECT transaction_id, command_id, fingerprint, at, rejection, refused_leg FROM commands \
                  WHERE transaction_id > $1 ORDER BY transaction_id LIMIT $2",
                 Values::new().and(int(after.0)).and(sql_limit(limit)),
             )

@@ -260,6 +260,26 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
     assert_eq!(store.wallet_summary(&wallet("nobody")).await.unwrap(), None);
 
     search(&store, &mut ledger).await;
+    atomic_groups(&store, &mut ledger).await;
+}
+
+/// An accepted atomic group is one transaction with every leg's events; a refused one is a record
+/// that names its refused leg, read back whole from the journal and from its idempotency key.
+async fn atomic_groups<S: EventStore>(store: &S, ledger: &mut Ledger) {
+    let last = ledger.last_transaction_id();
+    let group = CommandKind::Atomic(vec![create("g1", "o9", 0), transfer("a", "g1", 5), transfer("g1", "b", 2)]);
+    let refused = CommandKind::Atomic(vec![transfer("a", "b", 1), transfer("g1", "a", 1_000_000)]);
+    let batch = batch(ledger, 90_000, vec![group, refused]);
+    assert_eq!(batch.records[1].refused_leg, Some(1), "the second leg overdraws g1");
+    store.commit(&batch).await.unwrap();
+    let journal = store.journal(last, 10).await.unwrap();
+    assert_eq!(journal.iter().map(|entry| entry.record).collect::<Vec<_>>(), batch.records, "records whole");
+    assert_eq!(journal[0].events, batch.events, "one transaction holds every leg's events");
+    assert_eq!(journal[0].events.len(), 5);
+    let ids = [batch.records[0].command_id, batch.records[1].command_id];
+    let mut found = store.command_records(&ids, Timestamp::ZERO).await.unwrap();
+    found.sort_by_key(|record| record.transaction_id);
+    assert_eq!(found, batch.records, "an idempotency lookup returns the refused leg too");
 }
 
 /// The searches: every filter alone, together, and pages through them.
