@@ -165,8 +165,8 @@ impl Pipeline {
                 Projection::ReadModel => stats.read_model.clone(),
                 Projection::Ledger => stats.ledger.clone(),
             };
-            // The read model's projector tells the committed view what the read model has.
-            let view = (projection == Projection::ReadModel).then(|| stats.view.clone());
+            // Each projector tells the committed view what its projection has.
+            let view = Some(stats.view.clone());
             workers.push(tokio::spawn(projector::run_projector(
                 projection,
                 store.clone(),
@@ -211,10 +211,14 @@ async fn seed_view<S: ProjectionStore>(
     for wallets in ledger.wallets().chunks(CHUNK) {
         let ids: Vec<wallex_engine::WalletId> = wallets.iter().map(|wallet| wallet.id).collect();
         let projected = store.projected_versions(Projection::ReadModel, &ids).await?;
-        for (wallet, projected) in wallets.iter().zip(projected) {
+        let entries = store.projected_versions(Projection::Ledger, &ids).await?;
+        for ((wallet, projected), entries) in wallets.iter().zip(projected).zip(entries) {
+            // Which of its transactions a projection lacks is not known: the earliest.
             if projected < wallet.version {
-                // Which of its transactions the read model lacks is not known: the earliest.
                 view.publish(wallet, wallex_engine::TransactionId(0));
+            }
+            if entries < wallet.version {
+                view.ledger_behind(wallet.id, wallet.version, wallex_engine::TransactionId(0));
             }
         }
     }

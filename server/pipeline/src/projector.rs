@@ -390,7 +390,10 @@ async fn apply_held<S: ProjectionStore, C: Clock>(
                     stats.projected.fetch_add(1, Ordering::Relaxed);
                     offsets.settled(event);
                     if let Some(view) = view {
-                        view.projected(&event.wallet_id, event.version);
+                        match projection {
+                            Projection::ReadModel => view.projected(&event.wallet_id, event.version),
+                            Projection::Ledger => view.ledger_projected(&event.wallet_id, event.version),
+                        }
                     }
                     progressed = true;
                 }
