@@ -518,6 +518,62 @@ async fn a_full_queue_sheds_new_commands_at_once_and_applies_none_of_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_queued_whole_decided_in_order_in_one_commit_and_shed_whole() {
+    let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
+    let mut config = PipelineConfig::default();
+    config.writer.queue_depth = 8;
+    config.writer.max_batch = 3;
+    let pipeline = start(&store, &bus, config).await;
+    create_wallets(&pipeline).await;
+    let credit = |id: u128, minor: u64| Command {
+        id: CommandId(id),
+        kind: CommandKind::Credit {
+            wallet_id: wallet(1),
+            currency: Currency::USD,
+            amount: money(minor),
+            description: None,
+        },
+        memo: Default::default(),
+    };
+
+    // Six commands, more than a group commit's three: one request is never split. The debit at
+    // the end needs every credit before it.
+    let mut batch: Vec<Command> = (1..=5u64).map(|n| credit(100 + u128::from(n), n)).collect();
+    let debit =
+        CommandKind::Debit { wallet_id: wallet(1), currency: Currency::USD, amount: money(10_015), description: None };
+    batch.push(Command::new(CommandId(200), debit));
+    let before = store.commits();
+    let replies = pipeline.commands.submit_all(batch.clone()).await;
+    assert_eq!(replies.len(), 6);
+    for (reply, command) in replies.iter().zip(&batch) {
+        let (record, replayed) = decided(reply);
+        assert_eq!((record.command_id, record.result, replayed), (command.id, Ok(()), false));
+    }
+    assert_eq!(store.commits() - before, 1, "the batch went into one group commit");
+    let ids: Vec<u64> = replies.iter().map(|reply| decided(reply).0.transaction_id.0).collect();
+    assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "decided in order: {ids:?}");
+
+    // Nine commands never fit a queue of eight: all refused at once, none applied.
+    let too_many: Vec<Command> = (1..=9).map(|n| credit(300 + n, 1)).collect();
+    let replies = pipeline.commands.submit_all(too_many).await;
+    assert!(
+        replies.iter().all(|reply| matches!(reply, Reply::Unavailable(reason) if reason.contains("queue is full")))
+    );
+    let committed = store.commits();
+    // The same batch again is a replay of each, in one read.
+    let replies = pipeline.commands.submit_all(batch.clone()).await;
+    assert!(replies.iter().all(|reply| decided(reply).1), "every retried command is a replay");
+    assert_eq!(store.commits(), committed, "a replayed batch commits nothing");
+    let ledger = check_promises(&store, &bus).await;
+    assert_eq!(
+        ledger.wallet(&wallet(1)).unwrap().balance,
+        0,
+        "10,000 + 15 credited, 10,015 debited, nothing from the shed batch"
+    );
+    pipeline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_that_is_down_stalls_only_its_own_wallets_and_nothing_is_sent_twice() {
     let (store, bus) = (MemoryStore::new(), InProcessBus::recording());
     let mut config = PipelineConfig::default();

@@ -11,7 +11,7 @@ mod core;
 mod recovery;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -164,6 +164,8 @@ enum Request {
         command: Box<Command>,
         reply: oneshot::Sender<Reply>,
     },
+    /// The commands of one batch request, decided in order in one group commit.
+    Commands(Vec<(Command, oneshot::Sender<Reply>)>),
     /// A read of the write side, answered between batches (so it sees every acknowledged command).
     Wallet {
         wallet_id: wallex_engine::WalletId,
@@ -175,16 +177,31 @@ enum Request {
     },
 }
 
+impl Request {
+    /// What the request counts against `queue_depth`: its commands (a read counts one).
+    fn weight(&self) -> usize {
+        match self {
+            Request::Commands(commands) => commands.len(),
+            Request::Command { .. } | Request::Wallet { .. } | Request::Hold { .. } => 1,
+        }
+    }
+}
+
 /// The handle the service layer uses to submit commands. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct CommandSender {
     requests: mpsc::Sender<Request>,
+    /// Commands (and reads) queued and not yet taken by the writer: admission counts commands,
+    /// so a batch of a thousand takes a thousand places, not one.
+    queued: Arc<AtomicUsize>,
+    queue_depth: usize,
 }
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::Command { command, .. } => write!(f, "Command({})", command.id),
+            Request::Commands(commands) => write!(f, "Commands({})", commands.len()),
             Request::Wallet { wallet_id, .. } => write!(f, "Wallet({wallet_id})"),
             Request::Hold { hold_id, .. } => write!(f, "Hold({hold_id})"),
         }
@@ -205,14 +222,48 @@ impl CommandSender {
         answer.await.unwrap_or_else(|_| Reply::Unavailable("the writer has stopped".to_owned()))
     }
 
+    /// Submits several commands (one batch request) and waits for each one's durable outcome,
+    /// in order. They are queued together and decided in order in the same group commit; a queue
+    /// without room for all of them refuses all of them at once, as `Unavailable`.
+    pub async fn submit_all(&self, commands: Vec<Command>) -> Vec<Reply> {
+        let count = commands.len();
+        let mut answers = Vec::with_capacity(count);
+        let mut queued = Vec::with_capacity(count);
+        for command in commands {
+            let (reply, answer) = oneshot::channel();
+            queued.push((command, reply));
+            answers.push(answer);
+        }
+        if count == 0 {
+            return Vec::new();
+        }
+        if let Err(refused) = self.admit(Request::Commands(queued)) {
+            return (0..count).map(|_| Reply::Unavailable(refused.to_owned())).collect();
+        }
+        let mut replies = Vec::with_capacity(count);
+        for answer in answers {
+            replies.push(answer.await.unwrap_or_else(|_| Reply::Unavailable("the writer has stopped".to_owned())));
+        }
+        replies
+    }
+
     /// Queues a request, or says why not (full, or the writer is gone) without waiting.
     fn admit(&self, request: Request) -> Result<(), &'static str> {
-        self.requests.try_send(request).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => {
-                metrics::counter!("wallex_writer_shed_total").increment(1);
-                "the writer's queue is full: retry shortly"
+        let weight = request.weight();
+        if self.queued.fetch_add(weight, Ordering::AcqRel) + weight > self.queue_depth {
+            self.queued.fetch_sub(weight, Ordering::AcqRel);
+            metrics::counter!("wallex_writer_shed_total").increment(weight as u64);
+            return Err("the writer's queue is full: retry shortly");
+        }
+        self.requests.try_send(request).map_err(|error| {
+            self.queued.fetch_sub(weight, Ordering::AcqRel);
+            match error {
+                mpsc::error::TrySendError::Full(_) => {
+                    metrics::counter!("wallex_writer_shed_total").increment(weight as u64);
+                    "the writer's queue is full: retry shortly"
+                }
+                mpsc::error::TrySendError::Closed(_) => "the writer has stopped",
             }
-            mpsc::error::TrySendError::Closed(_) => "the writer has stopped",
         })
     }
 
@@ -316,6 +367,10 @@ pub struct Writer<S, C> {
     core: WriterCore<oneshot::Sender<Reply>>,
     config: WriterConfig,
     requests: mpsc::Receiver<Request>,
+    /// Shared with the senders: what is queued, by weight.
+    queued: Arc<AtomicUsize>,
+    /// A request taken from the queue that did not fit the last batch: it leads the next.
+    carried: Option<Request>,
     committed: Arc<Notify>,
     health: Arc<WriterHealth>,
     keys_clock: crate::RetentionClock<C>,
@@ -335,12 +390,25 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
     ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
         let ledger = recover(&store, config.engine(), config.journal_page).await?;
         let (sender, requests) = mpsc::channel(config.queue_depth);
+        let queued = Arc::new(AtomicUsize::new(0));
         let keys_clock = crate::RetentionClock::new(clock.clone(), ledger.clock());
         health.committed.store(ledger.last_transaction_id().0, Ordering::Release);
         let core = WriterCore::new(config, ledger);
         health.set(WriterState::Running);
-        let writer = Writer { store, clock, core, config, requests, committed, health, keys_clock, view };
-        Ok((writer, CommandSender { requests: sender }))
+        let writer = Writer {
+            store,
+            clock,
+            core,
+            config,
+            requests,
+            queued: queued.clone(),
+            carried: None,
+            committed,
+            health,
+            keys_clock,
+            view,
+        };
+        Ok((writer, CommandSender { requests: sender, queued, queue_depth: config.queue_depth }))
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -358,10 +426,16 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                 .core
                 .until_next_expiry_micros(self.clock.now())
                 .map_or(IDLE, |micros| Duration::from_micros(micros).min(IDLE));
-            match tokio::time::timeout(idle, self.requests.recv()).await {
-                Ok(Some(request)) => requests.push(request),
-                Ok(None) => return self.core.into_ledger(),
-                Err(_elapsed) => {}
+            match self.carried.take() {
+                Some(request) => requests.push(request),
+                None => match tokio::time::timeout(idle, self.requests.recv()).await {
+                    Ok(Some(request)) => {
+                        self.taken(&request);
+                        requests.push(request);
+                    }
+                    Ok(None) => return self.core.into_ledger(),
+                    Err(_elapsed) => {}
+                },
             }
             self.gather(&mut requests).await;
             let now = self.clock.now();
@@ -373,6 +447,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                     Request::Wallet { wallet_id, reply } => drop(reply.send(self.core.wallet(&wallet_id).cloned())),
                     Request::Hold { hold_id, reply } => drop(reply.send(self.core.hold(&hold_id).cloned())),
                     Request::Command { command, reply } => commands.push((*command, reply)),
+                    Request::Commands(batch) => commands.extend(batch),
                 }
             }
             self.core.handle_batch(now, commands);
@@ -380,24 +455,53 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
         }
     }
 
-    /// Adds whatever else is queued, up to `max_batch` requests, waiting up to `max_batch_wait_us`.
+    /// A request left the queue: its place is free again.
+    fn taken(&self, request: &Request) {
+        self.queued.fetch_sub(request.weight(), Ordering::AcqRel);
+    }
+
+    /// Adds whatever else is queued, up to `max_batch` commands, waiting up to
+    /// `max_batch_wait_us`. A batch request is never split: one that would overflow the batch is
+    /// carried to the next (a single batch request larger than `max_batch` is a batch of its own).
     async fn gather(&mut self, batch: &mut Vec<Request>) {
-        while batch.len() < self.config.max_batch {
+        let mut weight: usize = batch.iter().map(Request::weight).sum();
+        while weight < self.config.max_batch {
             match self.requests.try_recv() {
-                Ok(request) => batch.push(request),
+                Ok(request) => {
+                    if !self.add(batch, &mut weight, request) {
+                        return;
+                    }
+                }
                 Err(_) => break,
             }
         }
-        if self.config.max_batch_wait_us > 0 && !batch.is_empty() {
+        if self.config.max_batch_wait_us > 0 && !batch.is_empty() && weight < self.config.max_batch {
             let deadline = tokio::time::Instant::now() + Duration::from_micros(self.config.max_batch_wait_us);
-            while batch.len() < self.config.max_batch {
+            loop {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match tokio::time::timeout(remaining, self.requests.recv()).await {
-                    Ok(Some(request)) => batch.push(request),
+                    Ok(Some(request)) => {
+                        if !self.add(batch, &mut weight, request) {
+                            return;
+                        }
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
         }
+    }
+
+    /// Adds a request taken from the queue to the batch, or carries it to the next batch if it
+    /// would overflow this one; `false` once the batch is full.
+    fn add(&mut self, batch: &mut Vec<Request>, weight: &mut usize, request: Request) -> bool {
+        self.taken(&request);
+        if *weight > 0 && *weight + request.weight() > self.config.max_batch {
+            self.carried = Some(request);
+            return false;
+        }
+        *weight += request.weight();
+        batch.push(request);
+        *weight < self.config.max_batch
     }
 
     /// Carries out what the core asks until the batch is done, releasing replies as they come.
