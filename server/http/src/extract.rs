@@ -274,29 +274,63 @@ pub(crate) fn page_size(limit: Option<usize>) -> Result<usize, Problem> {
 /// it, so no client can send a money movement it could not safely retry). Two keys sending the
 /// same `Idempotency-Key` send two commands: neither can read or block the other's.
 pub(crate) fn command_id(headers: &HeaderMap, required: bool, caller: &Caller) -> Result<CommandId, Problem> {
-    let Some(value) = headers.get("idempotency-key") else {
-        if required {
-            return Err(Problem::new(
-                StatusCode::PRECONDITION_REQUIRED,
-                "idempotency_key_required",
-                "this server requires an Idempotency-Key on every POST that moves money or creates a wallet",
-            ));
-        }
-        return Ok(CommandId(uuid::Uuid::new_v4().as_u128()));
-    };
-    let visible = |key: &&str| key.bytes().all(|byte| byte.is_ascii_graphic());
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES)
-        .filter(visible)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_idempotency_key",
-                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters, no spaces"),
-            )
-        })?;
+    match header_key(headers)? {
+        Some(key) => Ok(key_command_id(caller, IdSource::Key(key))),
+        None if required => Err(key_required()),
+        None => Ok(random_command_id()),
+    }
+}
+
+/// 428: this server requires an `Idempotency-Key`.
+pub(crate) fn key_required() -> Problem {
+    Problem::new(
+        StatusCode::PRECONDITION_REQUIRED,
+        "idempotency_key_required",
+        "this server requires an Idempotency-Key on every POST that moves money or creates a wallet",
+    )
+}
+
+/// A command id no retry can name.
+pub(crate) fn random_command_id() -> CommandId {
+    CommandId(uuid::Uuid::new_v4().as_u128())
+}
+
+/// The request's `Idempotency-Key`, if it has one; 400 if it is not 1 to 255 visible characters.
+pub(crate) fn header_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    value.to_str().ok().filter(|key| is_valid_key(key)).map(Some).ok_or_else(|| invalid_key("Idempotency-Key"))
+}
+
+/// Whether `key` may be an idempotency key: 1 to 255 visible ASCII characters.
+pub(crate) fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES && key.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
+/// 400 `invalid_idempotency_key`, naming where the key was.
+pub(crate) fn invalid_key(what: &str) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+        format!("{what} must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters, no spaces"),
+    )
+}
+
+/// What a command id is derived from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IdSource<'a> {
+    /// A client's key: a single route's `Idempotency-Key`, or a batch operation's
+    /// `idempotencyKey` (the same key names the same command on either).
+    Key(&'a str),
+    /// The operation at this index of a batch whose request carries this `Idempotency-Key`.
+    BatchItem(&'a str, usize),
+    /// An atomic batch without an `Idempotency-Key`, by its operations' keys, in order.
+    Group(&'a [&'a str]),
+}
+
+/// The command id of `source` in the caller's namespace (its key id). Two API keys sending the
+/// same key send two commands: neither can read or block the other's. Keys are visible ASCII, so
+/// the NUL and the low tag bytes below keep the three kinds of source apart.
+pub(crate) fn key_command_id(caller: &Caller, source: IdSource<'_>) -> CommandId {
     // Development mode's namespace is empty, which keeps the ids clients had before keys. A key's
     // ends in a NUL, which no header value holds, so no namespace is a prefix of another's input.
     let mut input = b"wallex/idempotency-key/".to_vec();
@@ -305,8 +339,23 @@ pub(crate) fn command_id(headers: &HeaderMap, required: bool, caller: &Caller) -
         input.extend_from_slice(namespace.as_bytes());
         input.push(0);
     }
-    input.extend_from_slice(key.as_bytes());
-    Ok(CommandId(xxhash_rust::xxh3::xxh3_128(&input)))
+    match source {
+        IdSource::Key(key) => input.extend_from_slice(key.as_bytes()),
+        IdSource::BatchItem(key, index) => {
+            input.push(1);
+            input.extend_from_slice(key.as_bytes());
+            input.push(0);
+            input.extend_from_slice(&(index as u64).to_le_bytes());
+        }
+        IdSource::Group(keys) => {
+            input.push(2);
+            for key in keys {
+                input.extend_from_slice(key.as_bytes());
+                input.push(0);
+            }
+        }
+    }
+    CommandId(xxhash_rust::xxh3::xxh3_128(&input))
 }
 
 impl<S: crate::Queries> AppState<S> {

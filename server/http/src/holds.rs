@@ -111,7 +111,11 @@ pub(crate) async fn void_hold<S: Queries>(
 /// The hold, if it exists and is on a wallet `caller` may see (404 `hold_not_found` otherwise,
 /// exactly as for a hold that does not exist). A hold's wallet never changes, so checking before
 /// submitting a capture or void cannot be raced.
-async fn visible_hold<S: Queries>(state: &AppState<S>, caller: &Caller, hold_id: HoldId) -> Result<Hold, Problem> {
+pub(crate) async fn visible_hold<S: Queries>(
+    state: &AppState<S>,
+    caller: &Caller,
+    hold_id: HoldId,
+) -> Result<Hold, Problem> {
     let not_found = || Problem::rejection(wallex_engine::Rejection::HoldNotFound);
     let hold = state.commands.hold(hold_id).await.ok_or_else(unavailable)?.ok_or_else(not_found)?;
     if caller.owner().is_some() {

@@ -16,6 +16,7 @@
 pub mod access;
 mod admin;
 pub mod auth;
+pub mod batch;
 mod extract;
 mod holds;
 mod ledger;
@@ -82,6 +83,8 @@ pub struct AppState<S> {
     limits: Limits,
     /// API keys, rate limits and the audit trail; development mode without `with_keys`.
     access: access::Access,
+    /// The most operations one `POST /batch` may hold; see `with_max_batch_operations`.
+    max_batch_operations: usize,
 }
 
 /// Bounds on the API's requests, so that overload is refused early instead of queueing without
@@ -144,7 +147,15 @@ impl<S> AppState<S> {
             require_idempotency_key: false,
             limits: Limits::default(),
             access: access::Access::default(),
+            max_batch_operations: batch::DEFAULT_BATCH_OPERATIONS,
         }
+    }
+
+    /// The most operations one `POST /batch` may hold (1 to [`batch::MAX_BATCH_OPERATIONS`]; a
+    /// larger number is taken as that).
+    pub fn with_max_batch_operations(mut self, max: usize) -> AppState<S> {
+        self.max_batch_operations = max.clamp(1, batch::MAX_BATCH_OPERATIONS);
+        self
     }
 
     /// Checks API keys from `keys` (the ledger's store), limiting each key at `rates`. Until the
@@ -238,6 +249,8 @@ fn api<S: Queries>(state: &Arc<AppState<S>>) -> Router<Arc<AppState<S>>> {
         .route("/holds/{id}", get(holds::get_hold::<S>))
         .route("/holds/{id}/capture", post(holds::capture_hold::<S>))
         .route("/holds/{id}/void", post(holds::void_hold::<S>))
+        // A batch body may be larger than any other.
+        .route("/batch", post(batch::batch::<S>).layer(DefaultBodyLimit::max(batch::MAX_BATCH_BODY_BYTES)))
         .route("/ledger/wallet/{id}", get(ledger::ledger::<S>))
         .route("/ledger/wallet/{id}/summary", get(ledger::summary::<S>))
         .route("/ledger/reference/{id}", get(ledger::by_reference::<S>))

@@ -26,6 +26,7 @@ use wallex_engine::{Currency, Description, ID_MAX_BYTES, Metadata, Reference};
 // utoipa tags each operation with the module path it is named by in `paths(...)`; naming the
 // handlers' generated path types directly keeps the operations untagged, as published.
 use crate::admin::{__path_audit_trail, __path_create_key, __path_list_keys, __path_revoke_key};
+use crate::batch::__path_batch;
 use crate::holds::{__path_capture_hold, __path_get_hold, __path_place_hold, __path_void_hold};
 use crate::ledger::{__path_balance_at, __path_by_reference, __path_ledger, __path_summary, __path_wallet_events};
 use crate::problem::{ProblemJson, RETRY_AFTER_SECONDS};
@@ -50,6 +51,7 @@ use crate::{MAX_IDEMPOTENCY_KEY_BYTES, MAX_PAGE};
         get_hold,
         capture_hold,
         void_hold,
+        batch,
         ledger,
         summary,
         by_reference,
@@ -255,8 +257,21 @@ fn exact(document: &mut Value) {
             .as_array()
             .map(|names| names.iter().filter_map(|name| name.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
+        let operation = name == "OperationBody";
         let Some(properties) = schema["properties"].as_object_mut() else { continue };
+        if let Some(operations) = properties.get_mut("operations") {
+            operations["minItems"] = json!(1);
+            operations["maxItems"] = json!(crate::batch::MAX_BATCH_OPERATIONS);
+        }
         for (property, value) in properties.iter_mut() {
+            // An operation's `type` is its own enum; `idempotencyKey` is the header's grammar.
+            if operation && property == "type" {
+                continue;
+            }
+            if property == "idempotencyKey" {
+                *value = json!({ "type": ["string", "null"], "pattern": format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_BYTES}}}$") });
+                continue;
+            }
             if let Some(exact) = field_schema(property, false) {
                 *value = if required.contains(property) { exact } else { nullable(exact) };
             }

@@ -149,9 +149,15 @@ fn describe(rejection: Rejection) -> &'static str {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = ProblemBody {
+impl Problem {
+    /// The body as JSON: what `into_response` sends, for answers that carry problems inside them
+    /// (a batch's results).
+    pub(crate) fn body_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.body()).expect("problems serialize")
+    }
+
+    fn body(&self) -> ProblemBody<'_> {
+        ProblemBody {
             kind: format!("/problems/{}", self.code),
             title: self.title(),
             status: self.status.as_u16(),
@@ -162,8 +168,13 @@ impl IntoResponse for Problem {
             message: &self.detail,
             error: self.title(),
             members: &self.members,
-        };
-        let bytes = serde_json::to_vec(&body).expect("problems serialize");
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let bytes = serde_json::to_vec(&self.body()).expect("problems serialize");
         let mut response = (self.status, bytes).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {

@@ -31,6 +31,56 @@ pub(crate) struct Requested {
     pub(crate) currency: Currency,
 }
 
+/// A command's answer before it becomes a response: what a single route sends, and what a batch
+/// puts in each of its results.
+pub(crate) struct Answer {
+    pub(crate) result: Result<Rendered, Problem>,
+    /// The id was seen before: this is the original answer.
+    pub(crate) replayed: bool,
+    /// The command's commit position (its transaction), when it has one.
+    pub(crate) position: Option<TransactionId>,
+}
+
+impl Answer {
+    pub(crate) fn problem(problem: Problem) -> Answer {
+        Answer { result: Err(problem), replayed: false, position: None }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        match &self.result {
+            Ok(_) => StatusCode::CREATED,
+            Err(problem) => problem.status,
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = match self.result {
+            Ok(rendered) => (StatusCode::CREATED, Json(rendered)).into_response(),
+            Err(problem) => problem.into_response(),
+        };
+        if self.replayed {
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        if let Some(position) = self.position {
+            // The command's commit position: a list read with `?after=` it reflects this write.
+            response.headers_mut().insert(crate::POSITION, HeaderValue::from(position.0));
+        }
+        response
+    }
+}
+
+/// A successful command's body, its fields in their declared order.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum Rendered {
+    /// Boxed, as the transfer: a wallet makes these several times the size of a transaction.
+    Wallet(Box<WalletOperationJson>),
+    Transfer(Box<TransferJson>),
+    Transaction(TransactionJson),
+}
+
 /// The HTTP answer to a writer reply. A replay renders exactly as the original did: a wallet's
 /// balances and version come from the command's own events, and the rest of it (owner, currency,
 /// overdraft limit, creation time) never changes.
@@ -40,33 +90,56 @@ pub(crate) async fn respond<S: Queries>(
     render: Render,
     requested: Option<Requested>,
 ) -> Response {
+    answer(state, reply, render, requested).await.into_response()
+}
+
+/// [`respond`], before it becomes a response.
+pub(crate) async fn answer<S: Queries>(
+    state: &AppState<S>,
+    reply: Reply,
+    render: Render,
+    requested: Option<Requested>,
+) -> Answer {
     match reply {
         Reply::Decided { record, events, replayed } => {
-            let mut response = match record.result {
-                Ok(()) => (StatusCode::CREATED, body(state, &events, render).await).into_response(),
-                Err(rejection) => {
-                    let mut problem = Problem::rejection(rejection);
-                    problem.transaction_id = Some(record.transaction_id.0);
-                    if let (Rejection::InsufficientFunds, Some(requested)) = (rejection, requested) {
-                        problem = with_funds(state, problem, requested, record.transaction_id).await;
-                    }
-                    problem.into_response()
-                }
+            let result = match record.result {
+                Ok(()) => Ok(rendered(state, &events, render).await),
+                Err(rejection) => Err(refusal(state, rejection, record.transaction_id, requested).await),
             };
-            if replayed {
-                response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-            }
-            // The command's commit position: a list read with `?after=` it reflects this write.
-            response.headers_mut().insert(crate::POSITION, HeaderValue::from(record.transaction_id.0));
-            response
+            Answer { result, replayed, position: Some(record.transaction_id) }
         }
-        Reply::KeyReused { .. } => Problem::rejection(Rejection::IdempotencyKeyReused).into_response(),
+        other => Answer::problem(undecided(other)),
+    }
+}
+
+/// The problem of a refused command, with the numbers of an `insufficient_funds`.
+pub(crate) async fn refusal<S: Queries>(
+    state: &AppState<S>,
+    rejection: Rejection,
+    transaction: TransactionId,
+    requested: Option<Requested>,
+) -> Problem {
+    let mut problem = Problem::rejection(rejection);
+    problem.transaction_id = Some(transaction.0);
+    if let (Rejection::InsufficientFunds, Some(requested)) = (rejection, requested) {
+        problem = with_funds(state, problem, requested, transaction).await;
+    }
+    problem
+}
+
+/// The problem of a reply that is not a decision: a reused or in-flight id, or a command the
+/// writer could not make durable or confirm.
+pub(crate) fn undecided(reply: Reply) -> Problem {
+    match reply {
+        Reply::Decided { record, .. } => {
+            unreachable!("transaction {} was decided", record.transaction_id)
+        }
+        Reply::KeyReused { .. } => Problem::rejection(Rejection::IdempotencyKeyReused),
         Reply::InFlight => Problem::new(
             StatusCode::CONFLICT,
             "idempotency_key_in_flight",
             "a request with this Idempotency-Key is still being processed",
-        )
-        .into_response(),
+        ),
         Reply::Unavailable(reason) => {
             tracing::warn!(%reason, "command not applied");
             Problem::new(
@@ -74,7 +147,6 @@ pub(crate) async fn respond<S: Queries>(
                 "unavailable",
                 "not applied: the ledger could not make it durable right now; retry with the same Idempotency-Key",
             )
-            .into_response()
         }
         Reply::Unconfirmed { record, reason } => {
             tracing::warn!(%reason, transaction = %record.transaction_id, "original answer not read back");
@@ -84,22 +156,21 @@ pub(crate) async fn respond<S: Queries>(
                 "this request was decided before, but its answer cannot be read right now; retry with the same \
                  Idempotency-Key for it",
             )
-            .into_response()
         }
     }
 }
 
-/// A successful command's body, its fields in their declared order.
-async fn body<S: Queries>(state: &AppState<S>, events: &[Event], render: Render) -> Response {
+/// A successful command's body from its events.
+pub(crate) async fn rendered<S: Queries>(state: &AppState<S>, events: &[Event], render: Render) -> Rendered {
     let transaction_id = events.first().map(|event| event.transaction_id.to_string()).unwrap_or_default();
-    let rendered = events.iter().map(EventJson::of).collect();
+    let events_json = events.iter().map(EventJson::of).collect();
     match render {
         Render::Wallet => {
             let wallet = match events.first() {
                 Some(event) => wallet_after(state, event).await,
                 None => None,
             };
-            Json(WalletOperationJson { wallet, transaction_id, events: rendered }).into_response()
+            Rendered::Wallet(Box::new(WalletOperationJson { wallet, transaction_id, events: events_json }))
         }
         Render::Transfer => {
             // A transfer's events: the source's, then the destination's.
@@ -109,14 +180,13 @@ async fn body<S: Queries>(state: &AppState<S>, events: &[Event], render: Render)
             }
             let mut wallets = wallets.into_iter();
             let (from_wallet, to_wallet) = (wallets.next().flatten(), wallets.next().flatten());
-            Json(TransferJson { from_wallet, to_wallet, transaction_id, events: rendered }).into_response()
+            Rendered::Transfer(Box::new(TransferJson { from_wallet, to_wallet, transaction_id, events: events_json }))
         }
-        Render::Transaction(hold_id) => Json(TransactionJson {
+        Render::Transaction(hold_id) => Rendered::Transaction(TransactionJson {
             hold_id: hold_id.map(|hold_id| hold_id.to_string()),
             transaction_id,
-            events: rendered,
-        })
-        .into_response(),
+            events: events_json,
+        }),
     }
 }
 

@@ -73,6 +73,8 @@ pub struct HttpConfig {
     /// TLS: the private key (PEM) of `tls_cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// The most operations one `POST /batch` may hold (1 to 8,189).
+    pub max_batch_operations: usize,
 }
 
 impl Default for HttpConfig {
@@ -91,6 +93,7 @@ impl Default for HttpConfig {
             rate_limits: wallex_http::access::RateLimits::default(),
             tls_cert: None,
             tls_key: None,
+            max_batch_operations: wallex_http::batch::DEFAULT_BATCH_OPERATIONS,
         }
     }
 }
@@ -309,6 +312,27 @@ impl Config {
                 ),
             ));
         }
+        if self.http.max_batch_operations == 0
+            || self.http.max_batch_operations > wallex_http::batch::MAX_BATCH_OPERATIONS
+        {
+            return Err(ConfigError::new(
+                "http.max_batch_operations",
+                format!(
+                    "must be 1..={}, not {}",
+                    wallex_http::batch::MAX_BATCH_OPERATIONS,
+                    self.http.max_batch_operations
+                ),
+            ));
+        }
+        if self.http.max_batch_operations > self.pipeline.writer.queue_depth {
+            return Err(ConfigError::new(
+                "http.max_batch_operations",
+                format!(
+                    "a batch is queued whole and must fit the writer's queue (pipeline.writer.queue_depth = {})",
+                    self.pipeline.writer.queue_depth
+                ),
+            ));
+        }
         if self.http.max_concurrent_requests == 0 {
             return Err(ConfigError::new("http.max_concurrent_requests", "must be at least 1"));
         }
@@ -483,7 +507,7 @@ mod tests {
     #[test]
     fn the_file_then_the_environment_then_flags_each_override_the_one_before() {
         let settings = file(
-            "[http]\nlisten = \"127.0.0.1:4000\"\n[pipeline.writer]\nmax_batch = 100\nqueue_depth = 7\n\
+            "[http]\nlisten = \"127.0.0.1:4000\"\nmax_batch_operations = 5\n[pipeline.writer]\nmax_batch = 100\nqueue_depth = 7\n\
              [pipeline.relay]\nbatch = 11\n",
         );
         let args = ConfigArgs {
@@ -554,6 +578,9 @@ mod tests {
             ("bus.min_insync_replicas=4", "bus.min_insync_replicas"),
             ("http.max_concurrent_requests=0", "http.max_concurrent_requests"),
             ("http.request_timeout_ms=0", "http.request_timeout_ms"),
+            ("http.max_batch_operations=0", "http.max_batch_operations"),
+            ("http.max_batch_operations=8190", "http.max_batch_operations"),
+            ("pipeline.writer.queue_depth=999", "http.max_batch_operations"),
         ];
         for (assignment, field) in cases {
             let args = ConfigArgs { set: vec![assignment.to_owned()], ..ConfigArgs::default() };

@@ -207,6 +207,7 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
         .with_bus(bus)
         .with_keys(store, http.rate_limits)
         .requiring_idempotency_keys(http.require_idempotency_key)
+        .with_max_batch_operations(http.max_batch_operations)
         .with_limits(http.limits());
     let listen = http.listen;
     let state = Arc::new(state);
