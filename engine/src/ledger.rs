@@ -897,6 +897,11 @@ impl Ledger {
             let mut touched = Touched::new();
             if let Err(rejection) = self.decide(now, transaction_id, command.id, leg, events, &mut touched) {
                 events.truncate(start);
+                #[cfg(madsim)]
+                if crate::planted::is_planted(crate::planted::Bug::GroupPartlyUndone) {
+                    let index = u16::try_from(index).expect("MAX_ATOMIC_LEGS fits u16");
+                    return Err((rejection, Some(index)));
+                }
                 self.undo(log);
                 let index = u16::try_from(index).expect("MAX_ATOMIC_LEGS fits u16");
                 return Err((rejection, Some(index)));

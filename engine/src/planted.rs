@@ -36,10 +36,13 @@ pub enum Bug {
     LaneStallsOnFailure,
     /// The read model shows every wallet with nothing held.
     ReadModelHeldZero,
+    /// A refused atomic group leaves the legs before the refused one applied in the ledger,
+    /// though no event records them.
+    GroupPartlyUndone,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::AckBeforeCommit,
         Bug::PublishedBeforeAck,
         Bug::CheckpointOutsideTransaction,
@@ -53,6 +56,7 @@ impl Bug {
         Bug::GapDropped,
         Bug::LaneStallsOnFailure,
         Bug::ReadModelHeldZero,
+        Bug::GroupPartlyUndone,
     ];
 
     /// The name the command line uses.
@@ -71,6 +75,7 @@ impl Bug {
             Bug::GapDropped => "gap_dropped",
             Bug::LaneStallsOnFailure => "lane_stalls_on_failure",
             Bug::ReadModelHeldZero => "read_model_held_zero",
+            Bug::GroupPartlyUndone => "group_partly_undone",
         }
     }
 

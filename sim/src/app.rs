@@ -98,9 +98,15 @@ pub async fn run_node() {
     };
     world().note(format_args!("app up"));
     let commands = pipeline.commands.clone();
-    rpc::serve(endpoint, APP_SERVICE, move |command: Command| {
+    // One command is one request; several are one batch request (`POST /batch`), queued whole.
+    rpc::serve(endpoint, APP_SERVICE, move |mut batch: Vec<Command>| {
         let commands = commands.clone();
-        async move { Some(commands.submit(command).await) }
+        async move {
+            Some(match batch.len() {
+                1 => vec![commands.submit(batch.remove(0)).await],
+                _ => commands.submit_all(batch).await,
+            })
+        }
     })
     .await;
     drop(pipeline);

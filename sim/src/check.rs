@@ -79,8 +79,16 @@ fn expected_read_side(
     for entry in journal {
         let record = &entry.record;
         let command = command_of(commands, record.command_id);
-        if let (Ok(()), CommandKind::CreateWallet { wallet_id, owner_id, .. }) = (record.result, &command.kind) {
-            created.insert(*wallet_id, (*owner_id, record.at, command.memo.clone()));
+        if record.result.is_ok() {
+            let legs = match &command.kind {
+                CommandKind::Atomic(legs) => legs.as_slice(),
+                kind => std::slice::from_ref(kind),
+            };
+            for leg in legs {
+                if let CommandKind::CreateWallet { wallet_id, owner_id, .. } = leg {
+                    created.insert(*wallet_id, (*owner_id, record.at, command.memo.clone()));
+                }
+            }
         }
         auditor.execute(record.at, &command);
         for event in &entry.events {
@@ -456,28 +464,57 @@ fn check_applied_order(world: &World) -> Result<u64, Violation> {
 }
 
 /// Conservation and floors from the events alone: each event's balance moves by exactly its
-/// posting, one posting per transaction, no balance or available balance below the wallet's floor,
+/// posting, a posting between wallets leaves one as often as it reaches the other, no balance or available balance below the wallet's floor,
 /// versions contiguous per wallet, and every wallet's postings sum to its final balance.
 fn check_event_log(journal: &[JournalEntry]) -> Result<u64, Violation> {
     let mut checks = 0;
     let mut wallets: BTreeMap<WalletId, (i128, i128, u64)> = BTreeMap::new(); // balance, floor, version
     let mut accounts: BTreeMap<(Currency, String), i128> = BTreeMap::new();
     for entry in journal {
-        let postings: BTreeSet<_> = entry
-            .events
-            .iter()
-            .filter_map(|event| event.posting)
-            .map(|p| (p.source, p.destination, p.currency, p.amount))
-            .collect();
-        if postings.len() > 1 {
-            return violated(
-                "conservation",
-                format!("transaction {} carries {} different postings", entry.record.transaction_id, postings.len()),
-            );
+        // Each posting is carried by the event of every wallet it touches: a transfer's by the
+        // source's and the destination's events alike (an atomic group has several postings, and
+        // may repeat one, so they are counted, not collected).
+        let mut sides: BTreeMap<_, (u32, u32)> = BTreeMap::new();
+        for event in &entry.events {
+            let Some(posting) = event.posting else { continue };
+            let side =
+                sides.entry((posting.source, posting.destination, posting.currency, posting.amount)).or_default();
+            let this = Account::Wallet(event.wallet_id);
+            if posting.source == this {
+                side.0 += 1;
+            } else if posting.destination == this {
+                side.1 += 1;
+            } else {
+                return violated(
+                    "conservation",
+                    format!("{} version {} carries a posting not its own", event.wallet_id, event.version),
+                );
+            }
+            // The other end, if it is outside the wallets, moves by the opposite amount.
+            let amount = i128::from(posting.amount.minor());
+            match (posting.source, posting.destination) {
+                (Account::World(_), _) => {
+                    *accounts.entry((posting.currency, posting.source.to_string())).or_default() -= amount
+                }
+                (_, Account::World(_)) => {
+                    *accounts.entry((posting.currency, posting.destination.to_string())).or_default() += amount;
+                }
+                _ => {}
+            }
+            *accounts.entry((posting.currency, this.to_string())).or_default() += signed(&posting, event.wallet_id);
         }
-        if let Some((source, destination, currency, amount)) = postings.first() {
-            *accounts.entry((*currency, source.to_string())).or_default() -= i128::from(amount.minor());
-            *accounts.entry((*currency, destination.to_string())).or_default() += i128::from(amount.minor());
+        for ((source, destination, _, amount), (debited, credited)) in &sides {
+            let between_wallets = matches!((source, destination), (Account::Wallet(_), Account::Wallet(_)));
+            if between_wallets && debited != credited {
+                return violated(
+                    "conservation",
+                    format!(
+                        "transaction {}: {} from {source} to {destination} leaves {debited} time(s), arrives {credited}",
+                        entry.record.transaction_id,
+                        amount.minor()
+                    ),
+                );
+            }
         }
         for event in &entry.events {
             checks += 1;
@@ -537,7 +574,7 @@ fn check_event_log(journal: &[JournalEntry]) -> Result<u64, Violation> {
 fn check_money_supply(journal: &[JournalEntry], commands: &BTreeMap<CommandId, Command>) -> Result<u64, Violation> {
     let mut checks = 0;
     let mut expected: BTreeMap<Currency, i128> = BTreeMap::new();
-    let mut holds: BTreeMap<wallex_engine::HoldId, u64> = BTreeMap::new();
+    let mut holds: BTreeMap<wallex_engine::HoldId, (u64, Currency)> = BTreeMap::new();
     let mut currencies: BTreeMap<WalletId, Currency> = BTreeMap::new();
     let mut balances: BTreeMap<WalletId, i64> = BTreeMap::new();
     for entry in journal {
@@ -548,33 +585,7 @@ fn check_money_supply(journal: &[JournalEntry], commands: &BTreeMap<CommandId, C
             continue;
         }
         let Some(kind) = commands.get(&entry.record.command_id).map(|command| &command.kind) else { continue };
-        let minor = |amount: &wallex_engine::Amount| i128::from(amount.minor());
-        match kind {
-            CommandKind::CreateWallet { wallet_id, currency, initial_balance, .. } => {
-                currencies.insert(*wallet_id, *currency);
-                *expected.entry(*currency).or_default() += minor(initial_balance);
-            }
-            CommandKind::Credit { currency, amount, .. } => *expected.entry(*currency).or_default() += minor(amount),
-            CommandKind::Debit { currency, amount, .. } => *expected.entry(*currency).or_default() -= minor(amount),
-            CommandKind::PlaceHold { hold_id, amount, .. } => {
-                holds.insert(*hold_id, amount.minor());
-            }
-            CommandKind::CaptureHold { hold_id, amount, destination, .. } => {
-                let Some(held) = holds.get(hold_id) else {
-                    return violated("conservation", format!("hold {hold_id} captured but never placed"));
-                };
-                let captured = amount.map_or(*held, |amount| amount.minor());
-                if destination.is_none() {
-                    let currency = entry.events.first().map(|event| event.currency);
-                    let currency = currency.ok_or(Violation {
-                        promise: "conservation",
-                        detail: format!("a capture of {hold_id} without events"),
-                    })?;
-                    *expected.entry(currency).or_default() -= i128::from(captured);
-                }
-            }
-            CommandKind::Transfer { .. } | CommandKind::VoidHold { .. } | CommandKind::ExpireHolds => {}
-        }
+        bring_in(kind, &mut expected, &mut holds, &mut currencies)?;
     }
     let mut actual: BTreeMap<Currency, i128> = BTreeMap::new();
     for (wallet, balance) in balances {
@@ -595,6 +606,44 @@ fn check_money_supply(journal: &[JournalEntry], commands: &BTreeMap<CommandId, C
         }
     }
     Ok(checks)
+}
+
+/// What one accepted command (or each leg of an accepted group, in order) brought into the system
+/// or took out of it, per currency.
+fn bring_in(
+    kind: &CommandKind,
+    expected: &mut BTreeMap<Currency, i128>,
+    holds: &mut BTreeMap<wallex_engine::HoldId, (u64, Currency)>,
+    currencies: &mut BTreeMap<WalletId, Currency>,
+) -> Result<(), Violation> {
+    let minor = |amount: &wallex_engine::Amount| i128::from(amount.minor());
+    match kind {
+        CommandKind::CreateWallet { wallet_id, currency, initial_balance, .. } => {
+            currencies.insert(*wallet_id, *currency);
+            *expected.entry(*currency).or_default() += minor(initial_balance);
+        }
+        CommandKind::Credit { currency, amount, .. } => *expected.entry(*currency).or_default() += minor(amount),
+        CommandKind::Debit { currency, amount, .. } => *expected.entry(*currency).or_default() -= minor(amount),
+        CommandKind::PlaceHold { hold_id, amount, currency, .. } => {
+            holds.insert(*hold_id, (amount.minor(), *currency));
+        }
+        CommandKind::CaptureHold { hold_id, amount, destination, .. } => {
+            let Some((held, currency)) = holds.get(hold_id).copied() else {
+                return violated("conservation", format!("hold {hold_id} captured but never placed"));
+            };
+            let captured = amount.map_or(held, |amount| amount.minor());
+            if destination.is_none() {
+                *expected.entry(currency).or_default() -= i128::from(captured);
+            }
+        }
+        CommandKind::Atomic(legs) => {
+            for leg in legs {
+                bring_in(leg, expected, holds, currencies)?;
+            }
+        }
+        CommandKind::Transfer { .. } | CommandKind::VoidHold { .. } | CommandKind::ExpireHolds => {}
+    }
+    Ok(())
 }
 
 /// The posting's effect on `wallet`'s balance.

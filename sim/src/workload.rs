@@ -104,8 +104,14 @@ pub async fn run_client(index: usize) -> Vec<Operation> {
     while world.elapsed() < phase {
         let think = thread_rng().gen_range(0..=swarm.think_ms);
         tokio::time::sleep(Duration::from_millis(think)).await;
-        let kind = client.draw(swarm.wallets);
-        client.perform(kind).await;
+        if thread_rng().gen_bool(0.08) {
+            // A batch request: several operations in one call, each with its own key.
+            let kinds = (0..thread_rng().gen_range(2..=5)).map(|_| client.draw(swarm.wallets)).collect();
+            client.perform_batch(kinds).await;
+        } else {
+            let kind = client.draw(swarm.wallets);
+            client.perform(kind).await;
+        }
     }
     client.log
 }
@@ -115,7 +121,53 @@ fn amount(minor: u64) -> Amount {
 }
 
 impl Client {
+    /// One operation; now and then an atomic group of two to four of them (a payment and its fee,
+    /// a split), which the engine decides as one.
     fn draw(&mut self, wallets: usize) -> CommandKind {
+        if thread_rng().gen_bool(0.03) {
+            // Any legs: refusals of every kind, undone.
+            let legs = thread_rng().gen_range(2..=4);
+            CommandKind::Atomic((0..legs).map(|_| self.draw_one(wallets)).collect())
+        } else if thread_rng().gen_bool(0.04) {
+            // A payment and its fee, between wallets of one currency: mostly accepted.
+            let mut rng = thread_rng();
+            let usd: Vec<usize> = (0..wallets).filter(|index| currency_of(*index) == Currency::USD).collect();
+            let payer = usd[rng.gen_range(0..usd.len())];
+            let others: Vec<usize> = usd.iter().copied().filter(|index| *index != payer).collect();
+            if others.is_empty() {
+                return self.draw_one(wallets);
+            }
+            let leg = |destination: usize, minor: u64| CommandKind::Transfer {
+                source: wallet_id(payer),
+                destination: wallet_id(destination),
+                currency: Currency::USD,
+                amount: amount(minor),
+                description: None,
+            };
+            let mut legs = vec![
+                leg(others[rng.gen_range(0..others.len())], rng.gen_range(1..=300)),
+                leg(others[rng.gen_range(0..others.len())], rng.gen_range(1..=20)),
+            ];
+            if rng.gen_bool(0.3) {
+                // Funded in the same transaction: the legs after it see the credit.
+                let credit = amount(rng.gen_range(1..=400));
+                legs.insert(
+                    0,
+                    CommandKind::Credit {
+                        wallet_id: wallet_id(payer),
+                        currency: Currency::USD,
+                        amount: credit,
+                        description: None,
+                    },
+                );
+            }
+            CommandKind::Atomic(legs)
+        } else {
+            self.draw_one(wallets)
+        }
+    }
+
+    fn draw_one(&mut self, wallets: usize) -> CommandKind {
         let mut rng = thread_rng();
         let index = rng.gen_range(0..wallets);
         let wallet = wallet_id(index);
@@ -178,13 +230,11 @@ impl Client {
         }
     }
 
-    /// Submits one command until it is decided, retrying with the same id, up to the liveness bound.
-    async fn perform(&mut self, kind: CommandKind) {
-        let world = world();
+    /// A fresh command id, and sometimes a reference (from a small set, so they repeat and collide)
+    /// and metadata: a retry must replay, never meet its own reference as `reference_exists`.
+    fn command(&mut self, kind: CommandKind) -> Command {
         self.next_op += 1;
         let id = CommandId((1u128 << 100) | ((self.index as u128) << 32) | u128::from(self.next_op));
-        // Some commands carry a reference (from a small set, so they repeat and collide) and
-        // metadata: a retry must replay, never meet its own reference as `reference_exists`.
         let memo = if thread_rng().gen_bool(0.2) {
             let reference = format!("ref-{}", thread_rng().gen_range(0..40));
             wallex_engine::Memo {
@@ -196,15 +246,63 @@ impl Client {
         } else {
             wallex_engine::Memo::default()
         };
-        let command = Command { id, kind, memo };
-        let mut operation = Operation {
+        Command { id, kind, memo }
+    }
+
+    fn operation(&self, command: &Command) -> Operation {
+        Operation {
             client: self.index,
             command: command.clone(),
             attempts: Vec::new(),
             decided: None,
             twin: None,
             reuse: Vec::new(),
+        }
+    }
+
+    /// Records one attempt's answer in `operation`; whether it is final (decided, or the key is
+    /// refused as reused).
+    fn answered(&mut self, operation: &mut Operation, answer: Result<Reply, rpc::RpcError>) -> bool {
+        let id = operation.command.id;
+        let attempt = match answer {
+            Ok(Reply::Decided { record, events, replayed }) => {
+                for event in &events {
+                    let seen = self.seen.entry(event.wallet_id).or_default();
+                    if event.version > seen.version {
+                        seen.balance = event.balance_after;
+                        seen.held = event.held_after;
+                        seen.version = event.version;
+                        if let wallex_engine::EventKind::WalletCreated { overdraft_limit, .. } = &event.kind {
+                            seen.overdraft = overdraft_limit.minor();
+                        }
+                    }
+                }
+                let verdict = record.result.map_or_else(|rejection| rejection.code().to_owned(), |()| "ok".to_owned());
+                world().note(format_args!(
+                    "client {} answer {id}: tx {} {verdict}{}",
+                    self.index,
+                    record.transaction_id,
+                    if replayed { " (replayed)" } else { "" }
+                ));
+                operation.decided = Some((record, events));
+                Attempt::Decided { replayed }
+            }
+            Ok(Reply::KeyReused { .. }) => Attempt::KeyReused,
+            Ok(Reply::InFlight) => Attempt::InFlight,
+            Ok(Reply::Unavailable(_) | Reply::Unconfirmed { .. }) => Attempt::Unavailable,
+            Err(_) => Attempt::Timeout,
         };
+        let done = matches!(attempt, Attempt::Decided { .. } | Attempt::KeyReused);
+        operation.attempts.push(attempt);
+        done
+    }
+
+    /// Submits one command until it is decided, retrying with the same id, up to the liveness bound.
+    async fn perform(&mut self, kind: CommandKind) {
+        let world = world();
+        let command = self.command(kind);
+        let id = command.id;
+        let mut operation = self.operation(&command);
         let mut twin = thread_rng().gen_bool(0.05);
         let give_up = Duration::from_millis(world.swarm.fault_phase_ms + LIVENESS_MS);
         world.note(format_args!("client {} submit {} {}", self.index, id, command.kind.name()));
@@ -217,38 +315,7 @@ impl Client {
             } else {
                 self.submit(&command).await
             };
-            let attempt = match answer {
-                Ok(Reply::Decided { record, events, replayed }) => {
-                    for event in &events {
-                        let seen = self.seen.entry(event.wallet_id).or_default();
-                        if event.version > seen.version {
-                            seen.balance = event.balance_after;
-                            seen.held = event.held_after;
-                            seen.version = event.version;
-                            if let wallex_engine::EventKind::WalletCreated { overdraft_limit, .. } = &event.kind {
-                                seen.overdraft = overdraft_limit.minor();
-                            }
-                        }
-                    }
-                    let verdict =
-                        record.result.map_or_else(|rejection| rejection.code().to_owned(), |()| "ok".to_owned());
-                    world.note(format_args!(
-                        "client {} answer {id}: tx {} {verdict}{}",
-                        self.index,
-                        record.transaction_id,
-                        if replayed { " (replayed)" } else { "" }
-                    ));
-                    operation.decided = Some((record, events));
-                    Attempt::Decided { replayed }
-                }
-                Ok(Reply::KeyReused { .. }) => Attempt::KeyReused,
-                Ok(Reply::InFlight) => Attempt::InFlight,
-                Ok(Reply::Unavailable(_) | Reply::Unconfirmed { .. }) => Attempt::Unavailable,
-                Err(_) => Attempt::Timeout,
-            };
-            let done = matches!(attempt, Attempt::Decided { .. } | Attempt::KeyReused);
-            operation.attempts.push(attempt);
-            if done {
+            if self.answered(&mut operation, answer) {
                 break;
             }
             let backoff = thread_rng().gen_range(50..=400);
@@ -275,18 +342,64 @@ impl Client {
         self.log.push(operation);
     }
 
-    async fn submit(&self, command: &Command) -> Result<Reply, rpc::RpcError> {
-        rpc::call(
-            &self.endpoint,
-            rpc::app_addr(),
-            APP_SERVICE,
-            Link::ClientApp,
-            "submit",
-            command.clone(),
-            ATTEMPT_TIMEOUT,
-        )
-        .await
+    /// Submits several commands as one batch request until each is decided: a retry sends again,
+    /// as one batch with the same ids, those not yet decided.
+    async fn perform_batch(&mut self, kinds: Vec<CommandKind>) {
+        let world = world();
+        let mut operations: Vec<Operation> = kinds
+            .into_iter()
+            .map(|kind| {
+                let command = self.command(kind);
+                self.operation(&command)
+            })
+            .collect();
+        for operation in &operations {
+            let command = &operation.command;
+            world.note(format_args!("client {} submit {} {} in a batch", self.index, command.id, command.kind.name()));
+        }
+        let give_up = Duration::from_millis(world.swarm.fault_phase_ms + LIVENESS_MS);
+        while world.elapsed() < give_up {
+            let open: Vec<usize> = (0..operations.len()).filter(|index| !final_answer(&operations[*index])).collect();
+            if open.is_empty() {
+                break;
+            }
+            let batch: Vec<Command> = open.iter().map(|index| operations[*index].command.clone()).collect();
+            match self.submit_all(batch).await {
+                Ok(replies) => {
+                    assert_eq!(replies.len(), open.len(), "one answer per command of a batch");
+                    for (index, reply) in open.iter().zip(replies) {
+                        self.answered(&mut operations[*index], Ok(reply));
+                    }
+                }
+                Err(error) => {
+                    for index in &open {
+                        self.answered(&mut operations[*index], Err(error));
+                    }
+                }
+            }
+            if operations.iter().all(final_answer) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(50..=400))).await;
+        }
+        self.log.extend(operations);
     }
+
+    async fn submit(&self, command: &Command) -> Result<Reply, rpc::RpcError> {
+        let mut replies = self.submit_all(vec![command.clone()]).await?;
+        assert_eq!(replies.len(), 1, "one answer to one command");
+        Ok(replies.remove(0))
+    }
+
+    async fn submit_all(&self, commands: Vec<Command>) -> Result<Vec<Reply>, rpc::RpcError> {
+        rpc::call(&self.endpoint, rpc::app_addr(), APP_SERVICE, Link::ClientApp, "submit", commands, ATTEMPT_TIMEOUT)
+            .await
+    }
+}
+
+/// Whether an operation has its final answer: decided, or its key refused as reused.
+fn final_answer(operation: &Operation) -> bool {
+    matches!(operation.attempts.last(), Some(Attempt::Decided { .. } | Attempt::KeyReused))
 }
 
 /// An answer as an attempt, with the decision if there was one.
