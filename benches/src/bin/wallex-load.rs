@@ -11,6 +11,9 @@
 //! histograms from `/metrics` before and after the run (after the read side settles) and prints
 //! their percentiles for the run alone: commit → broker acknowledgement, projection lag per
 //! projection, group commit time. `--json` prints one JSON object last.
+//!
+//! `--batch N` sends the same mix N operations to a `POST /batch` request (`--atomic`: all or
+//! nothing each), `--http2` speaks h2c so each connection multiplexes its requests.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,6 +71,84 @@ struct Args {
     /// store holds keys needs one with read, write and mint, or admin); also `WALLEX_API_KEY`.
     #[arg(long, env = "WALLEX_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Send the operations N to a request, through `POST /batch` (1: one per request, on the
+    /// single-operation routes). `--operations` and `--rate` still count operations.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8_189))]
+    batch: u64,
+    /// Make each batch atomic: its operations take effect together or not at all (one refused
+    /// debit refuses the batch). Implies `POST /batch` even for `--batch 1`.
+    #[arg(long)]
+    atomic: bool,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge): every worker's requests share one
+    /// connection, multiplexed.
+    #[arg(long)]
+    http2: bool,
+    /// Also report the CPU time `WHO` spent per operation during the run: `NAME=PID`, or
+    /// `NAME=COMM` for every process whose name (`/proc/PID/comm`) is `COMM` (PostgreSQL's
+    /// backends: `postgres=postgres`). Repeatable; the load generator's own is always reported.
+    #[arg(long = "cpu", value_name = "NAME=PID|COMM")]
+    cpu: Vec<String>,
+}
+
+/// CPU time (user + system, in clock ticks) per process of `who` (a pid, or a process name).
+fn cpu_ticks(who: &str) -> BTreeMap<u32, u64> {
+    let of = |pid: u32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (which may hold spaces) ")": utime is the 12th, stime
+        // the 13th of them.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let mut ticks = BTreeMap::new();
+    if let Ok(pid) = who.parse::<u32>() {
+        if let Some(used) = of(pid) {
+            ticks.insert(pid, used);
+        }
+        return ticks;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return ticks };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == who
+            && let Some(used) = of(pid)
+        {
+            ticks.insert(pid, used);
+        }
+    }
+    ticks
+}
+
+/// Each `--cpu` process (and the load generator itself), with its ticks now.
+fn cpu_snapshot(targets: &[(String, String)]) -> Vec<(String, BTreeMap<u32, u64>)> {
+    let mut snapshot: Vec<(String, BTreeMap<u32, u64>)> =
+        targets.iter().map(|(name, who)| (name.clone(), cpu_ticks(who))).collect();
+    snapshot.push(("load".to_owned(), cpu_ticks(&std::process::id().to_string())));
+    snapshot
+}
+
+/// Microseconds of CPU per operation, per name, between two snapshots (a process that started in
+/// between counts whole; one that exited is lost).
+fn cpu_per_operation(
+    before: &[(String, BTreeMap<u32, u64>)],
+    after: &[(String, BTreeMap<u32, u64>)],
+    operations: u64,
+) -> Vec<(String, f64)> {
+    let hertz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    before
+        .iter()
+        .zip(after)
+        .map(|((name, was), (_, now))| {
+            let used: u64 = now.iter().map(|(pid, ticks)| ticks.saturating_sub(*was.get(pid).unwrap_or(&0))).sum();
+            (name.clone(), used as f64 / hertz * 1e6 / operations.max(1) as f64)
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,6 +177,8 @@ struct Tally {
     outcomes: BTreeMap<(Kind, String), u64>,
     /// Net effect of acknowledged operations on the sum of balances, in whole units.
     net: i64,
+    /// HTTP requests sent (one per operation, or per batch).
+    requests: u64,
 }
 
 impl Tally {
@@ -104,7 +187,7 @@ impl Tally {
         for kind in Kind::ALL {
             latency_us.insert(kind, Histogram::new_with_bounds(1, 120_000_000, 3)?);
         }
-        Ok(Tally { latency_us, outcomes: BTreeMap::new(), net: 0 })
+        Ok(Tally { latency_us, outcomes: BTreeMap::new(), net: 0, requests: 0 })
     }
 }
 
@@ -113,7 +196,10 @@ struct Run {
     client: reqwest::Client,
     run_id: String,
     tally: Mutex<Tally>,
+    /// Requests sent (or scheduled) so far.
     sent: AtomicU64,
+    /// Operations to send at most (`u64::MAX` with `--duration`).
+    limit: u64,
 }
 
 fn wallet(run: &Run, index: usize) -> String {
@@ -154,8 +240,94 @@ fn operation(run: &Run, rng: &mut StdRng) -> (Kind, String, String, i64) {
     }
 }
 
-/// Sends operation `sequence`; `since` is when it should have started (open loop) or now.
+/// Whether operations go through `POST /batch`.
+fn batched(args: &Args) -> bool {
+    args.batch > 1 || args.atomic
+}
+
+/// How many requests carry `operations` operations.
+fn requests_for(args: &Args, operations: u64) -> u64 {
+    if operations == u64::MAX { u64::MAX } else { operations.div_ceil(args.batch) }
+}
+
+/// Sends request `sequence`: one operation on its own route, or a batch; `since` is when it should
+/// have started (open loop) or now.
 async fn send(run: &Run, sequence: u64, since: Instant) {
+    if batched(&run.args) {
+        send_batch(run, sequence, since).await;
+    } else {
+        send_one(run, sequence, since).await;
+    }
+}
+
+/// Operation `sequence` as a `POST /batch` item, with its kind and effect.
+fn batch_item(run: &Run, sequence: u64) -> (Kind, Value, i64) {
+    let mut rng = StdRng::seed_from_u64(run.args.seed ^ sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (kind, path, body, effect) = operation(run, &mut rng);
+    let mut item: Value = serde_json::from_str(&body).expect("the operation's body is JSON");
+    let wallet_id = path.split('/').nth(2).expect("/wallets/{id}/...").to_owned();
+    item["type"] = json!(kind.name());
+    item["walletId"] = json!(wallet_id);
+    if !run.args.atomic {
+        item["idempotencyKey"] = json!(format!("load-{}-{sequence}", run.run_id));
+    }
+    (kind, item, effect)
+}
+
+/// Sends the operations of batch `sequence` in one `POST /batch` and tallies each one's result.
+async fn send_batch(run: &Run, sequence: u64, since: Instant) {
+    let first = sequence * run.args.batch;
+    let last = (first + run.args.batch).min(run.limit);
+    let items: Vec<(Kind, Value, i64)> = (first..last).map(|index| batch_item(run, index)).collect();
+    let body =
+        json!({"atomic": run.args.atomic, "operations": items.iter().map(|(_, item, _)| item).collect::<Vec<_>>()});
+    let answer = run
+        .client
+        .post(format!("{}/batch", run.args.url))
+        .header("content-type", "application/json")
+        .header("idempotency-key", format!("load-{}-batch-{sequence}", run.run_id))
+        .body(body.to_string())
+        .send()
+        .await;
+    // Each operation's outcome: from `results` (every batch answer that was decided has one),
+    // else the batch's own problem code for all of them.
+    let outcomes: Vec<String> = match answer {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            match body["results"].as_array() {
+                Some(results) if results.len() == items.len() => results
+                    .iter()
+                    .map(|result| match result["status"].as_u64() {
+                        Some(200..=299) => "ok".to_owned(),
+                        other => result["code"]
+                            .as_str()
+                            .map_or_else(|| format!("http_{}", other.unwrap_or(0)), str::to_owned),
+                    })
+                    .collect(),
+                _ => {
+                    let outcome = body["code"].as_str().map_or_else(|| format!("http_{status}"), str::to_owned);
+                    vec![outcome; items.len()]
+                }
+            }
+        }
+        Err(_) => vec!["transport".to_owned(); items.len()],
+    };
+    let elapsed_us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+    let mut tally = run.tally.lock().await;
+    tally.requests += 1;
+    for ((kind, _, effect), outcome) in items.into_iter().zip(outcomes) {
+        if outcome == "ok" {
+            tally.net += effect;
+        }
+        tally.latency_us.get_mut(&kind).expect("every kind").saturating_record(elapsed_us);
+        *tally.outcomes.entry((kind, outcome)).or_default() += 1;
+    }
+}
+
+/// Sends operation `sequence` on its own route.
+async fn send_one(run: &Run, sequence: u64, since: Instant) {
     let mut rng = StdRng::seed_from_u64(run.args.seed ^ sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let (kind, path, body, effect) = operation(run, &mut rng);
     let answer = run
@@ -178,6 +350,7 @@ async fn send(run: &Run, sequence: u64, since: Instant) {
     };
     let elapsed_us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
     let mut tally = run.tally.lock().await;
+    tally.requests += 1;
     if outcome == "ok" {
         tally.net += effect;
     }
@@ -303,18 +476,33 @@ async fn main() -> anyhow::Result<()> {
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .timeout(Duration::from_secs(30))
-        .default_headers(headers)
-        .build()?;
+        .default_headers(headers);
+    if args.http2 {
+        client = client.http2_prior_knowledge();
+    }
+    let client = client.build()?;
     let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros());
-    let run = Arc::new(Run { args, client, run_id, tally: Mutex::new(Tally::new()?), sent: AtomicU64::new(0) });
+    let limit = if args.duration.is_some() { u64::MAX } else { args.operations };
+    let run = Arc::new(Run { args, client, run_id, tally: Mutex::new(Tally::new()?), sent: AtomicU64::new(0), limit });
     setup(&run).await?;
     let server_before = settled_histograms(&run).await;
 
     let deadline = run.args.duration.map(|seconds| Instant::now() + Duration::from_secs(seconds));
-    let limit = if deadline.is_some() { u64::MAX } else { run.args.operations };
+    let limit = requests_for(&run.args, limit);
+    let cpu_targets: Vec<(String, String)> = run
+        .args
+        .cpu
+        .iter()
+        .map(|spec| {
+            spec.split_once('=')
+                .map(|(name, who)| (name.to_owned(), who.to_owned()))
+                .with_context(|| format!("--cpu {spec}: NAME=PID or NAME=COMM"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let cpu_before = cpu_snapshot(&cpu_targets);
     let started = Instant::now();
     let writes_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = run.args.read_rate.map(|rate| tokio::spawn(read_load(run.clone(), rate, writes_done.clone())));
@@ -340,7 +528,8 @@ async fn main() -> anyhow::Result<()> {
         Some(rate) => {
             let in_flight = Arc::new(tokio::sync::Semaphore::new(run.args.workers.max(1)));
             let mut tasks = tokio::task::JoinSet::new();
-            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            // `--rate` counts operations: a batch of N leaves every N / rate seconds.
+            let interval = Duration::from_secs_f64(run.args.batch as f64 / rate.max(1) as f64);
             for sequence in 0..limit {
                 let scheduled = started + interval * u32::try_from(sequence).unwrap_or(u32::MAX);
                 if deadline.is_some_and(|deadline| scheduled >= deadline) {
@@ -359,6 +548,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    let cpu_after = cpu_snapshot(&cpu_targets);
     writes_done.store(true, Ordering::Relaxed);
     let reads = match reader {
         Some(reader) => Some(reader.await??),
@@ -387,6 +577,13 @@ async fn main() -> anyhow::Result<()> {
     let balanced = expected == actual;
 
     println!("operations: {total} in {:.2} s = {ops_per_sec:.0} ops/s", elapsed.as_secs_f64());
+    println!(
+        "requests: {} ({}{}{})",
+        tally.requests,
+        if batched(&run.args) { format!("POST /batch of {}", run.args.batch) } else { "one operation each".to_owned() },
+        if run.args.atomic { ", atomic" } else { "" },
+        if run.args.http2 { ", HTTP/2" } else { ", HTTP/1.1" }
+    );
     for ((kind, outcome), count) in &tally.outcomes {
         println!("  {:<9} {outcome:<24} {count}", kind.name());
     }
@@ -402,6 +599,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("balances: expected {expected}, found {actual}: {}", if balanced { "ok" } else { "MISMATCH" });
+    let cpu = cpu_per_operation(&cpu_before, &cpu_after, total);
+    let cpu_total: f64 = cpu.iter().map(|(_, micros)| micros).sum();
+    let shown: Vec<String> = cpu.iter().map(|(name, micros)| format!("{name} {micros:.1} µs")).collect();
+    println!("cpu per operation: {} = {cpu_total:.1} µs", shown.join(" + "));
     // Bucket upper bounds: "p99 ≤ this".
     let bound_ms = |buckets: &[(f64, u64)], quantile: f64| bucket_quantile(buckets, quantile).map(|s| s * 1_000.0);
     let shown = |bound: Option<f64>| bound.map_or_else(|| "-".to_owned(), |ms| format!("≤ {ms} ms"));
@@ -457,7 +658,9 @@ async fn main() -> anyhow::Result<()> {
                 "ops_per_sec": ops_per_sec, "operations_total": total, "server_errors": server_errors,
                 "transport_errors": transport, "operations": operations, "latency_ms": latency(&all),
                 "latency_ms_by_operation": per_kind, "balances_ok": balanced, "elapsed_s": elapsed.as_secs_f64(),
-                "server_ms": server_json,
+                "server_ms": server_json, "requests": tally.requests, "batch": run.args.batch,
+                "atomic": run.args.atomic, "http2": run.args.http2,
+                "cpu_us_per_op": cpu.iter().map(|(name, micros)| (name.clone(), json!(micros))).collect::<serde_json::Map<_, _>>(),
                 "reads": reads.as_ref().map(|(count, failed, latency)| json!({
                     "count": count, "failed": failed, "per_sec": *count as f64 / elapsed.as_secs_f64(),
                     "p50_ms": percentile_ms(latency, 0.5), "p99_ms": percentile_ms(latency, 0.99),

@@ -75,7 +75,8 @@ pub(crate) struct BatchBody {
 pub(crate) struct OperationBody {
     #[serde(rename = "type")]
     pub(crate) kind: OperationType,
-    /// Names the operation's command as `Idempotency-Key` names a single route's.
+    /// Names the operation's command as `Idempotency-Key` names a single route's (independent
+    /// batches only: an atomic batch is one command, named by the request's `Idempotency-Key`).
     pub(crate) idempotency_key: Option<String>,
     /// The wallet created, credited, debited, transferred from, or held on.
     pub(crate) wallet_id: Option<String>,
@@ -108,7 +109,17 @@ pub(crate) enum OperationType {
 }
 
 impl OperationType {
-    const fn name(self) -> &'static str {
+    pub(crate) const ALL: [OperationType; 7] = [
+        OperationType::CreateWallet,
+        OperationType::Credit,
+        OperationType::Debit,
+        OperationType::Transfer,
+        OperationType::PlaceHold,
+        OperationType::CaptureHold,
+        OperationType::VoidHold,
+    ];
+
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             OperationType::CreateWallet => "create_wallet",
             OperationType::Credit => "credit",
@@ -122,7 +133,7 @@ impl OperationType {
 
     /// The fields this type requires, and the ones it may have besides (`type` and
     /// `idempotencyKey` go with every type).
-    const fn fields(self) -> (&'static [&'static str], &'static [&'static str]) {
+    pub(crate) const fn fields(self) -> (&'static [&'static str], &'static [&'static str]) {
         const MEMO: [&str; 2] = ["referenceId", "metadata"];
         match self {
             OperationType::CreateWallet => {
@@ -135,7 +146,7 @@ impl OperationType {
                 (&["walletId", "toWalletId", "amount"], &["currency", "description", MEMO[0], MEMO[1]])
             }
             OperationType::PlaceHold => {
-                (&["walletId", "amount"], &["holdId", "currency", "expiresAt", "description", MEMO[0], MEMO[1]])
+                (&["walletId", "holdId", "amount"], &["currency", "expiresAt", "description", MEMO[0], MEMO[1]])
             }
             OperationType::CaptureHold => (&["holdId"], &["amount", "toWalletId", "description", MEMO[0], MEMO[1]]),
             OperationType::VoidHold => (&["holdId"], &[]),
@@ -251,6 +262,12 @@ pub(crate) async fn batch<S: Queries>(
         ));
     }
     check_shape(&body)?;
+    for (index, operation) in body.operations.iter().enumerate() {
+        well_formed(&headers, operation).map_err(|mut problem| {
+            problem.detail = format!("operations[{index}]: {}", problem.detail);
+            problem
+        })?;
+    }
     let request_key = header_key(&headers)?;
     if body.atomic {
         atomic(&state, &caller, &headers, request_key, body).await
@@ -288,11 +305,18 @@ fn check_shape(body: &BatchBody) -> Result<(), Problem> {
                 "in an atomic batch, referenceId and metadata belong to the batch (one transaction)".to_owned(),
             ));
         }
+        if body.atomic && operation.idempotency_key.is_some() {
+            return Err(malformed(
+                index,
+                "an atomic batch is one transaction, named by the request's Idempotency-Key: its operations take no idempotencyKey"
+                    .to_owned(),
+            ));
+        }
         if let Some(key) = &operation.idempotency_key {
             if !is_valid_key(key) {
                 return Err(invalid_key(&format!("operations[{index}].idempotencyKey")));
             }
-            if !body.atomic && !keys.insert(key.as_str()) {
+            if !keys.insert(key.as_str()) {
                 return Err(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "duplicate_idempotency_key",
@@ -330,6 +354,43 @@ impl Prepared {
             _ => 1,
         }
     }
+}
+
+/// Whether every field of an operation is well formed, apart from what depends on a wallet (an
+/// amount's precision or size in its currency): a malformed operation (400, or an amount too large
+/// for any currency) refuses the request whole, before anything is looked up or submitted, in
+/// either mode.
+fn well_formed(headers: &HeaderMap, operation: &OperationBody) -> Result<(), Problem> {
+    parse_description(operation.description.as_deref())?;
+    parse_memo(headers, operation.reference_id.as_deref(), operation.metadata.as_ref())?;
+    for (field, value) in [("walletId", &operation.wallet_id), ("toWalletId", &operation.to_wallet_id)] {
+        if let Some(text) = value {
+            parse_wallet(field, text)?;
+        }
+    }
+    if let Some(text) = &operation.owner_id {
+        OwnerId::parse(text).map_err(|error| Problem::field("ownerId", &error))?;
+    }
+    if let Some(text) = &operation.hold_id {
+        parse_hold("holdId", text)?;
+    }
+    parse_currency(operation.currency.as_deref())?;
+    parse_expiry(operation.expires_at.as_deref())?;
+    let amounts = [
+        ("amount", &operation.amount, true),
+        ("initialBalance", &operation.initial_balance, false),
+        ("overdraftLimit", &operation.overdraft_limit, false),
+    ];
+    for (field, raw, positive) in amounts {
+        let Some(raw) = raw.as_deref().filter(|raw| raw.get() != "null") else { continue };
+        // The grammar is every currency's, and an amount too large without decimals is too large
+        // in every currency; only the precision depends on the wallet's.
+        match parse_amount(field, raw, Currency::JPY, positive) {
+            Err(problem) if problem.code != "amount_precision" => return Err(problem),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Parses and checks one operation (ids, amounts, currency, scope, the caller's visibility), as
@@ -400,16 +461,8 @@ async fn prepare<S: Queries>(
         OperationType::PlaceHold => {
             let wallet_id = wallet("walletId", &operation.wallet_id)?;
             let currency = currency_of(state, caller, earlier, operation.currency.as_deref(), wallet_id).await?;
-            let hold_id = match operation.hold_id.as_deref() {
-                Some(text) => parse_hold("holdId", text)?,
-                None => {
-                    return Err(Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_body",
-                        "a place_hold in a batch names its holdId, so later operations and retries can name it",
-                    ));
-                }
-            };
+            // Required in a batch (`fields`), so later operations and retries can name it.
+            let hold_id = parse_hold("holdId", &text(&operation.hold_id))?;
             let expires_at = parse_expiry(operation.expires_at.as_deref())?;
             let amount = parse_amount("amount", operation.amount.as_deref().expect("checked"), currency, true)?;
             earlier.holds.entry(hold_id).or_insert(currency);
@@ -522,17 +575,8 @@ async fn atomic<S: Queries>(
     request_key: Option<&str>,
     body: BatchBody,
 ) -> Result<Response, Problem> {
-    let keys: Vec<&str> = body.operations.iter().filter_map(|operation| operation.idempotency_key.as_deref()).collect();
     let id: CommandId = match request_key {
         Some(key) => key_command_id(caller, IdSource::Key(key)),
-        None if keys.len() == body.operations.len() => key_command_id(caller, IdSource::Group(&keys)),
-        None if !keys.is_empty() => {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_idempotency_key",
-                "an atomic batch without an Idempotency-Key has an idempotencyKey on every operation or on none",
-            ));
-        }
         None if state.require_idempotency_key => return Err(key_required()),
         None => random_command_id(),
     };

@@ -323,13 +323,11 @@ pub(crate) enum IdSource<'a> {
     Key(&'a str),
     /// The operation at this index of a batch whose request carries this `Idempotency-Key`.
     BatchItem(&'a str, usize),
-    /// An atomic batch without an `Idempotency-Key`, by its operations' keys, in order.
-    Group(&'a [&'a str]),
 }
 
 /// The command id of `source` in the caller's namespace (its key id). Two API keys sending the
 /// same key send two commands: neither can read or block the other's. Keys are visible ASCII, so
-/// the NUL and the low tag bytes below keep the three kinds of source apart.
+/// the NUL and the tag byte below keep the two kinds of source apart.
 pub(crate) fn key_command_id(caller: &Caller, source: IdSource<'_>) -> CommandId {
     // Development mode's namespace is empty, which keeps the ids clients had before keys. A key's
     // ends in a NUL, which no header value holds, so no namespace is a prefix of another's input.
@@ -346,13 +344,6 @@ pub(crate) fn key_command_id(caller: &Caller, source: IdSource<'_>) -> CommandId
             input.extend_from_slice(key.as_bytes());
             input.push(0);
             input.extend_from_slice(&(index as u64).to_le_bytes());
-        }
-        IdSource::Group(keys) => {
-            input.push(2);
-            for key in keys {
-                input.extend_from_slice(key.as_bytes());
-                input.push(0);
-            }
         }
     }
     CommandId(xxhash_rust::xxh3::xxh3_128(&input))

@@ -247,6 +247,82 @@ fn field_schema(name: &str, query: bool) -> Option<Value> {
     })
 }
 
+/// `POST /batch`'s body, exact: an independent batch (`atomic` false or absent; each operation may
+/// carry its `idempotencyKey`, `referenceId` and `metadata`), or an atomic one (`atomic: true`;
+/// the transaction's `referenceId` and `metadata` on the batch, none on its operations, which take
+/// no key: the request's `Idempotency-Key` names the transaction). Each operation is one of a
+/// schema per `type`, with the fields it requires and the ones it may have, and no other.
+fn batch_schema() -> Value {
+    use crate::batch::OperationType;
+    let operation = |kind: OperationType, atomic: bool| {
+        let (required, optional) = kind.fields();
+        let mut properties = serde_json::Map::new();
+        properties.insert("type".to_owned(), json!({ "type": "string", "const": kind.name() }));
+        if !atomic {
+            properties.insert(
+                "idempotencyKey".to_owned(),
+                json!({ "type": ["string", "null"], "pattern": format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_BYTES}}}$") }),
+            );
+        }
+        for field in required {
+            properties.insert((*field).to_owned(), field_schema(field, false).expect("a known field"));
+        }
+        for field in optional {
+            if atomic && matches!(*field, "referenceId" | "metadata") {
+                continue;
+            }
+            properties.insert((*field).to_owned(), nullable(field_schema(field, false).expect("a known field")));
+        }
+        let mut names = vec!["type"];
+        names.extend_from_slice(required);
+        json!({
+            "type": "object",
+            "title": kind.name(),
+            "additionalProperties": false,
+            "required": names,
+            "properties": properties,
+        })
+    };
+    let operations = |atomic: bool| {
+        let each: Vec<Value> = OperationType::ALL.iter().map(|kind| operation(*kind, atomic)).collect();
+        json!({
+            "type": "array",
+            "minItems": 1,
+            "maxItems": crate::batch::MAX_BATCH_OPERATIONS,
+            "description": "1 to `http.max_batch_operations` (default 1,000, at most 8,189) operations, decided in order",
+            "items": { "oneOf": each },
+        })
+    };
+    json!({
+        "description": "Operations of any kind in one request: each decided on its own (`atomic` false, the default), \
+                        or all together as one transaction (`atomic: true`)",
+        "oneOf": [
+            {
+                "type": "object",
+                "title": "independent",
+                "additionalProperties": false,
+                "required": ["operations"],
+                "properties": {
+                    "atomic": { "type": "boolean", "const": false },
+                    "operations": operations(false),
+                },
+            },
+            {
+                "type": "object",
+                "title": "atomic",
+                "additionalProperties": false,
+                "required": ["atomic", "operations"],
+                "properties": {
+                    "atomic": { "type": "boolean", "const": true },
+                    "referenceId": nullable(field_schema("referenceId", false).expect("a known field")),
+                    "metadata": nullable(field_schema("metadata", false).expect("a known field")),
+                    "operations": operations(true),
+                },
+            },
+        ],
+    })
+}
+
 fn exact(document: &mut Value) {
     let schemas = document["components"]["schemas"].as_object_mut().expect("components");
     for (name, schema) in schemas.iter_mut() {
@@ -257,26 +333,19 @@ fn exact(document: &mut Value) {
             .as_array()
             .map(|names| names.iter().filter_map(|name| name.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        let operation = name == "OperationBody";
         let Some(properties) = schema["properties"].as_object_mut() else { continue };
-        if let Some(operations) = properties.get_mut("operations") {
-            operations["minItems"] = json!(1);
-            operations["maxItems"] = json!(crate::batch::MAX_BATCH_OPERATIONS);
-        }
         for (property, value) in properties.iter_mut() {
-            // An operation's `type` is its own enum; `idempotencyKey` is the header's grammar.
-            if operation && property == "type" {
-                continue;
-            }
-            if property == "idempotencyKey" {
-                *value = json!({ "type": ["string", "null"], "pattern": format!("^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_BYTES}}}$") });
-                continue;
-            }
             if let Some(exact) = field_schema(property, false) {
                 *value = if required.contains(property) { exact } else { nullable(exact) };
             }
         }
     }
+
+    // A batch's operations: exactly the fields each type takes (a schema per type), which the
+    // derived schema (every field optional) cannot say.
+    schemas.insert("BatchBody".to_owned(), batch_schema());
+    schemas.remove("OperationBody");
+    schemas.remove("OperationType");
 
     let key = json!({
         "name": "Idempotency-Key",

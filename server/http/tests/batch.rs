@@ -252,14 +252,14 @@ async fn an_atomic_batch_is_one_transaction_and_one_refused_operation_changes_no
     // A second payment whose fifth operation overdraws: nothing happens, not even the wallet.
     let before = (api.wallet("a").await, api.wallet("fees").await, api.hold_status("h1").await);
     let refused = json!({ "atomic": true, "operations": [
-        { "type": "create_wallet", "walletId": "shop2", "ownerId": "o2", "idempotencyKey": "k1" },
-        { "type": "transfer", "walletId": "a", "toWalletId": "shop2", "amount": "60", "idempotencyKey": "k2" },
-        { "type": "place_hold", "walletId": "a", "holdId": "h2", "amount": "5", "idempotencyKey": "k3" },
-        { "type": "credit", "walletId": "fees", "amount": "1", "idempotencyKey": "k4" },
-        { "type": "debit", "walletId": "a", "amount": "5.01", "idempotencyKey": "k5" },
-        { "type": "transfer", "walletId": "shop2", "toWalletId": "fees", "amount": "1", "idempotencyKey": "k6" },
+        { "type": "create_wallet", "walletId": "shop2", "ownerId": "o2" },
+        { "type": "transfer", "walletId": "a", "toWalletId": "shop2", "amount": "60" },
+        { "type": "place_hold", "walletId": "a", "holdId": "h2", "amount": "5" },
+        { "type": "credit", "walletId": "fees", "amount": "1" },
+        { "type": "debit", "walletId": "a", "amount": "5.01" },
+        { "type": "transfer", "walletId": "shop2", "toWalletId": "fees", "amount": "1" },
     ]});
-    let answer = api.batch(None, refused.clone()).await;
+    let answer = api.batch(Some("pay-2"), refused.clone()).await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", answer.body);
     assert_eq!(answer.content_type, "application/problem+json");
     assert_eq!(answer.body["code"], "insufficient_funds");
@@ -271,8 +271,8 @@ async fn an_atomic_batch_is_one_transaction_and_one_refused_operation_changes_no
     assert_eq!(api.wallet("shop2").await, None, "the created wallet is not there");
     assert_eq!((api.wallet("a").await, api.wallet("fees").await, api.hold_status("h1").await), before);
     assert_eq!(api.hold_status("h2").await, None);
-    // The operations' keys name the group: sent again, the same refusal, replayed.
-    let again = api.batch(None, refused).await;
+    // The request's key names the group: sent again, the same refusal, replayed.
+    let again = api.batch(Some("pay-2"), refused).await;
     assert_eq!((again.status, again.replayed), (StatusCode::UNPROCESSABLE_ENTITY, true));
     assert_eq!(codes(&again), codes(&answer));
     assert_eq!(again.body["results"][4]["body"], answer.body["results"][4]["body"], "the original problem");
@@ -364,12 +364,32 @@ async fn malformed_batches_are_refused_whole_and_change_nothing() {
                 { "type": "credit", "walletId": "a", "amount": "1", "idempotencyKey": "k" },
                 { "type": "credit", "walletId": "a", "amount": "1" },
             ]}),
-            None,
+            Some("group"),
             StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
+            "invalid_body",
         ),
         (json!({ "operations": [credit] }), Some("bad key"), StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
         (json!({ "operations": "many" }), None, StatusCode::BAD_REQUEST, "invalid_body"),
+        // One malformed operation makes the request malformed: refused whole, even the credit
+        // before it, and before any lookup (the wallet does not exist either).
+        (
+            json!({ "operations": [credit, { "type": "debit", "walletId": "no such/wallet", "amount": "1" }] }),
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            json!({ "operations": [credit, { "type": "transfer", "walletId": "nobody", "toWalletId": "a", "amount": "1.2.3" }] }),
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        ),
+        (
+            json!({ "operations": [{ "type": "place_hold", "walletId": "a", "amount": "1" }] }),
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
     ];
     for (body, key, status, code) in cases {
         let answer = api.batch(key, body.clone()).await;

@@ -146,6 +146,13 @@ const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/ledger/reference/ref-{w}", body: None, needs: R, whole: false, own: 200, other: 200 },
     Route { method: "GET", path: "/ledger/transactions?walletId={w}", body: None, needs: R, whole: false, own: 200, other: 404 },
     Route { method: "GET", path: "/ledger/transactions", body: None, needs: R, whole: false, own: 403, other: 403 },
+    // A batch needs `write`, and each operation what its own route needs, on wallets the key may
+    // see: an atomic batch answers the refused operation's status; an independent one answers 200
+    // with the refusal among its results.
+    Route { method: "POST", path: "/batch", body: Some(r#"{"atomic": true, "operations": [{"type": "debit", "walletId": "{w}", "amount": 1}, {"type": "transfer", "walletId": "{w}", "toWalletId": "{to}", "amount": 1}]}"#), needs: W, whole: false, own: 201, other: 404 },
+    Route { method: "POST", path: "/batch", body: Some(r#"{"atomic": true, "operations": [{"type": "credit", "walletId": "{w}", "amount": 1}]}"#), needs: WM, whole: false, own: 201, other: 404 },
+    Route { method: "POST", path: "/batch", body: Some(r#"{"atomic": true, "operations": [{"type": "create_wallet", "walletId": "{n}", "ownerId": "{o}"}, {"type": "place_hold", "walletId": "{w}", "holdId": "{n}", "amount": 1}]}"#), needs: W, whole: false, own: 201, other: 403 },
+    Route { method: "POST", path: "/batch", body: Some(r#"{"operations": [{"type": "transfer", "walletId": "{w}", "toWalletId": "{to}", "amount": 1}]}"#), needs: W, whole: false, own: 200, other: 200 },
     Route { method: "GET", path: "/admin/keys", body: None, needs: A, whole: true, own: 200, other: 200 },
     Route { method: "POST", path: "/admin/keys", body: Some(r#"{"scopes": ["read"], "name": "made {n}"}"#), needs: A, whole: true, own: 201, other: 201 },
     Route { method: "GET", path: "/admin/audit", body: None, needs: A, whole: true, own: 200, other: 200 },
