@@ -57,6 +57,11 @@ pub type SqliteStore = SqlStore<SqliteDialect>;
 /// a time anyway: queueing writers here, first come first served, replaces its busy handler, which
 /// sleeps 1, 2, 5, 10… ms between retries and put those sleeps straight into the group commit's
 /// latency.
+/// The page cache of each connection, in KiB.
+const CACHE_KIB: u32 = 32 * 1024;
+/// WAL pages (4 KiB) between automatic checkpoints.
+const WAL_CHECKPOINT_PAGES: u32 = 16_384;
+
 #[derive(Clone, Debug)]
 pub struct SqliteDialect {
     writer: Arc<Mutex<SqliteConnection>>,
@@ -75,7 +80,16 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // A group commit of a thousand commands touches more pages than the default 2 MiB
+            // cache holds: it would spill them to the WAL mid-transaction. At most this much per
+            // connection, allocated as used.
+            .pragma("cache_size", format!("-{CACHE_KIB}"))
+            // Statement journals (a multi-row statement that may fail half way) stay in memory.
+            .pragma("temp_store", "memory")
+            // Checkpoint every WAL_CHECKPOINT_PAGES pages, not 1,000: a hot page (a wallet's row,
+            // an index's inner pages) rewritten by many commits is copied back once per checkpoint.
+            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
         let mut writer = options.connect().await.map_err(store_error)?;
         sqlx::migrate!("../../migrations/sqlite")
             .run(&mut writer)
