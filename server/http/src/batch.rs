@@ -675,15 +675,7 @@ mod tests {
             "referenceId",
             "metadata",
         ];
-        for kind in [
-            OperationType::CreateWallet,
-            OperationType::Credit,
-            OperationType::Debit,
-            OperationType::Transfer,
-            OperationType::PlaceHold,
-            OperationType::CaptureHold,
-            OperationType::VoidHold,
-        ] {
+        for kind in OperationType::ALL {
             let (required, optional) = kind.fields();
             let mut all: Vec<_> = required.iter().chain(optional).collect();
             assert!(all.iter().all(|field| known.contains(field)), "{kind:?}");
