@@ -12,7 +12,7 @@ use wallex_engine::{Command, Timestamp};
 use wallex_pipeline::SteadyTime;
 use wallex_pipeline::ports::Clock;
 use wallex_pipeline::{
-    Pipeline, PipelineConfig, ProjectorConfig, RecoveryError, RelayConfig, StartError, WriterConfig,
+    LeaseConfig, Pipeline, PipelineConfig, ProjectorConfig, RecoveryError, RelayConfig, StartError, WriterConfig,
 };
 
 use crate::broker::SimBus;
@@ -78,6 +78,7 @@ pub fn pipeline_config() -> PipelineConfig {
             repair_after_ms: 1_000,
             reconcile_interval_ms: 3_000,
         },
+        lease: LeaseConfig::default(),
     }
 }
 

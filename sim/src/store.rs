@@ -16,7 +16,7 @@ use madsim::rand::{Rng, thread_rng};
 use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EntryFilter, EventStore, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
+    Applied, CommitBatch, EntryFilter, Epoch, EventStore, Lease, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
     Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletSummary, WalletView,
 };
 use wallex_testkit::memory::ReadSide;
@@ -51,6 +51,17 @@ impl ProjectionTables {
 #[derive(Debug)]
 enum Request {
     Commit(CommitBatch),
+    AcquireLease {
+        holder: String,
+        address: String,
+        lease_ms: u64,
+    },
+    RenewLease {
+        epoch: Epoch,
+        lease_ms: u64,
+    },
+    ReadLease,
+    ReleaseLease(Epoch),
     LatestSnapshot,
     SaveSnapshot(StoredSnapshot),
     Journal {
@@ -129,6 +140,10 @@ impl Request {
     fn name(&self) -> &'static str {
         match self {
             Request::Commit(_) => "commit",
+            Request::AcquireLease { .. } => "acquire_lease",
+            Request::RenewLease { .. } => "renew_lease",
+            Request::ReadLease => "read_lease",
+            Request::ReleaseLease(_) => "release_lease",
             Request::LatestSnapshot => "latest_snapshot",
             Request::SaveSnapshot(_) => "save_snapshot",
             Request::Journal { .. } => "journal",
@@ -159,6 +174,8 @@ impl Request {
 #[derive(Debug)]
 enum Response {
     Done(Result<(), StoreError>),
+    Lease(Result<Option<Lease>, StoreError>),
+    Renewed(Result<bool, StoreError>),
     Snapshot(Result<Option<StoredSnapshot>, StoreError>),
     Journal(Result<Vec<JournalEntry>, StoreError>),
     Records(Result<Vec<CommandRecord>, StoreError>),
@@ -213,6 +230,25 @@ async fn handle(request: Request) -> Option<Response> {
                 return None;
             }
             Response::Done(result)
+        }
+        Request::AcquireLease { holder, address, lease_ms } => {
+            let result = store.acquire_lease(&holder, &address, lease_ms).await;
+            if let Ok(Some(lease)) = &result {
+                world.note(format_args!("store writer lease taken by {holder}: epoch {}", lease.epoch));
+            }
+            Response::Lease(result)
+        }
+        Request::RenewLease { epoch, lease_ms } => {
+            let result = store.renew_lease(epoch, lease_ms).await;
+            if let Ok(false) = result {
+                world.note(format_args!("store writer lease renewal of epoch {epoch} refused"));
+            }
+            Response::Renewed(result)
+        }
+        Request::ReadLease => Response::Lease(store.lease().await),
+        Request::ReleaseLease(epoch) => {
+            world.note(format_args!("store writer lease of epoch {epoch} released"));
+            Response::Done(store.release_lease(epoch).await)
         }
         Request::LatestSnapshot => Response::Snapshot(store.latest_snapshot().await),
         Request::SaveSnapshot(snapshot) => {
@@ -356,6 +392,23 @@ macro_rules! expect {
 impl EventStore for SimStore {
     async fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
         expect!(self.call(Request::Commit(batch.clone())).await, Done)
+    }
+
+    async fn acquire_lease(&self, holder: &str, address: &str, lease_ms: u64) -> Result<Option<Lease>, StoreError> {
+        let request = Request::AcquireLease { holder: holder.to_owned(), address: address.to_owned(), lease_ms };
+        expect!(self.call(request).await, Lease)
+    }
+
+    async fn renew_lease(&self, epoch: Epoch, lease_ms: u64) -> Result<bool, StoreError> {
+        expect!(self.call(Request::RenewLease { epoch, lease_ms }).await, Renewed)
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        expect!(self.call(Request::ReadLease).await, Lease)
+    }
+
+    async fn release_lease(&self, epoch: Epoch) -> Result<(), StoreError> {
+        expect!(self.call(Request::ReleaseLease(epoch)).await, Done)
     }
 
     async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {

@@ -17,6 +17,7 @@ pub mod access;
 mod admin;
 pub mod auth;
 pub mod batch;
+pub mod cluster;
 mod extract;
 mod holds;
 mod ledger;
@@ -85,6 +86,8 @@ pub struct AppState<S> {
     access: access::Access,
     /// The most operations one `POST /batch` may hold; see `with_max_batch_operations`.
     max_batch_operations: usize,
+    /// This instance's place in a cluster, if it has one; see `with_cluster`.
+    cluster: Option<cluster::Cluster>,
 }
 
 /// Bounds on the API's requests, so that overload is refused early instead of queueing without
@@ -148,7 +151,15 @@ impl<S> AppState<S> {
             limits: Limits::default(),
             access: access::Access::default(),
             max_batch_operations: batch::DEFAULT_BATCH_OPERATIONS,
+            cluster: None,
         }
+    }
+
+    /// Takes part in a cluster: while another instance holds the writer lease, what only the
+    /// writer can answer is forwarded to it (see [`cluster`]).
+    pub fn with_cluster(mut self, cluster: cluster::Cluster) -> AppState<S> {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// The most operations one `POST /batch` may hold (1 to [`batch::MAX_BATCH_OPERATIONS`]; a
@@ -261,6 +272,9 @@ fn api<S: Queries>(state: &Arc<AppState<S>>) -> Router<Arc<AppState<S>>> {
         // Inside the limits: a request is authenticated (and its scope and rate checked) before
         // its route reads anything.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authenticate::<S>))
+        // Outside authentication: a follower relays the caller's own credentials, and the writer
+        // checks them (one rate limit per key for the whole cluster).
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), cluster::forward::<S>))
         // Outermost first: an overloaded or timed-out request becomes a problem; beyond
         // `max_concurrent` running requests a new one is shed at once, never queued.
         .route_layer(

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use wallex_pipeline::WriterState;
+use wallex_pipeline::{Role, WriterState};
 use wallex_pipeline::ports::Projection;
 
 use crate::problem::store_problem;
@@ -40,6 +40,8 @@ pub(crate) async fn live() -> Json<serde_json::Value> {
 /// Every check readiness makes, and whether all passed.
 struct Readiness {
     writer: &'static str,
+    /// This instance's role in its cluster, if it is in one.
+    role: Option<Role>,
     store: Result<(), String>,
     bus: Result<(), String>,
 }
@@ -50,13 +52,21 @@ impl Readiness {
             WriterState::Running => "running",
             WriterState::Reloading => "reloading",
             WriterState::Stopped => "stopped",
+            WriterState::Follower => "follower",
         };
+        let role = state.cluster.as_ref().map(|cluster| cluster.role.borrow().clone());
         let store = state.store.reachable().await.map_err(|error| error.to_string());
-        Readiness { writer, store, bus: bus_reachable(state).await }
+        Readiness { writer, role, store, bus: bus_reachable(state).await }
     }
 
+    /// Writes are taken: by this instance's writer, or by a follower that knows the writer.
     fn ready(&self) -> bool {
-        self.writer == "running" && self.store.is_ok() && self.bus.is_ok()
+        let writes = match self.writer {
+            "running" => true,
+            "follower" => matches!(self.role, Some(Role::Follower { writer: Some(_) })),
+            _ => false,
+        };
+        writes && self.store.is_ok() && self.bus.is_ok()
     }
 
     fn checks(&self) -> serde_json::Value {
@@ -64,8 +74,12 @@ impl Readiness {
             Ok(()) => serde_json::json!({ "status": "ok" }),
             Err(error) => serde_json::json!({ "status": "unavailable", "error": error }),
         };
+        let mut writer = serde_json::json!({ "status": self.writer });
+        if let Some(role) = &self.role {
+            writer["cluster"] = serde_json::to_value(role).expect("a role serializes");
+        }
         serde_json::json!({
-            "writer": { "status": self.writer },
+            "writer": writer,
             "store": outcome(&self.store),
             "bus": outcome(&self.bus),
         })
@@ -164,6 +178,9 @@ pub(crate) async fn bus_stats<S: Queries>(State(state): Shared<S>) -> Result<Jso
         },
         "consumers": consumers,
         "dlq": { "count": dead_lettered },
+        "cluster": state.cluster.as_ref().map(|cluster| {
+            serde_json::json!({ "node": cluster.node, "role": &*cluster.role.borrow() })
+        }),
     })))
 }
 

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod ports;
 pub mod projector;
 pub mod relay;
+pub mod seat;
 pub mod snapshotter;
 pub mod view;
 pub mod writer;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 
 pub use projector::{ProjectorConfig, ProjectorStats};
 pub use relay::{RelayConfig, RelayStats};
+pub use seat::{Holder, LeaseConfig, Node, Role};
 pub use writer::{CommandSender, RecoveryError, Reply, WriterConfig, WriterHealth, WriterState};
 
 use crate::ports::{Bus, Clock, EventStore, Projection, ProjectionStore};
@@ -36,6 +38,7 @@ pub struct PipelineConfig {
     pub writer: WriterConfig,
     pub relay: RelayConfig,
     pub projector: ProjectorConfig,
+    pub lease: LeaseConfig,
 }
 
 impl PipelineConfig {
@@ -43,7 +46,8 @@ impl PipelineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.writer.validate()?;
         self.relay.validate()?;
-        self.projector.validate()
+        self.projector.validate()?;
+        self.lease.validate()
     }
 }
 
@@ -96,70 +100,67 @@ impl PipelineStats {
 pub struct Pipeline {
     pub commands: CommandSender,
     pub stats: Arc<PipelineStats>,
+    role: watch::Receiver<Role>,
     shutdown: watch::Sender<bool>,
-    writer: JoinHandle<wallex_engine::Ledger>,
+    seat: JoinHandle<Option<wallex_engine::Ledger>>,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl Pipeline {
-    /// Recovers the write side from `store` (snapshot plus journal) and starts the writer, the
-    /// relay and both projectors. The relay resumes from the unpublished outbox and each projector
-    /// from its consumer group's committed offsets.
+    /// Starts a pipeline alone on its store ([`Node::alone`]): see [`Pipeline::start_node`].
     pub async fn start<S, B, C>(store: S, bus: B, clock: C, config: PipelineConfig) -> Result<Pipeline, StartError>
     where
         S: EventStore + ProjectionStore,
         B: Bus,
         C: Clock,
     {
-        let committed = Arc::new(Notify::new());
+        Pipeline::start_node(store, bus, clock, config, Node::alone()).await
+    }
+
+    /// Starts `node`'s pipeline on `store`: both projectors (every instance of a cluster is a
+    /// member of their consumer groups) and the writer's seat ([`seat`]). If the writer lease is
+    /// free, it is taken before this returns: the write side is recovered (snapshot plus journal)
+    /// and the writer, the relay and the writer's background work run. Otherwise the instance
+    /// follows, and takes the lease when it lapses.
+    pub async fn start_node<S, B, C>(
+        store: S,
+        bus: B,
+        clock: C,
+        config: PipelineConfig,
+        node: Node,
+    ) -> Result<Pipeline, StartError>
+    where
+        S: EventStore + ProjectionStore,
+        B: Bus,
+        C: Clock,
+    {
         config.validate()?;
         let stats = Arc::new(PipelineStats::default());
-        let (writer, commands) = writer::Writer::start(
-            store.writer_handle(),
-            clock.clone(),
-            config.writer,
-            committed.clone(),
-            stats.writer.clone(),
-            stats.view.clone(),
-        )
-        .await?;
-        seed_view(&store, writer.ledger(), &stats.view).await?;
+        let (commands, queue) = writer::Queue::new(config.writer.queue_depth);
+        let (role_sender, role) = watch::channel(Role::Follower { writer: None });
         let (shutdown, stop) = watch::channel(false);
-        let clock_for_cleanup = RetentionClock::new(clock.clone(), writer.ledger().clock());
-        // The snapshotter keeps its own copy of the ledger, so snapshots never stall the writer.
-        let replica = writer.ledger().clone();
-        let writer = tokio::spawn(writer.run());
-        let mut workers = vec![tokio::spawn(relay::run_relay(
-            store.clone(),
-            bus.clone(),
-            clock.clone(),
-            config.relay,
-            committed,
-            stats.relay.clone(),
-            stop.clone(),
-        ))];
-        workers.push(tokio::spawn(run_cleanup(
-            store.clone(),
-            clock_for_cleanup,
-            config.writer.idempotency_retention_micros,
-            config.writer.idempotency_cleanup_interval_ms,
-            stop.clone(),
-        )));
-        workers.push(tokio::spawn(snapshotter::run_snapshotter(
-            // Background work: the shared connections, never the writer's own.
-            store.clone(),
-            replica,
-            config.writer,
-            stats.writer.clone(),
-            stop.clone(),
-        )));
-        workers.push(tokio::spawn(projector::run_reconciliation(
-            store.clone(),
-            stats.writer.clone(),
-            config.projector,
-            stats.reconciliation.clone(),
-            stop.clone(),
-        )));
+        let seat = seat::Seat {
+            store: store.clone(),
+            bus: bus.clone(),
+            clock: clock.clone(),
+            config,
+            node,
+            stats: stats.clone(),
+            committed: Arc::new(Notify::new()),
+            role: role_sender,
+        };
+        let (term, queue) = match seat.try_take().await? {
+            Some(lease) => match seat.begin(&lease, queue).await {
+                Ok(term) => (Some(term), None),
+                Err((error, _)) => return Err(error.into()),
+            },
+            None => {
+                seat.follow(None);
+                (None, Some(queue))
+            }
+        };
+        let seat = tokio::spawn(seat.run(term, queue, stop.clone()));
+        let mut workers = Vec::new();
         for projection in Projection::ALL {
             let projector_stats = match projection {
                 Projection::ReadModel => stats.read_model.clone(),
@@ -177,7 +178,12 @@ impl Pipeline {
                 stop.clone(),
             )));
         }
-        Ok(Pipeline { commands, stats, shutdown, writer, workers })
+        Ok(Pipeline { commands, stats, role, shutdown, seat, workers })
+    }
+
+    /// What this instance is in its cluster, as it changes.
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
     }
 
     /// Resolves when the writer has stopped: after `shutdown`, or because it failed (a journal it
@@ -186,13 +192,14 @@ impl Pipeline {
         self.stats.writer.stopped().await;
     }
 
-    /// Stops accepting commands, lets the writer finish what is queued, then stops the relay and
-    /// projectors. Returns the final ledger.
-    pub async fn shutdown(self) -> wallex_engine::Ledger {
-        let Pipeline { commands, shutdown, writer, workers, .. } = self;
+    /// Stops accepting commands, lets the writer finish what is queued (and hands the lease over
+    /// at once), then stops the projectors. Returns the final ledger if this instance was the
+    /// writer.
+    pub async fn shutdown(self) -> Option<wallex_engine::Ledger> {
+        let Pipeline { commands, shutdown, seat, workers, .. } = self;
         drop(commands);
-        let ledger = writer.await.expect("the writer does not panic");
         let _ = shutdown.send(true);
+        let ledger = seat.await.expect("the seat does not panic");
         for worker in workers {
             let _ = worker.await;
         }
@@ -202,7 +209,7 @@ impl Pipeline {
 
 /// At start, the committed view gets every wallet whose read model is behind the recovered ledger:
 /// writes acknowledged before a restart stay visible while the projector catches up.
-async fn seed_view<S: ProjectionStore>(
+pub(crate) async fn seed_view<S: ProjectionStore>(
     store: &S,
     ledger: &wallex_engine::Ledger,
     view: &view::CommittedView,
@@ -226,7 +233,7 @@ async fn seed_view<S: ProjectionStore>(
 }
 
 /// Deletes expired idempotency keys every `interval_ms` (their ids may then be used again).
-async fn run_cleanup<S: EventStore, C: Clock>(
+pub(crate) async fn run_cleanup<S: EventStore, C: Clock>(
     store: S,
     clock: C,
     retention_micros: u64,

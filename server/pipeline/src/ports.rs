@@ -20,6 +20,40 @@ pub enum StoreError {
     /// durable (the connection dropped during COMMIT, say). Only reading back can tell.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The commit named an epoch that no longer holds the writer lease: another instance took
+    /// over. Nothing was written, and this writer must never commit again (it steps down).
+    #[error("the writer lease has passed to epoch {current}: this writer is fenced off")]
+    Fenced { current: Epoch },
+}
+
+/// A term of the writer lease. It only grows: every takeover bumps it, and every group commit
+/// names the epoch it was decided under, which the store checks in the same transaction. A writer
+/// that lost the lease (paused, partitioned, slow) can therefore never commit again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Epoch(pub u64);
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The writer lease as the store holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub epoch: Epoch,
+    /// The node that holds (or last held) it.
+    pub holder: String,
+    /// Where that node takes forwarded requests (`http://host:port`); empty if it takes none.
+    pub address: String,
+    /// Milliseconds until it lapses, by the store's clock; 0 once it has.
+    pub remaining_ms: u64,
+}
+
+impl Lease {
+    pub fn is_live(&self) -> bool {
+        self.remaining_ms > 0
+    }
 }
 
 /// Where an event sits in the outbox: commit order. The single writer assigns transaction ids in
@@ -47,6 +81,9 @@ pub struct OutboxMessage {
 /// per event. A transaction id or a stream version that exists already refuses the whole batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitBatch {
+    /// The writer lease's epoch the batch was decided under: the store commits nothing unless it
+    /// is still the current one ([`StoreError::Fenced`]).
+    pub epoch: Epoch,
     /// In transaction order.
     pub records: Vec<CommandRecord>,
     /// In transaction order, and within a transaction in emission order.
@@ -60,6 +97,7 @@ impl CommitBatch {
         self.records.is_empty()
     }
 
+    /// Empties the batch for reuse; the epoch stays.
     pub fn clear(&mut self) {
         self.records.clear();
         self.events.clear();
@@ -97,6 +135,29 @@ pub trait EventStore: Clone + Send + Sync + 'static {
     fn latest_snapshot(&self) -> impl Future<Output = Result<Option<StoredSnapshot>, StoreError>> + Send;
 
     fn save_snapshot(&self, snapshot: &StoredSnapshot) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes the writer lease for `holder` (reachable at `address`) for `lease_ms`, if it has
+    /// lapsed, was never taken, or is held by `holder` itself (an earlier run of the same node,
+    /// which cannot be running beside it): the epoch grows by one, so every commit of an earlier
+    /// epoch is refused from then on. `None`: another node holds it. Time is the store's own
+    /// clock, the one every instance shares.
+    fn acquire_lease(
+        &self,
+        holder: &str,
+        address: &str,
+        lease_ms: u64,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Extends the lease of `epoch` to `lease_ms` from now; `false` if `epoch` is no longer the
+    /// current one (another node took over). A lapsed lease no one took is renewed.
+    fn renew_lease(&self, epoch: Epoch, lease_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The lease as it stands (`None`: never taken).
+    fn lease(&self) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Lets the lease of `epoch` lapse now, if it is still current: a clean shutdown hands over
+    /// at once instead of after the lease's length.
+    fn release_lease(&self, epoch: Epoch) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Up to `limit` journal entries with transaction ids after `after`, in order.
     fn journal(

@@ -96,6 +96,13 @@ impl CommittedView {
         read_model + ledger.values().filter(|(_, transaction)| *transaction <= position).count()
     }
 
+    /// Forgets every wallet: a writer that stepped down publishes nothing more, and the next one
+    /// seeds the view afresh from its recovered ledger.
+    pub fn clear(&self) {
+        self.wallets.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.ledger.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+
     /// How many wallets the view holds: those whose read model is behind.
     pub fn len(&self) -> usize {
         self.wallets.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()

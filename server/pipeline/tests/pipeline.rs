@@ -334,7 +334,7 @@ async fn recovery_from_snapshot_and_journal_reproduces_the_ledger() {
     let kind =
         CommandKind::Credit { wallet_id: wallet(0), currency: Currency::USD, amount: money(1), description: None };
     decided(&pipeline.commands.submit(Command::new(CommandId(9_990), kind)).await);
-    let before = pipeline.shutdown().await;
+    let before = pipeline.shutdown().await.expect("the only instance is the writer");
     assert!(store.latest_snapshot().await.unwrap().is_some(), "snapshots were taken");
     assert!(
         store.latest_snapshot().await.unwrap().unwrap().transaction_id < before.last_transaction_id(),

@@ -10,7 +10,7 @@ use wallex_engine::{
 };
 
 use wallex_pipeline::ports::{
-    ApiKey, AuditRecord, Direction, LedgerEntry, OutboxMessage, OutboxPosition, Scope, StoreError, WalletSummary,
+    ApiKey, AuditRecord, Direction, Epoch, Lease, LedgerEntry, OutboxMessage, OutboxPosition, Scope, StoreError, WalletSummary,
     WalletView,
 };
 
@@ -324,6 +324,30 @@ pub struct BacklogRow {
 impl BacklogRow {
     pub(crate) fn into_backlog(self) -> Result<(u64, Option<Timestamp>), StoreError> {
         Ok((uint(self.backlog)?, self.oldest.map(uint).transpose()?.map(Timestamp::from_unix_micros)))
+    }
+}
+
+/// The writer lease's row, with the microseconds until it lapses (negative once it has).
+#[derive(Debug, sqlx::FromRow)]
+pub struct LeaseRow {
+    pub epoch: i64,
+    pub holder: String,
+    pub address: String,
+    pub remaining: i64,
+}
+
+impl LeaseRow {
+    /// The lease; `None` while it was never taken (epoch 0).
+    pub(crate) fn into_lease(self) -> Result<Option<Lease>, StoreError> {
+        if self.epoch == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            epoch: Epoch(uint(self.epoch)?),
+            holder: self.holder,
+            address: self.address,
+            remaining_ms: uint(self.remaining.max(0))? / 1_000,
+        }))
     }
 }
 

@@ -18,10 +18,12 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
-use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError, WalletSummary};
+use wallex_pipeline::ports::{CommitBatch, Epoch, Projection, ProjectionPlan, StoreError, WalletSummary};
 
-use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error};
-use crate::store::{Dialect, Driver, SqlStore};
+use crate::common::{
+    CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error, uint,
+};
+use crate::store::{Dialect, Driver, SqlStore, lease_statements};
 
 /// Connections in the shared pool: the relay, two projectors, the cleanup and the readers.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -99,6 +101,8 @@ impl Dialect for PostgresDialect {
         result.rows_affected()
     }
 
+    lease_statements!("(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint");
+
     async fn commit(writer: &mut PgConnection, batch: &CommitBatch) -> Result<(), StoreError> {
         // One statement, so one round trip and its own transaction: the commands, their keys and
         // their events go in through data-modifying CTEs, all or nothing (the foreign keys are
@@ -111,16 +115,26 @@ impl Dialect for PostgresDialect {
         let events = &batch.events;
         let outbox = &batch.outbox;
         debug_assert_eq!(events.len(), outbox.len());
-        sqlx::query(
-            "WITH recorded AS ( \
+        // The fence: the lease row, locked FOR SHARE for the statement's transaction, must still
+        // carry the batch's epoch. A takeover's UPDATE of the row waits for this transaction, and
+        // a takeover that committed first fails the check (READ COMMITTED re-reads a locked row
+        // at its latest version). Every insert joins the fence, so a fenced batch writes nothing.
+        let (fenced_in, current): (i64, i64) = sqlx::query_as(
+            "WITH fence AS ( \
+               SELECT epoch FROM writer_lease WHERE id = 1 AND epoch = $12 FOR SHARE), \
+             recorded AS ( \
                INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection, refused_leg) \
-               SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[], $11::int[])), \
+               SELECT r.* FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::text[], $11::int[]) \
+                 AS r (transaction_id, command_id, fingerprint, at, rejection, refused_leg), fence), \
              keyed AS ( \
                INSERT INTO idempotency_keys (command_id, transaction_id, at) \
-               SELECT * FROM UNNEST($2::bytea[], $1::bigint[], $4::bigint[]) \
-               ON CONFLICT (command_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id, at = EXCLUDED.at) \
-             INSERT INTO events (transaction_id, idx, wallet_id, version, payload) \
-             SELECT * FROM UNNEST($6::bigint[], $7::int[], $8::text[], $9::bigint[], $10::bytea[])",
+               SELECT k.* FROM UNNEST($2::bytea[], $1::bigint[], $4::bigint[]) AS k (command_id, transaction_id, at), fence \
+               ON CONFLICT (command_id) DO UPDATE SET transaction_id = EXCLUDED.transaction_id, at = EXCLUDED.at), \
+             evented AS ( \
+               INSERT INTO events (transaction_id, idx, wallet_id, version, payload) \
+               SELECT e.* FROM UNNEST($6::bigint[], $7::int[], $8::text[], $9::bigint[], $10::bytea[]) \
+                 AS e (transaction_id, idx, wallet_id, version, payload), fence) \
+             SELECT (SELECT count(*) FROM fence), (SELECT epoch FROM writer_lease WHERE id = 1)",
         )
         // The key is live again for this command, replacing an expired one of the same id.
         .bind(records.iter().map(|r| int(r.transaction_id.0)).collect::<Vec<_>>())
@@ -139,9 +153,13 @@ impl Dialect for PostgresDialect {
         .bind(events.iter().map(|e| int(e.version)).collect::<Vec<_>>())
         .bind(outbox.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>())
         .bind(records.iter().map(|r| r.refused_leg.map(i32::from)).collect::<Vec<_>>())
-        .execute(writer)
+        .bind(int(batch.epoch.0))
+        .fetch_one(writer)
         .await
         .map_err(store_error)?;
+        if fenced_in == 0 {
+            return Err(StoreError::Fenced { current: Epoch(uint(current)?) });
+        }
         Ok(())
     }
 

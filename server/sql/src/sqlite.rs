@@ -22,10 +22,12 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Encode, QueryBuilder, Sqlite, Type};
 use tokio::sync::{Mutex, MutexGuard};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
-use wallex_pipeline::ports::{CommitBatch, Projection, ProjectionPlan, StoreError, WalletSummary};
+use wallex_pipeline::ports::{CommitBatch, Epoch, Projection, ProjectionPlan, StoreError, WalletSummary};
 
-use crate::common::{CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error};
-use crate::store::{Dialect, Driver, SqlStore};
+use crate::common::{
+    CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error, uint,
+};
+use crate::store::{Dialect, Driver, SqlStore, lease_statements};
 
 /// The file inside `--data-dir`.
 pub const DATABASE_FILE: &str = "wallex.sqlite";
@@ -172,8 +174,20 @@ impl Dialect for SqliteDialect {
         result.rows_affected()
     }
 
+    lease_statements!("CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)");
+
     async fn commit(writer: &mut SqliteConnection, batch: &CommitBatch) -> Result<(), StoreError> {
         let mut transaction = writer.begin_with(Self::BEGIN).await.map_err(store_error)?;
+        // The fence, inside the transaction that holds the database's write lock: a takeover
+        // cannot bump the epoch between this check and the commit.
+        let (current,): (i64,) = sqlx::query_as("SELECT epoch FROM writer_lease WHERE id = 1")
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(store_error)?;
+        if current != int(batch.epoch.0) {
+            transaction.rollback().await.map_err(store_error)?;
+            return Err(StoreError::Fenced { current: Epoch(uint(current)?) });
+        }
         insert_rows(
             &mut transaction,
             "INSERT INTO commands (transaction_id, command_id, fingerprint, at, rejection, refused_leg) ",

@@ -26,13 +26,13 @@ use sqlx::{Arguments, Connection, Database, Encode, Executor, FromRow, IntoArgum
 use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
-    ApiKey, Applied, AuditRecord, CommitBatch, EntryFilter, EventStore, JournalEntry, KeyStore, LedgerEntry,
+    ApiKey, Applied, AuditRecord, CommitBatch, EntryFilter, Epoch, EventStore, Lease, JournalEntry, KeyStore, LedgerEntry,
     OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot,
     WalletFilter, WalletOrder, WalletSummary, WalletView,
 };
 
 use crate::common::{
-    AuditRow, BacklogRow, CheckpointRow, EntryRow, KeyRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow,
+    AuditRow, BacklogRow, CheckpointRow, LeaseRow, EntryRow, KeyRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow,
     bound, corrupt, int, scopes_text, store_error, uint,
 };
 
@@ -116,7 +116,17 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The start of a ledger search down the newest-first index (used only when `ADAPTIVE`).
     const NEWEST_SCAN: &'static str;
 
-    /// Makes the whole batch durable in one transaction, or nothing of it.
+    /// Takes the writer lease (binds: holder, address, length in µs), by the database's clock,
+    /// returning the new epoch; no row if another holder's lease is live. See [`lease_statements`].
+    const ACQUIRE_LEASE: &'static str;
+    /// Extends the lease of an epoch (binds: epoch, length in µs); no row changed if it is not
+    /// current.
+    const RENEW_LEASE: &'static str;
+    /// The lease: epoch, holder, address and µs until it lapses (negative once it has).
+    const READ_LEASE: &'static str;
+
+    /// Makes the whole batch durable in one transaction, or nothing of it, if `batch.epoch` is
+    /// still the writer lease's epoch, checked in that transaction (else [`StoreError::Fenced`]).
     fn commit(writer: &mut Conn<Self>, batch: &CommitBatch) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The commands of `ids` that have an idempotency key, with the key's age, in any order.
@@ -183,6 +193,7 @@ pub trait Driver:
                  + DecodeRow<AuditRow>
                  + DecodeRow<OutboxRow>
                  + DecodeRow<BacklogRow>
+                 + DecodeRow<LeaseRow>
                  + DecodeRow<(i64,)>
                  + DecodeRow<(String, i64)>
                  + DecodeRow<(Vec<u8>,)>
@@ -251,6 +262,30 @@ impl<DB: Driver> Values<DB> {
         self.0.map_err(|error| store_error(sqlx::Error::Encode(error)))
     }
 }
+
+/// The writer lease's statements, over the dialect's expression for the database's clock in
+/// microseconds since the Unix epoch: every instance judges the lease by that one clock. Taking
+/// it bumps the epoch in the same statement that checks it is free, so two instances can never
+/// hold one epoch.
+macro_rules! lease_statements {
+    ($now:literal) => {
+        const ACQUIRE_LEASE: &'static str = concat!(
+            "UPDATE writer_lease SET epoch = epoch + 1, holder = $1, address = $2, expires_at = ",
+            $now,
+            " + $3 WHERE id = 1 AND (expires_at <= ",
+            $now,
+            " OR holder = $1) RETURNING epoch"
+        );
+        const RENEW_LEASE: &'static str =
+            concat!("UPDATE writer_lease SET expires_at = ", $now, " + $2 WHERE id = 1 AND epoch = $1");
+        const READ_LEASE: &'static str = concat!(
+            "SELECT epoch, holder, address, expires_at - ",
+            $now,
+            " AS remaining FROM writer_lease WHERE id = 1"
+        );
+    };
+}
+pub(crate) use lease_statements;
 
 /// A shared statement with its values.
 fn statement<DB: Driver>(
@@ -417,6 +452,58 @@ impl<D: Dialect> EventStore for SqlStore<D> {
             self.dialect.reset_writer(&mut writer).await;
         }
         result
+    }
+
+    async fn acquire_lease(&self, holder: &str, address: &str, lease_ms: u64) -> Result<Option<Lease>, StoreError> {
+        // The lease's statements run on the writer's own connections: a shared pool that readers
+        // have exhausted must not delay a renewal past the lease.
+        let mut writer = self.dialect.writer(&self.writer_pool).await?;
+        let values = Values::new().and(holder).and(address).and(int(lease_ms.saturating_mul(1_000)));
+        let row = match statement(D::ACQUIRE_LEASE, values)?.fetch_optional(writer.run()).await {
+            Ok(row) => row,
+            Err(error) => {
+                self.dialect.reset_writer(&mut writer).await;
+                return Err(store_error(error));
+            }
+        };
+        let Some(row) = row else { return Ok(None) };
+        let (epoch,): (i64,) = row.decode_row()?;
+        Ok(Some(Lease {
+            epoch: Epoch(uint(epoch)?),
+            holder: holder.to_owned(),
+            address: address.to_owned(),
+            remaining_ms: lease_ms,
+        }))
+    }
+
+    async fn renew_lease(&self, epoch: Epoch, lease_ms: u64) -> Result<bool, StoreError> {
+        let mut writer = self.dialect.writer(&self.writer_pool).await?;
+        let values = Values::new().and(int(epoch.0)).and(int(lease_ms.saturating_mul(1_000)));
+        match statement(D::RENEW_LEASE, values)?.execute(writer.run()).await {
+            Ok(done) => Ok(D::rows_affected(&done) == 1),
+            Err(error) => {
+                self.dialect.reset_writer(&mut writer).await;
+                Err(store_error(error))
+            }
+        }
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        let rows: Vec<LeaseRow> = self.read(D::READ_LEASE, Values::new()).await?;
+        rows.into_iter().next().ok_or_else(|| corrupt("the writer_lease row is missing"))?.into_lease()
+    }
+
+    async fn release_lease(&self, epoch: Epoch) -> Result<(), StoreError> {
+        let mut writer = self.dialect.writer(&self.writer_pool).await?;
+        let values = Values::new().and(int(epoch.0));
+        if let Err(error) = statement("UPDATE writer_lease SET expires_at = 0 WHERE id = 1 AND epoch = $1", values)?
+            .execute(writer.run())
+            .await
+        {
+            self.dialect.reset_writer(&mut writer).await;
+            return Err(store_error(error));
+        }
+        Ok(())
     }
 
     async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {

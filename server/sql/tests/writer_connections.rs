@@ -53,7 +53,7 @@ async fn commits_with_every_shared_connection_held<S: EventStore + ProjectionSto
     assert!(matches!(retried, Reply::Decided { replayed: true, .. }), "{retried:?}");
     assert_eq!(store.writer_handle().journal(wallex_engine::TransactionId(0), 10).await.unwrap().len(), 2);
     drop(held);
-    let ledger = pipeline.shutdown().await;
+    let ledger = pipeline.shutdown().await.expect("the only instance is the writer");
     assert_eq!(ledger.wallet(&wallet).map(|wallet| wallet.balance), Some(250));
 }
 

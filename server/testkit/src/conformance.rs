@@ -10,7 +10,7 @@ use wallex_engine::{
 
 use wallex_pipeline::codec::encode_event;
 use wallex_pipeline::ports::{
-    ApiKey, Applied, AuditRecord, CommitBatch, Direction, EntryCursor, EntryFilter, EventStore, KeyStore,
+    ApiKey, Applied, AuditRecord, CommitBatch, Direction, EntryCursor, EntryFilter, Epoch, EventStore, KeyStore,
     OutboxMessage, OutboxPosition, Projection, ProjectionStore, Scope, StoreError, StoredSnapshot, WalletCursor,
     WalletFilter, WalletOrder,
 };
@@ -261,6 +261,57 @@ pub async fn run<S: EventStore + ProjectionStore>(store: S) {
 
     search(&store, &mut ledger).await;
     atomic_groups(&store, &mut ledger).await;
+    writer_lease(&store, &mut ledger).await;
+}
+
+/// The writer lease: one holder at a time, an epoch that only grows, and a fence every commit
+/// passes through: a batch of any epoch but the current one writes nothing.
+async fn writer_lease<S: EventStore>(store: &S, ledger: &mut Ledger) {
+    const LONG: u64 = 60_000;
+    let before = ledger.last_transaction_id();
+    let first = store.acquire_lease("one", "http://one", LONG).await.unwrap().expect("a free lease is taken");
+    assert!(first.epoch > Epoch(0), "taking the lease bumps the epoch");
+    let read = store.lease().await.unwrap().expect("the lease is held");
+    assert_eq!((read.epoch, read.holder.as_str(), read.address.as_str()), (first.epoch, "one", "http://one"));
+    assert!(read.is_live() && read.remaining_ms <= LONG, "live for at most its length: {read:?}");
+    assert_eq!(store.acquire_lease("two", "http://two", LONG).await.unwrap(), None, "a live lease is not taken");
+    assert!(store.renew_lease(first.epoch, LONG).await.unwrap(), "the holder renews");
+
+    // A batch of an earlier epoch is fenced off and writes nothing; the current epoch commits.
+    let mut stale = batch(ledger, 95_000, vec![transfer("a", "b", 3)]);
+    stale.epoch = Epoch(first.epoch.0 - 1);
+    match store.commit(&stale).await {
+        Err(StoreError::Fenced { current }) => assert_eq!(current, first.epoch, "the refusal names the epoch"),
+        other => panic!("a commit of an earlier epoch is fenced off, not {other:?}"),
+    }
+    assert_eq!(store.journal(before, 10).await.unwrap(), vec![], "a fenced batch writes nothing");
+    stale.epoch = first.epoch;
+    store.commit(&stale).await.unwrap();
+    assert_eq!(store.journal(before, 10).await.unwrap().len(), 1, "the current epoch commits");
+
+    // Released, the lease passes on with a new epoch, and the old one is fenced off for good.
+    store.release_lease(first.epoch).await.unwrap();
+    let second = store.acquire_lease("two", "http://two", LONG).await.unwrap().expect("a released lease is free");
+    assert!(second.epoch > first.epoch, "every takeover bumps the epoch");
+    assert!(!store.renew_lease(first.epoch, LONG).await.unwrap(), "the old holder cannot renew");
+    store.release_lease(first.epoch).await.unwrap();
+    assert_eq!(store.lease().await.unwrap().map(|lease| lease.holder), Some("two".to_owned()), "a stale release is void");
+    assert!(store.lease().await.unwrap().is_some_and(|lease| lease.is_live()), "and leaves the lease live");
+    let mut late = batch(ledger, 96_000, vec![transfer("a", "b", 4)]);
+    late.epoch = first.epoch;
+    assert!(matches!(store.commit(&late).await, Err(StoreError::Fenced { .. })), "the old epoch never commits again");
+    // A node takes its own lease back at once (a restart), under a new epoch.
+    let again = store.acquire_lease("two", "http://two", LONG).await.unwrap().expect("its own lease");
+    assert!(again.epoch > second.epoch);
+    // A lease that lapses is free for anyone.
+    store.release_lease(again.epoch).await.unwrap();
+    let short = store.acquire_lease("one", "http://one", 50).await.unwrap().expect("free again");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(store.lease().await.unwrap().is_some_and(|lease| !lease.is_live()), "a lease lapses by itself");
+    let third = store.acquire_lease("two", "http://two", LONG).await.unwrap().expect("a lapsed lease is free");
+    assert!(third.epoch > short.epoch);
+    late.epoch = third.epoch;
+    store.commit(&late).await.unwrap();
 }
 
 /// An accepted atomic group is one transaction with every leg's events; a refused one is a record

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use wallex_engine::{CommandId, CommandRecord, Event, TransactionId, WalletId};
 use wallex_pipeline::ports::{
-    ApiKey, Applied, AuditRecord, CommitBatch, EntryCursor, EntryFilter, EventStore, JournalEntry, KeyStore,
+    ApiKey, Applied, AuditRecord, CommitBatch, EntryCursor, Epoch, Lease, EntryFilter, EventStore, JournalEntry, KeyStore,
     LedgerEntry, OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError,
     StoredSnapshot, WalletFilter, WalletSummary, WalletView,
 };
@@ -37,6 +37,11 @@ struct StoreState {
     audit: Vec<AuditRecord>,
     faults: Vec<CommitFault>,
     commits: u64,
+    /// The writer lease: its epoch (0 until first taken), holder, address and when it lapses.
+    lease: Option<(Epoch, String, String, tokio::time::Instant)>,
+    /// Every commit's epoch beside the lease's epoch when it committed, in order: what the
+    /// simulator's fencing checker reads.
+    commit_epochs: Vec<(Epoch, Epoch)>,
 }
 
 /// A store in memory, with PostgreSQL's constraints: command ids and `(wallet, version)` unique,
@@ -81,6 +86,11 @@ impl MemoryStore {
         self.lock().events.values().flatten().cloned().collect()
     }
 
+    /// Every successful commit's epoch beside the lease's epoch at that moment, in commit order.
+    pub fn commit_epochs(&self) -> Vec<(Epoch, Epoch)> {
+        self.lock().commit_epochs.clone()
+    }
+
     /// How many outbox messages are not yet marked published.
     pub fn unpublished(&self) -> usize {
         self.lock().outbox.len()
@@ -98,6 +108,12 @@ impl EventStore for MemoryStore {
         let fault = if state.faults.is_empty() { None } else { Some(state.faults.remove(0)) };
         if fault == Some(CommitFault::Lost) {
             return Err(StoreError::Unavailable("injected: connection lost before commit".to_owned()));
+        }
+        // The fence, checked with the batch's other constraints in the same critical section (the
+        // same transaction, on PostgreSQL): only the lease's current epoch commits.
+        let current = state.lease.as_ref().map_or(Epoch(0), |lease| lease.0);
+        if batch.epoch != current {
+            return Err(StoreError::Fenced { current });
         }
         // Check every constraint before writing anything: all or nothing.
         for record in &batch.records {
@@ -124,10 +140,57 @@ impl EventStore for MemoryStore {
             state.outbox.insert(message.position, message.clone());
         }
         state.commits += 1;
+        state.commit_epochs.push((batch.epoch, current));
         match fault {
             Some(CommitFault::Ambiguous) => Err(StoreError::Unavailable("injected: reply to COMMIT lost".to_owned())),
             _ => Ok(()),
         }
+    }
+
+    async fn acquire_lease(&self, holder: &str, address: &str, lease_ms: u64) -> Result<Option<Lease>, StoreError> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.lock();
+        let epoch = match &state.lease {
+            Some((_, held_by, _, expires)) if *expires > now && held_by != holder => return Ok(None),
+            Some((epoch, ..)) => *epoch,
+            None => Epoch(0),
+        };
+        let epoch = Epoch(epoch.0 + 1);
+        let expires = now + std::time::Duration::from_millis(lease_ms);
+        state.lease = Some((epoch, holder.to_owned(), address.to_owned(), expires));
+        Ok(Some(Lease { epoch, holder: holder.to_owned(), address: address.to_owned(), remaining_ms: lease_ms }))
+    }
+
+    async fn renew_lease(&self, epoch: Epoch, lease_ms: u64) -> Result<bool, StoreError> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.lock();
+        match &mut state.lease {
+            Some((current, _, _, expires)) if *current == epoch => {
+                *expires = now + std::time::Duration::from_millis(lease_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        let now = tokio::time::Instant::now();
+        Ok(self.lock().lease.as_ref().map(|(epoch, holder, address, expires)| Lease {
+            epoch: *epoch,
+            holder: holder.clone(),
+            address: address.clone(),
+            remaining_ms: u64::try_from(expires.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    async fn release_lease(&self, epoch: Epoch) -> Result<(), StoreError> {
+        let now = tokio::time::Instant::now();
+        if let Some((current, _, _, expires)) = &mut self.lock().lease
+            && *current == epoch
+        {
+            *expires = now;
+        }
+        Ok(())
     }
 
     async fn latest_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {

@@ -35,7 +35,44 @@ pub struct Config {
     pub store: StoreConfig,
     pub bus: BusConfig,
     pub pipeline: PipelineConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
+}
+
+/// This instance among several on one store (same `DATABASE_URL` and `KAFKA_BROKERS`): one holds
+/// the writer lease (`pipeline.lease`) and the others forward to it (see `docs/OPERATIONS.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique among the instances on one store and stable across restarts (a restarted writer
+    /// takes its own lease back at once). Default: `<hostname>:<port>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Where the other instances reach this one's API, plain HTTP, to forward writes to it while
+    /// it holds the lease (`http://10.0.0.5:3000`). Default: `http://<listen>`, with an
+    /// unspecified address (`0.0.0.0`) replaced by the hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+}
+
+impl ClusterConfig {
+    /// The node as the pipeline's seat names it.
+    pub fn node(&self, listen: SocketAddr) -> wallex_pipeline::Node {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let id = self.node_id.clone().unwrap_or_else(|| format!("{hostname}:{}", listen.port()));
+        let address = self.advertise_url.clone().unwrap_or_else(|| {
+            if listen.ip().is_unspecified() {
+                format!("http://{hostname}:{}", listen.port())
+            } else {
+                format!("http://{listen}")
+            }
+        });
+        wallex_pipeline::Node { id, address }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,6 +323,15 @@ impl Config {
     /// Refuses a setting that contradicts another or cannot work, naming it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pipeline.validate()?;
+        if self.cluster.node_id.as_deref().is_some_and(|id| id.trim().is_empty() || id.len() > 200) {
+            return Err(ConfigError::new("cluster.node_id", "must be 1 to 200 characters"));
+        }
+        if self.cluster.advertise_url.as_deref().is_some_and(|url| !url.starts_with("http://")) {
+            return Err(ConfigError::new(
+                "cluster.advertise_url",
+                "must be an http:// URL (instances forward to each other over plain HTTP on their network)",
+            ));
+        }
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("store.data_dir", "must name a directory"));
         }

@@ -16,7 +16,7 @@ use wallex_kafka::{KafkaBus, KafkaConfig};
 use wallex_pipeline::SystemClock;
 use wallex_pipeline::bus::InProcessBus;
 use wallex_pipeline::ports::{Bus, EventStore, KeyStore, ProjectionStore};
-use wallex_pipeline::{Pipeline, PipelineConfig};
+use wallex_pipeline::{Node, Pipeline, PipelineConfig};
 use wallex_sql::{PostgresStore, SqliteStore};
 
 #[derive(Debug, Parser)]
@@ -121,12 +121,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let kafka = config.kafka();
     let mut pipeline = config.pipeline;
     pipeline.writer.hash_seed = secret_hash_seed()?;
+    let node = config.cluster.node(config.http.listen);
     match &config.store.database_url {
         Some(url) => {
             let store = PostgresStore::connect(url).await.context("connecting to PostgreSQL")?;
             tracing::info!("store: postgresql");
             let requeue = store.clone();
-            serve_on(store.clone(), kafka, http, pipeline, async move { requeue.requeue_unprojected().await }).await?;
+            serve_on(store.clone(), kafka, http, pipeline, node, async move { requeue.requeue_unprojected().await })
+                .await?;
             store.close().await;
         }
         None => {
@@ -134,7 +136,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let store = SqliteStore::open(data_dir).await.with_context(|| format!("opening {}", data_dir.display()))?;
             tracing::info!(data_dir = %data_dir.display(), "store: embedded");
             let requeue = store.clone();
-            serve_on(store.clone(), kafka, http, pipeline, async move { requeue.requeue_unprojected().await }).await?;
+            serve_on(store.clone(), kafka, http, pipeline, node, async move { requeue.requeue_unprojected().await })
+                .await?;
             store.close().await;
         }
     }
@@ -152,14 +155,15 @@ async fn serve_on<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug>(
     kafka: Option<KafkaConfig>,
     http: HttpConfig,
     config: PipelineConfig,
+    node: Node,
     requeue: impl std::future::Future<Output = Result<u64, wallex_pipeline::ports::StoreError>>,
 ) -> anyhow::Result<()> {
     match kafka {
-        Some(kafka) => run_on_kafka(store, kafka, http, config).await,
+        Some(kafka) => run_on_kafka(store, kafka, http, config, node).await,
         None => {
             let requeued = requeue.await?;
             tracing::info!(requeued, "bus: in-process");
-            run(store, InProcessBus::new(), "in-process", http, config).await
+            run(store, InProcessBus::new(), "in-process", http, config, node).await
         }
     }
 }
@@ -169,11 +173,12 @@ async fn run_on_kafka<S: EventStore + ProjectionStore + KeyStore + std::fmt::Deb
     kafka: KafkaConfig,
     http: HttpConfig,
     config: PipelineConfig,
+    node: Node,
 ) -> anyhow::Result<()> {
     let brokers = kafka.brokers.clone();
     let bus = KafkaBus::connect(kafka).await.with_context(|| format!("connecting to Kafka at {brokers}"))?;
     tracing::info!(%brokers, "bus: kafka");
-    run(store, bus.clone(), "kafka", http, config).await?;
+    run(store, bus.clone(), "kafka", http, config, node).await?;
     // Whatever the relay handed the producer is acknowledged (or failed) before exit.
     bus.flush(FLUSH_TIMEOUT)?;
     Ok(())
@@ -186,6 +191,7 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
     bus_name: &'static str,
     http: HttpConfig,
     config: PipelineConfig,
+    node: Node,
 ) -> anyhow::Result<()> {
     // Before anything starts: no key, and an address beyond this machine, is refused.
     let keys = KeyStore::api_keys(&store).await.context("reading the API keys")?;
@@ -202,14 +208,19 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
         _ => None,
     };
     wallex_http::install_metrics();
-    let pipeline = Pipeline::start(store.clone(), bus.clone(), SystemClock, config).await?;
+    let listen = http.listen;
+    // Bound before the pipeline starts: a second process on this address (so with this node id)
+    // fails here, before it could take the writer lease.
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let pipeline = Pipeline::start_node(store.clone(), bus.clone(), SystemClock, config, node.clone()).await?;
+    let cluster = wallex_http::cluster::Cluster::new(node.id.clone(), pipeline.role(), http.limits().timeout);
     let state = AppState::new(pipeline.commands.clone(), store.clone(), pipeline.stats.clone(), bus_name)
+        .with_cluster(cluster)
         .with_bus(bus)
         .with_keys(store, http.rate_limits)
         .requiring_idempotency_keys(http.require_idempotency_key)
         .with_max_batch_operations(http.max_batch_operations)
         .with_limits(http.limits());
-    let listen = http.listen;
     let state = Arc::new(state);
     if !state.requires_keys().await.context("reading the API keys")? {
         tracing::warn!(
@@ -225,8 +236,7 @@ async fn run<S: EventStore + ProjectionStore + KeyStore + std::fmt::Debug, B: Bu
         }
         None => (router(state), None),
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, tls = tls.is_some(), "wallex serving");
+    tracing::info!(%listen, tls = tls.is_some(), node = %node.id, "wallex serving");
     let served_http = http.clone();
     let server = async move {
         let http = served_http;

@@ -26,7 +26,7 @@ use wallex_engine::{
 use super::recovery::{Recovery, RecoveryError, RecoveryStep};
 use super::{Reply, SYSTEM_COMMAND_TAG, WriterConfig};
 use crate::codec::encode_event;
-use crate::ports::{CommitBatch, JournalEntry, OutboxMessage, OutboxPosition, StoreError, StoredSnapshot};
+use crate::ports::{CommitBatch, Epoch, JournalEntry, OutboxMessage, OutboxPosition, StoreError, StoredSnapshot};
 #[cfg(madsim)]
 use wallex_engine::planted::{Bug, is_planted as planted};
 
@@ -138,6 +138,9 @@ pub struct WriterCore<T> {
     /// The retention clock's reading for the current batch (see [`crate::RetentionClock`]); the
     /// batch's own time when unset.
     keys_now: Option<Timestamp>,
+    /// Set when a commit was fenced off: the lease passed to this later epoch, and this core
+    /// decides nothing more.
+    deposed: Option<Epoch>,
 }
 
 impl<T> WriterCore<T> {
@@ -155,7 +158,20 @@ impl<T> WriterCore<T> {
             batch: CommitBatch::default(),
             committed_through,
             keys_now: None,
+            deposed: None,
         }
+    }
+
+    /// The writer lease's epoch this core decides under; every batch names it, and the store
+    /// commits none whose epoch is no longer current.
+    pub fn set_epoch(&mut self, epoch: Epoch) {
+        self.batch.epoch = epoch;
+    }
+
+    /// The later epoch a commit was fenced off by, if one was: the lease has passed to another
+    /// writer, and this core's commands are all answered unavailable (not applied; retry there).
+    pub fn deposed(&self) -> Option<Epoch> {
+        self.deposed
     }
 
     /// No batch in flight and nothing left to do: the ledger equals the committed state.
@@ -232,6 +248,12 @@ impl<T> WriterCore<T> {
         let now = self.time(now);
         let mut pending: Vec<Pending<T>> =
             commands.into_iter().map(|(command, reply)| Pending { command, reply: Some(reply) }).collect();
+        if let Some(current) = self.deposed {
+            for pending in pending {
+                self.unavailable(pending, not_the_writer(current));
+            }
+            return;
+        }
         if self.ledger.next_hold_expiry().is_some_and(|expires_at| expires_at <= now) {
             let id = CommandId(SYSTEM_COMMAND_TAG | u128::from(self.ledger.last_transaction_id().next().0));
             pending.push(Pending { command: Command::new(id, CommandKind::ExpireHolds), reply: None });
@@ -368,6 +390,20 @@ impl<T> WriterCore<T> {
                         let events = self.batch.events[events].to_vec();
                         self.reply(reply, Reply::Decided { record, events, replayed: false });
                     }
+                }
+            }
+            Err(StoreError::Fenced { current }) => {
+                // Nothing was written, and nothing this core decides may ever be: the lease has
+                // passed on. Every command waiting here is answered "unavailable" (not applied),
+                // and its client retries, with the same key, on the writer that holds the lease.
+                metrics::counter!("wallex_writer_fenced_total").increment(1);
+                tracing::warn!(%current, batch = decided.len(), "group commit fenced off: another writer holds the lease");
+                self.deposed = Some(current);
+                for decided in decided {
+                    self.unavailable(decided.pending, not_the_writer(current));
+                }
+                for (_, reply, _) in std::mem::take(&mut self.replays) {
+                    self.reply(reply, Reply::Unavailable(not_the_writer(current)));
                 }
             }
             Err(error) => {
@@ -595,4 +631,9 @@ impl<T> WriterCore<T> {
         }
         self.replies.push_back((reply, answer));
     }
+}
+
+/// Why a deposed writer refuses a command.
+fn not_the_writer(current: Epoch) -> String {
+    format!("this instance no longer holds the writer lease (now epoch {current}): retry")
 }

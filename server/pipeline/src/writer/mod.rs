@@ -296,12 +296,14 @@ pub enum WriterState {
     Reloading,
     /// Gone: shut down, or failed. No write will be answered.
     Stopped,
+    /// This instance does not hold the writer lease: it forwards writes to the one that does.
+    Follower,
 }
 
 /// The writer's state, shared with health checks, and a signal when it stops.
 #[derive(Debug, Default)]
 pub struct WriterHealth {
-    /// A `WriterState` as 0, 1 or 2.
+    /// A `WriterState` as 0 to 3.
     state: AtomicU8,
     stopped: Notify,
     /// The last transaction the writer knows committed.
@@ -319,15 +321,17 @@ impl WriterHealth {
         match self.state.load(Ordering::Acquire) {
             0 => WriterState::Running,
             1 => WriterState::Reloading,
+            3 => WriterState::Follower,
             _ => WriterState::Stopped,
         }
     }
 
-    fn set(&self, state: WriterState) {
+    pub(crate) fn set(&self, state: WriterState) {
         let value = match state {
             WriterState::Running => 0,
             WriterState::Reloading => 1,
             WriterState::Stopped => 2,
+            WriterState::Follower => 3,
         };
         self.state.store(value, Ordering::Release);
         if state == WriterState::Stopped {
@@ -350,12 +354,15 @@ impl WriterHealth {
     }
 }
 
-/// Marks the writer stopped when its task ends, by returning or by a panic unwinding through it.
-struct StoppedOnDrop(Arc<WriterHealth>);
+/// Marks the writer stopped when its task ends, by returning or by a panic unwinding through it;
+/// disarmed (`None`) when it steps down, which leaves its instance a follower.
+struct StoppedOnDrop(Option<Arc<WriterHealth>>);
 
 impl Drop for StoppedOnDrop {
     fn drop(&mut self) {
-        self.0.set(WriterState::Stopped);
+        if let Some(health) = &self.0 {
+            health.set(WriterState::Stopped);
+        }
     }
 }
 
@@ -366,9 +373,7 @@ pub struct Writer<S, C> {
     clock: C,
     core: WriterCore<oneshot::Sender<Reply>>,
     config: WriterConfig,
-    requests: mpsc::Receiver<Request>,
-    /// Shared with the senders: what is queued, by weight.
-    queued: Arc<AtomicUsize>,
+    queue: Queue,
     /// A request taken from the queue that did not fit the last batch: it leads the next.
     carried: Option<Request>,
     committed: Arc<Notify>,
@@ -377,9 +382,87 @@ pub struct Writer<S, C> {
     view: Arc<crate::view::CommittedView>,
 }
 
+/// The receiving end of the writer's queue. It outlives any one writer: when an instance loses
+/// the lease, the queue passes back to its seat (which refuses what arrives while it follows) and
+/// on to the next writer it starts.
+#[derive(Debug)]
+pub struct Queue {
+    requests: mpsc::Receiver<Request>,
+    /// Shared with the senders: what is queued, by weight.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// A queue of `queue_depth` commands, and the sender the service layer submits through.
+    pub fn new(queue_depth: usize) -> (CommandSender, Queue) {
+        let (sender, requests) = mpsc::channel(queue_depth);
+        let queued = Arc::new(AtomicUsize::new(0));
+        (CommandSender { requests: sender, queued: queued.clone(), queue_depth }, Queue { requests, queued })
+    }
+
+    /// The next request, or `None` once every sender is gone.
+    async fn recv(&mut self) -> Option<Request> {
+        let request = self.requests.recv().await?;
+        self.queued.fetch_sub(request.weight(), Ordering::AcqRel);
+        Some(request)
+    }
+
+    /// The next request if one is queued, without waiting.
+    fn try_recv(&mut self) -> Option<Request> {
+        let request = self.requests.try_recv().ok()?;
+        self.queued.fetch_sub(request.weight(), Ordering::AcqRel);
+        Some(request)
+    }
+
+    /// Waits for requests and refuses each (this instance is not the writer) until every sender
+    /// is gone; a follower's seat runs it beside its other waits.
+    pub async fn refuse_next(&mut self, reason: &str) -> bool {
+        match self.recv().await {
+            Some(request) => {
+                refuse(request, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Refuses everything queued now, without waiting.
+    fn refuse_queued(&mut self, reason: &str) {
+        while let Some(request) = self.try_recv() {
+            refuse(request, reason);
+        }
+    }
+}
+
+/// Answers a request this instance will not decide: commands "unavailable" (not applied: retry,
+/// with the same key, where the writer is), reads "cannot answer".
+fn refuse(request: Request, reason: &str) {
+    match request {
+        Request::Command { reply, .. } => drop(reply.send(Reply::Unavailable(reason.to_owned()))),
+        Request::Commands(commands) => {
+            for (_, reply) in commands {
+                let _ = reply.send(Reply::Unavailable(reason.to_owned()));
+            }
+        }
+        Request::Wallet { .. } | Request::Hold { .. } => {}
+    }
+}
+
+/// How a writer's run ended.
+#[derive(Debug)]
+pub enum TermEnd {
+    /// Every sender is gone (the pipeline is shutting down): the final ledger.
+    Closed(Ledger),
+    /// The writer stopped deciding: its commit was fenced off by a later epoch, or its seat told
+    /// it the lease is lost. Everything it had queued was answered "unavailable"; the queue goes
+    /// back to the seat.
+    SteppedDown { queue: Queue, fenced_by: Option<crate::ports::Epoch> },
+}
+
 impl<S: EventStore, C: Clock> Writer<S, C> {
-    /// Recovers the ledger from `store` and returns the writer with its sender. `committed` is
-    /// notified after every successful commit (the outbox relay waits on it).
+    /// Recovers the ledger from `store` (snapshot plus journal) and returns the writer with its
+    /// sender, deciding under epoch 0: a store whose lease was never taken. The pipeline's seat
+    /// starts its writers with [`Writer::new`] under the epoch it won.
     pub async fn start(
         store: S,
         clock: C,
@@ -389,38 +472,48 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
         view: Arc<crate::view::CommittedView>,
     ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
         let ledger = recover(&store, config.engine(), config.journal_page).await?;
-        let (sender, requests) = mpsc::channel(config.queue_depth);
-        let queued = Arc::new(AtomicUsize::new(0));
+        let (sender, queue) = Queue::new(config.queue_depth);
+        let writer = Writer::new(store, clock, config, ledger, crate::ports::Epoch(0), queue, committed, health, view);
+        Ok((writer, sender))
+    }
+
+    /// A writer over `ledger` (which must equal the store: as [`recover`] returns it), deciding
+    /// under `epoch`, fed from `queue`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: S,
+        clock: C,
+        config: WriterConfig,
+        ledger: Ledger,
+        epoch: crate::ports::Epoch,
+        queue: Queue,
+        committed: Arc<Notify>,
+        health: Arc<WriterHealth>,
+        view: Arc<crate::view::CommittedView>,
+    ) -> Writer<S, C> {
         let keys_clock = crate::RetentionClock::new(clock.clone(), ledger.clock());
         health.committed.store(ledger.last_transaction_id().0, Ordering::Release);
-        let core = WriterCore::new(config, ledger);
+        let mut core = WriterCore::new(config, ledger);
+        core.set_epoch(epoch);
         health.set(WriterState::Running);
-        let writer = Writer {
-            store,
-            clock,
-            core,
-            config,
-            requests,
-            queued: queued.clone(),
-            carried: None,
-            committed,
-            health,
-            keys_clock,
-            view,
-        };
-        Ok((writer, CommandSender { requests: sender, queued, queue_depth: config.queue_depth }))
+        Writer { store, clock, core, config, queue, carried: None, committed, health, keys_clock, view }
     }
 
     pub fn ledger(&self) -> &Ledger {
         self.core.ledger()
     }
 
-    /// Runs until every sender is dropped, then returns the ledger.
-    pub async fn run(mut self) -> Ledger {
+    /// Runs until every sender is dropped (returning the ledger), or until it must step down:
+    /// a commit was fenced off, or `stop` turned true (its seat lost the lease).
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) -> TermEnd {
         const IDLE: Duration = Duration::from_secs(1);
-        let _stopped = StoppedOnDrop(self.health.clone());
+        let mut stopped = StoppedOnDrop(Some(self.health.clone()));
         let mut requests = Vec::with_capacity(self.config.max_batch);
         loop {
+            if *stop.borrow() {
+                stopped.0 = None;
+                return self.step_down(None);
+            }
             // Wake up when a hold lapses, to release it, even if no command arrives.
             let idle = self
                 .core
@@ -428,14 +521,24 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                 .map_or(IDLE, |micros| Duration::from_micros(micros).min(IDLE));
             match self.carried.take() {
                 Some(request) => requests.push(request),
-                None => match tokio::time::timeout(idle, self.requests.recv()).await {
-                    Ok(Some(request)) => {
-                        self.taken(&request);
-                        requests.push(request);
+                None => {
+                    tokio::select! {
+                        // Polled in order, not at random: the simulator replays a seed exactly.
+                        biased;
+                        changed = stop.changed() => {
+                            if changed.is_err() || *stop.borrow() {
+                                stopped.0 = None;
+                                return self.step_down(None);
+                            }
+                            continue;
+                        }
+                        received = tokio::time::timeout(idle, self.queue.recv()) => match received {
+                            Ok(Some(request)) => requests.push(request),
+                            Ok(None) => return TermEnd::Closed(self.core.into_ledger()),
+                            Err(_elapsed) => {}
+                        },
                     }
-                    Ok(None) => return self.core.into_ledger(),
-                    Err(_elapsed) => {}
-                },
+                }
             }
             self.gather(&mut requests).await;
             let now = self.clock.now();
@@ -452,13 +555,26 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
             }
             self.core.handle_batch(now, commands);
             self.drive().await;
+            if let Some(current) = self.core.deposed() {
+                stopped.0 = None;
+                return self.step_down(Some(current));
+            }
         }
     }
 
-    /// A request left the queue: its place is free again.
-    fn taken(&self, request: &Request) {
-        self.queued.fetch_sub(request.weight(), Ordering::AcqRel);
+    /// Ends this writer's run: everything it holds or has queued is refused, and the queue goes
+    /// back to the seat.
+    fn step_down(mut self, fenced_by: Option<crate::ports::Epoch>) -> TermEnd {
+        const REASON: &str = "this instance no longer holds the writer lease: retry";
+        if let Some(request) = self.carried.take() {
+            refuse(request, REASON);
+        }
+        self.queue.refuse_queued(REASON);
+        self.health.set(WriterState::Follower);
+        let Writer { queue, .. } = self;
+        TermEnd::SteppedDown { queue, fenced_by }
     }
+
 
     /// Adds whatever else is queued, up to `max_batch` commands, waiting up to
     /// `max_batch_wait_us`. A batch request is never split: one that would overflow the batch is
@@ -466,20 +582,20 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
     async fn gather(&mut self, batch: &mut Vec<Request>) {
         let mut weight: usize = batch.iter().map(Request::weight).sum();
         while weight < self.config.max_batch {
-            match self.requests.try_recv() {
-                Ok(request) => {
+            match self.queue.try_recv() {
+                Some(request) => {
                     if !self.add(batch, &mut weight, request) {
                         return;
                     }
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         if self.config.max_batch_wait_us > 0 && !batch.is_empty() && weight < self.config.max_batch {
             let deadline = tokio::time::Instant::now() + Duration::from_micros(self.config.max_batch_wait_us);
             loop {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match tokio::time::timeout(remaining, self.requests.recv()).await {
+                match tokio::time::timeout(remaining, self.queue.recv()).await {
                     Ok(Some(request)) => {
                         if !self.add(batch, &mut weight, request) {
                             return;
@@ -494,7 +610,6 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
     /// Adds a request taken from the queue to the batch, or carries it to the next batch if it
     /// would overflow this one; `false` once the batch is full.
     fn add(&mut self, batch: &mut Vec<Request>, weight: &mut usize, request: Request) -> bool {
-        self.taken(&request);
         if *weight > 0 && *weight + request.weight() > self.config.max_batch {
             self.carried = Some(request);
             return false;
