@@ -475,8 +475,15 @@ fn lookup<'a>(table: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> 
 }
 
 /// Keys that have no default (so are absent from the defaults tree) but are settings.
-const OPTIONAL_KEYS: &[&str] =
-    &["store.database_url", "bus.kafka_brokers", "http.ops_listen", "http.tls_cert", "http.tls_key"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "store.database_url",
+    "bus.kafka_brokers",
+    "http.ops_listen",
+    "http.tls_cert",
+    "http.tls_key",
+    "cluster.node_id",
+    "cluster.advertise_url",
+];
 
 /// Sets `key` (dotted) to `text`, typed as the default at that key is (a string where it has none).
 /// A key that names no setting is refused.

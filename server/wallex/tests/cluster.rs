@@ -80,7 +80,7 @@ fn signal(instance: &Instance, signal: &str) {
 /// What `/health/ready` says of an instance's writer: `running`, `follower`, …; `None` if it does
 /// not answer.
 async fn writer_status(client: &reqwest::Client, base: &str) -> Option<String> {
-    let response = client.get(format!("{base}/health/ready")).timeout(Duration::from_millis(500)).send().await.ok()?;
+    let response = client.get(format!("{base}/health/ready")).timeout(Duration::from_secs(3)).send().await.ok()?;
     let body: Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
     body["checks"]["writer"]["status"].as_str().map(str::to_owned)
 }
