@@ -39,10 +39,13 @@ pub enum Bug {
     /// A refused atomic group leaves the legs before the refused one applied in the ledger,
     /// though no event records them.
     GroupPartlyUndone,
+    /// The store commits a batch whatever epoch it names: a writer that lost the lease (paused,
+    /// cut off) still commits beside the one that took it over.
+    CommitWithoutEpochCheck,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeCommit,
         Bug::PublishedBeforeAck,
         Bug::CheckpointOutsideTransaction,
@@ -57,6 +60,7 @@ impl Bug {
         Bug::LaneStallsOnFailure,
         Bug::ReadModelHeldZero,
         Bug::GroupPartlyUndone,
+        Bug::CommitWithoutEpochCheck,
     ];
 
     /// The name the command line uses.
@@ -76,6 +80,7 @@ impl Bug {
             Bug::LaneStallsOnFailure => "lane_stalls_on_failure",
             Bug::ReadModelHeldZero => "read_model_held_zero",
             Bug::GroupPartlyUndone => "group_partly_undone",
+            Bug::CommitWithoutEpochCheck => "commit_without_epoch_check",
         }
     }
 

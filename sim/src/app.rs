@@ -12,7 +12,7 @@ use wallex_engine::{Command, Timestamp};
 use wallex_pipeline::SteadyTime;
 use wallex_pipeline::ports::Clock;
 use wallex_pipeline::{
-    LeaseConfig, Pipeline, PipelineConfig, ProjectorConfig, RecoveryError, RelayConfig, StartError, WriterConfig,
+    LeaseConfig, Node, Pipeline, PipelineConfig, ProjectorConfig, RecoveryError, RelayConfig, StartError, WriterConfig,
 };
 
 use crate::broker::SimBus;
@@ -82,12 +82,16 @@ pub fn pipeline_config() -> PipelineConfig {
     }
 }
 
-pub async fn run_node() {
-    let endpoint = Arc::new(Endpoint::bind(rpc::app_addr()).await.expect("the app's address is free"));
+/// App node `index`: one instance of the cluster, named `app-{index}` (the same name across its
+/// restarts). Whichever holds the writer lease decides; the others refuse commands as unavailable
+/// (the HTTP layer would forward them; a client here retries on another node).
+pub async fn run_node(index: usize) {
+    let endpoint = Arc::new(Endpoint::bind(rpc::app_addr_of(index)).await.expect("the app's address is free"));
     let store = SimStore::new(endpoint.clone());
     let bus = SimBus::new(endpoint.clone());
+    let node = Node { id: format!("app-{index}"), address: String::new() };
     let pipeline = loop {
-        match Pipeline::start(store.clone(), bus.clone(), SimClock::new(), pipeline_config()).await {
+        match Pipeline::start_node(store.clone(), bus.clone(), SimClock::new(), pipeline_config(), node.clone()).await {
             Ok(pipeline) => break pipeline,
             Err(StartError::Recovery(RecoveryError::Store(error))) => {
                 world().note(format_args!("app recovery failed: {error}; retrying"));
@@ -97,7 +101,7 @@ pub async fn run_node() {
             Err(StartError::Config(error)) => panic!("the simulator's configuration is refused: {error}"),
         }
     };
-    world().note(format_args!("app up"));
+    world().note(format_args!("app-{index} up"));
     let commands = pipeline.commands.clone();
     // One command is one request; several are one batch request (`POST /batch`), queued whole.
     rpc::serve(endpoint, APP_SERVICE, move |mut batch: Vec<Command>| {

@@ -21,14 +21,19 @@ use crate::world::{lock, world};
 pub struct Nodes {
     pub store: NodeId,
     pub broker: NodeId,
-    pub app: NodeId,
+    /// The app nodes: one, or the instances of a cluster.
+    pub apps: Vec<NodeId>,
     pub clients: Vec<NodeId>,
 }
+
+/// The app nodes' names, by index.
+const APP_NAMES: [&str; 3] = ["app-0", "app-1", "app-2"];
 
 /// What is currently disrupted, so that healing can undo exactly that.
 #[derive(Debug, Default)]
 struct Disrupted {
     down: BTreeSet<&'static str>,
+    paused: BTreeSet<NodeId>,
     clogged: BTreeSet<(NodeId, NodeId)>,
     slow: bool,
 }
@@ -61,11 +66,26 @@ fn name_of(nodes: &Nodes, node: NodeId) -> &'static str {
         "store"
     } else if node == nodes.broker {
         "broker"
-    } else if node == nodes.app {
-        "app"
+    } else if let Some(index) = nodes.apps.iter().position(|app| *app == node) {
+        if nodes.apps.len() == 1 { "app" } else { APP_NAMES[index] }
     } else {
         "client"
     }
+}
+
+/// The node a name names (the inverse of `name_of` for stores, brokers and apps).
+fn node_named(nodes: &Nodes, name: &str) -> NodeId {
+    match name {
+        "store" => nodes.store,
+        "broker" => nodes.broker,
+        "app" => nodes.apps[0],
+        _ => nodes.apps[APP_NAMES.iter().position(|app| *app == name).expect("an app's name")],
+    }
+}
+
+/// One app node, drawn (the only one when there is one).
+fn some_app(nodes: &Nodes, rng: &mut madsim::rand::GlobalRng) -> NodeId {
+    if nodes.apps.len() == 1 { nodes.apps[0] } else { nodes.apps[rng.gen_range(0..nodes.apps.len())] }
 }
 
 async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disrupted>>) {
@@ -77,7 +97,7 @@ async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disr
             let (node, kind, down_ms) = match disruption {
                 Disruption::StoreRestart => (nodes.store, "store_restart", rng.gen_range(50..=2_000)),
                 Disruption::BrokerOutage => (nodes.broker, "broker_outage", rng.gen_range(300..=5_000)),
-                _ => (nodes.app, "app_kill", rng.gen_range(0..=1_500)),
+                _ => (some_app(&nodes, &mut rng), "app_kill", rng.gen_range(0..=1_500)),
             };
             let name = name_of(&nodes, node);
             if !lock(&disrupted).down.insert(name) {
@@ -88,10 +108,26 @@ async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disr
             tokio::time::sleep(Duration::from_millis(down_ms)).await;
             if !world.is_healed() && lock(&disrupted).down.remove(name) {
                 world.note(format_args!("{name} restarts"));
-                if node == nodes.app {
+                if nodes.apps.contains(&node) {
                     world.correct_clock();
                 }
                 handle.restart(node);
+            }
+        }
+        Disruption::AppPause => {
+            // Up to three leases (2 s each): often long enough for another node to take over,
+            // with the paused one holding a decided batch it will try to commit on resuming.
+            let node = some_app(&nodes, &mut rng);
+            if !lock(&disrupted).paused.insert(node) {
+                return;
+            }
+            let paused_ms = rng.gen_range(500..=6_000);
+            world.fault("app_pause", format_args!("{} paused for {paused_ms}ms", name_of(&nodes, node)));
+            handle.pause(node);
+            tokio::time::sleep(Duration::from_millis(paused_ms)).await;
+            if !world.is_healed() && lock(&disrupted).paused.remove(&node) {
+                world.note(format_args!("{} resumes", name_of(&nodes, node)));
+                handle.resume(node);
             }
         }
         Disruption::ConsumerCrash => {
@@ -105,20 +141,22 @@ async fn disrupt(disruption: Disruption, nodes: Nodes, disrupted: Arc<Mutex<Disr
                 1 => nodes.broker,
                 _ => nodes.clients[rng.gen_range(0..nodes.clients.len())],
             };
-            let pair = (nodes.app, other);
+            let app = some_app(&nodes, &mut rng);
+            let pair = (app, other);
             if !lock(&disrupted).clogged.insert(pair) {
                 return;
             }
             let duration_ms = rng.gen_range(200..=4_000);
-            world.fault("partition", format_args!("app | {} for {duration_ms}ms", name_of(&nodes, other)));
+            let (from, to) = (name_of(&nodes, app), name_of(&nodes, other));
+            world.fault("partition", format_args!("{from} | {to} for {duration_ms}ms"));
             let net = NetSim::current();
-            net.clog_link(nodes.app, other);
-            net.clog_link(other, nodes.app);
+            net.clog_link(app, other);
+            net.clog_link(other, app);
             tokio::time::sleep(Duration::from_millis(duration_ms)).await;
             if !world.is_healed() && lock(&disrupted).clogged.remove(&pair) {
-                net.unclog_link(nodes.app, other);
-                net.unclog_link(other, nodes.app);
-                world.note(format_args!("partition app | {} healed", name_of(&nodes, other)));
+                net.unclog_link(app, other);
+                net.unclog_link(other, app);
+                world.note(format_args!("partition {from} | {to} healed"));
             }
         }
         Disruption::LatencySpike => {
@@ -161,17 +199,17 @@ fn heal(nodes: &Nodes, disrupted: &Mutex<Disrupted>) {
     let handle = Handle::current();
     world.correct_clock();
     for name in std::mem::take(&mut disrupted.down) {
-        let node = match name {
-            "store" => nodes.store,
-            "broker" => nodes.broker,
-            _ => nodes.app,
-        };
-        handle.restart(node);
+        handle.restart(node_named(nodes, name));
+    }
+    for node in std::mem::take(&mut disrupted.paused) {
+        handle.resume(node);
     }
     let net = NetSim::current();
-    for node in [nodes.store, nodes.broker].into_iter().chain(nodes.clients.iter().copied()) {
-        net.unclog_link(nodes.app, node);
-        net.unclog_link(node, nodes.app);
+    for app in &nodes.apps {
+        for node in [nodes.store, nodes.broker].into_iter().chain(nodes.clients.iter().copied()) {
+            net.unclog_link(*app, node);
+            net.unclog_link(node, *app);
+        }
     }
     disrupted.clogged.clear();
     disrupted.slow = false;

@@ -28,8 +28,15 @@ pub fn broker_addr() -> SocketAddr {
     "10.0.0.2:9092".parse().expect("valid address")
 }
 
+/// The first app node's address.
 pub fn app_addr() -> SocketAddr {
-    "10.0.0.3:3000".parse().expect("valid address")
+    app_addr_of(0)
+}
+
+/// App node `index`'s address (10.0.0.3, .4, .5).
+pub fn app_addr_of(index: usize) -> SocketAddr {
+    let host = u8::try_from(3 + index).expect("few apps");
+    SocketAddr::from(([10, 0, 0, host], 3000))
 }
 
 pub fn client_addr(index: usize) -> SocketAddr {

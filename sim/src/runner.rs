@@ -126,7 +126,12 @@ async fn simulate() -> Finished {
     let handle = Handle::current();
     let store = handle.create_node().name("store").ip(rpc::store_addr().ip()).init(store::run_node).build();
     let broker = handle.create_node().name("broker").ip(rpc::broker_addr().ip()).init(broker::run_node).build();
-    let app = handle.create_node().name("app").ip(rpc::app_addr().ip()).init(app::run_node).build();
+    let apps: Vec<_> = (0..world.swarm.apps)
+        .map(|index| {
+            let name = if world.swarm.apps == 1 { "app".to_owned() } else { format!("app-{index}") };
+            handle.create_node().name(name).ip(rpc::app_addr_of(index).ip()).init(move || app::run_node(index)).build()
+        })
+        .collect();
     let mut clients = Vec::new();
     let mut running = Vec::new();
     for index in 0..world.swarm.clients {
@@ -134,7 +139,8 @@ async fn simulate() -> Finished {
         running.push(node.spawn(workload::run_client(index)));
         clients.push(node.id());
     }
-    let nodes = Nodes { store: store.id(), broker: broker.id(), app: app.id(), clients };
+    let nodes =
+        Nodes { store: store.id(), broker: broker.id(), apps: apps.iter().map(|app| app.id()).collect(), clients };
     let driver = tokio::spawn(faults::drive(nodes));
     let mut operations = Vec::new();
     for client in running {

@@ -16,8 +16,9 @@ use madsim::rand::{Rng, thread_rng};
 use wallex_engine::planted::Bug;
 use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::ports::{
-    Applied, CommitBatch, EntryFilter, Epoch, EventStore, Lease, JournalEntry, LedgerEntry, OutboxMessage, OutboxPosition,
-    Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter, WalletSummary, WalletView,
+    Applied, CommitBatch, EntryFilter, Epoch, EventStore, JournalEntry, Lease, LedgerEntry, OutboxMessage,
+    OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot, WalletFilter,
+    WalletSummary, WalletView,
 };
 use wallex_testkit::memory::ReadSide;
 

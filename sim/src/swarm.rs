@@ -18,6 +18,9 @@ pub enum Profile {
     Net,
     /// Crashes: the app, the store, the broker and consumers, plus clock jumps.
     Crash,
+    /// Two or three app nodes under one writer lease: writers killed, paused past the lease and
+    /// cut off from the store, takeovers, and store faults beside them.
+    Cluster,
 }
 
 impl Profile {
@@ -29,6 +32,7 @@ impl Profile {
             Profile::Bus => "bus",
             Profile::Net => "net",
             Profile::Crash => "crash",
+            Profile::Cluster => "cluster",
         }
     }
 }
@@ -60,6 +64,8 @@ pub enum Disruption {
     BrokerOutage,
     ConsumerCrash,
     AppKill,
+    /// An app node stops (a GC pause, a stopped VM) for up to three leases, then resumes.
+    AppPause,
     Partition,
     LatencySpike,
     ClockJump,
@@ -70,6 +76,8 @@ pub enum Disruption {
 /// What one seed drew.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Swarm {
+    /// App nodes on the store (one writer among them).
+    pub apps: usize,
     pub clients: usize,
     pub wallets: usize,
     /// How long clients submit new operations while faults are injected.
@@ -107,6 +115,7 @@ impl Swarm {
     pub fn draw(profile: Profile) -> Swarm {
         let mut rng = thread_rng();
         let mut swarm = Swarm {
+            apps: 1,
             clients: rng.gen_range(2..=8),
             wallets: rng.gen_range(3..=8),
             fault_phase_ms: rng.gen_range(5_000..=30_000),
@@ -127,7 +136,7 @@ impl Swarm {
         let rate = |rng: &mut madsim::rand::GlobalRng, max: u32| rng.gen_range(1..=max);
         let links: &[Link] = match profile {
             Profile::Swarm | Profile::Net => &Link::ALL,
-            Profile::Store => &[Link::AppStore],
+            Profile::Store | Profile::Cluster => &[Link::AppStore],
             Profile::Bus => &[Link::AppBroker],
             Profile::Calm | Profile::Crash => &[],
         };
@@ -139,7 +148,7 @@ impl Swarm {
                 swarm.response_loss_permille[*link as usize] = rate(&mut rng, 60);
             }
         }
-        if matches!(profile, Profile::Swarm | Profile::Store) && on(&mut rng) {
+        if matches!(profile, Profile::Swarm | Profile::Store | Profile::Cluster) && on(&mut rng) {
             swarm.ambiguous_commit_permille = rate(&mut rng, 150);
         }
         if matches!(profile, Profile::Swarm | Profile::Bus) && on(&mut rng) {
@@ -169,6 +178,13 @@ impl Swarm {
                 Disruption::ConsumerCrash,
                 Disruption::ClockJump,
             ],
+            Profile::Cluster => &[
+                Disruption::AppKill,
+                Disruption::AppPause,
+                Disruption::Partition,
+                Disruption::StoreRestart,
+                Disruption::ConsumerCrash,
+            ],
         };
         for disruption in candidates {
             if on(&mut rng) {
@@ -184,8 +200,15 @@ impl Swarm {
         if matches!(profile, Profile::Swarm | Profile::Bus) && on(&mut rng) {
             swarm.produce_reorder_permille = rate(&mut rng, 60);
         }
-        if matches!(profile, Profile::Swarm | Profile::Store) && on(&mut rng) {
+        if matches!(profile, Profile::Swarm | Profile::Store | Profile::Cluster) && on(&mut rng) {
             swarm.late_commit_permille = rate(&mut rng, 40);
+        }
+        if profile == Profile::Cluster {
+            swarm.apps = rng.gen_range(2..=3);
+            // Every seed of the profile pauses writers: that is what the lease is for.
+            if !swarm.disruptions.contains(&Disruption::AppPause) {
+                swarm.disruptions.push(Disruption::AppPause);
+            }
         }
         swarm
     }
@@ -193,9 +216,10 @@ impl Swarm {
     /// One line for the trace.
     pub fn describe(&self) -> String {
         format!(
-            "clients={} wallets={} fault_phase_ms={} think_ms={} request_loss‰={:?} response_loss‰={:?} \
+            "apps={} clients={} wallets={} fault_phase_ms={} think_ms={} request_loss‰={:?} response_loss‰={:?} \
              ambiguous_commit‰={} produce_duplicate‰={} produce_loss‰={} produce_reorder‰={} late_commit‰={} disruptions={:?} \
              every~{}ms relay_mark_ms={} projector_linger_ms={}",
+            self.apps,
             self.clients,
             self.wallets,
             self.fault_phase_ms,

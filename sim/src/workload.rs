@@ -77,6 +77,9 @@ struct Seen {
 struct Client {
     index: usize,
     endpoint: Endpoint,
+    /// The app node this client sends to; it moves to the next after an attempt that timed out
+    /// or was refused as unavailable (as a client behind a load balancer is moved on).
+    app: std::sync::atomic::AtomicUsize,
     next_op: u64,
     holds: Vec<HoldId>,
     seen: BTreeMap<WalletId, Seen>,
@@ -85,7 +88,9 @@ struct Client {
 
 pub async fn run_client(index: usize) -> Vec<Operation> {
     let endpoint = Endpoint::bind(rpc::client_addr(index)).await.expect("the client's address is free");
-    let mut client = Client { index, endpoint, next_op: 0, holds: Vec::new(), seen: BTreeMap::new(), log: Vec::new() };
+    let app = std::sync::atomic::AtomicUsize::new(index);
+    let mut client =
+        Client { index, endpoint, app, next_op: 0, holds: Vec::new(), seen: BTreeMap::new(), log: Vec::new() };
     let world = world();
     let swarm = world.swarm.clone();
     for wallet in (0..swarm.wallets).filter(|wallet| wallet % swarm.clients == index) {
@@ -392,8 +397,26 @@ impl Client {
     }
 
     async fn submit_all(&self, commands: Vec<Command>) -> Result<Vec<Reply>, rpc::RpcError> {
-        rpc::call(&self.endpoint, rpc::app_addr(), APP_SERVICE, Link::ClientApp, "submit", commands, ATTEMPT_TIMEOUT)
-            .await
+        let apps = world().swarm.apps;
+        let app = self.app.load(std::sync::atomic::Ordering::Relaxed) % apps;
+        let answer = rpc::call(
+            &self.endpoint,
+            rpc::app_addr_of(app),
+            APP_SERVICE,
+            Link::ClientApp,
+            "submit",
+            commands,
+            ATTEMPT_TIMEOUT,
+        )
+        .await;
+        let refused = match &answer {
+            Err(_) => true,
+            Ok(replies) => replies.iter().any(|reply| matches!(reply, Reply::Unavailable(_))),
+        };
+        if refused && apps > 1 {
+            self.app.store(app + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        answer
     }
 }
 

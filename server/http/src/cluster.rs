@@ -68,7 +68,8 @@ fn answered_anywhere(method: &Method, path: &str, query: Option<&str>) -> bool {
     if method != Method::GET {
         return false;
     }
-    let pairs: Vec<(String, String)> = query.and_then(|query| serde_urlencoded::from_str(query).ok()).unwrap_or_default();
+    let pairs: Vec<(String, String)> =
+        query.and_then(|query| serde_urlencoded::from_str(query).ok()).unwrap_or_default();
     let has = |name: &str, value: Option<&str>| {
         pairs.iter().any(|(key, found)| key == name && value.is_none_or(|value| found == value))
     };

@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use wallex_pipeline::{Role, WriterState};
 use wallex_pipeline::ports::Projection;
+use wallex_pipeline::{Role, WriterState};
 
 use crate::problem::store_problem;
 use crate::{Problem, Queries, Shared};

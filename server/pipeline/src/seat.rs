@@ -216,7 +216,12 @@ where
     }
 
     /// Runs the seat until the pipeline shuts down; returns the ledger if it was the writer then.
-    pub async fn run(self, mut term: Option<Term>, mut queue: Option<Queue>, mut shutdown: watch::Receiver<bool>) -> Option<Ledger> {
+    pub async fn run(
+        self,
+        mut term: Option<Term>,
+        mut queue: Option<Queue>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<Ledger> {
         let mut poll = tokio::time::interval(Duration::from_millis(self.config.lease.poll_ms));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew = tokio::time::interval(Duration::from_millis(self.config.lease.renew_ms));
@@ -234,11 +239,14 @@ where
                                 let epoch = current.epoch;
                                 self.end(current).await;
                                 self.release(epoch).await;
-                                return Some(ledger);
+                                return Some(*ledger);
                             }
                             Ok(TermEnd::SteppedDown { queue: returned, fenced_by }) => {
                                 tracing::warn!(epoch = %current.epoch, ?fenced_by, "stepping down: another instance holds the writer lease");
-                                metrics::counter!("wallex_writer_step_downs_total", "reason" => "fenced").increment(1);
+                                if fenced_by.is_some() {
+                                    // A lost renewal counted its own step-down when it stopped the writer.
+                                    metrics::counter!("wallex_writer_step_downs_total", "reason" => "fenced").increment(1);
+                                }
                                 self.end(current).await;
                                 self.follow(None);
                                 queue = Some(returned);

@@ -10,8 +10,8 @@ use wallex_engine::{
 };
 
 use wallex_pipeline::ports::{
-    ApiKey, AuditRecord, Direction, Epoch, Lease, LedgerEntry, OutboxMessage, OutboxPosition, Scope, StoreError, WalletSummary,
-    WalletView,
+    ApiKey, AuditRecord, Direction, Epoch, Lease, LedgerEntry, OutboxMessage, OutboxPosition, Scope, StoreError,
+    WalletSummary, WalletView,
 };
 
 /// A driver error as the pipeline sees it: a unique violation means the store refused the write

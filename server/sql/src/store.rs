@@ -26,14 +26,14 @@ use sqlx::{Arguments, Connection, Database, Encode, Executor, FromRow, IntoArgum
 use wallex_engine::{CommandId, CommandRecord, Event, Timestamp, TransactionId, WalletId};
 use wallex_pipeline::codec::decode_event;
 use wallex_pipeline::ports::{
-    ApiKey, Applied, AuditRecord, CommitBatch, EntryFilter, Epoch, EventStore, Lease, JournalEntry, KeyStore, LedgerEntry,
-    OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError, StoredSnapshot,
-    WalletFilter, WalletOrder, WalletSummary, WalletView,
+    ApiKey, Applied, AuditRecord, CommitBatch, EntryFilter, Epoch, EventStore, JournalEntry, KeyStore, Lease,
+    LedgerEntry, OutboxMessage, OutboxPosition, Projection, ProjectionPlan, ProjectionStore, StoreError,
+    StoredSnapshot, WalletFilter, WalletOrder, WalletSummary, WalletView,
 };
 
 use crate::common::{
-    AuditRow, BacklogRow, CheckpointRow, LeaseRow, EntryRow, KeyRow, KeyedRecord, OutboxRow, RecordRow, SummaryRow, WalletRow,
-    bound, corrupt, int, scopes_text, store_error, uint,
+    AuditRow, BacklogRow, CheckpointRow, EntryRow, KeyRow, KeyedRecord, LeaseRow, OutboxRow, RecordRow, SummaryRow,
+    WalletRow, bound, corrupt, int, scopes_text, store_error, uint,
 };
 
 /// A store over one SQL database: PostgreSQL ([`crate::PostgresStore`]) or SQLite

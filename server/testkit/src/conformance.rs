@@ -295,7 +295,11 @@ async fn writer_lease<S: EventStore>(store: &S, ledger: &mut Ledger) {
     assert!(second.epoch > first.epoch, "every takeover bumps the epoch");
     assert!(!store.renew_lease(first.epoch, LONG).await.unwrap(), "the old holder cannot renew");
     store.release_lease(first.epoch).await.unwrap();
-    assert_eq!(store.lease().await.unwrap().map(|lease| lease.holder), Some("two".to_owned()), "a stale release is void");
+    assert_eq!(
+        store.lease().await.unwrap().map(|lease| lease.holder),
+        Some("two".to_owned()),
+        "a stale release is void"
+    );
     assert!(store.lease().await.unwrap().is_some_and(|lease| lease.is_live()), "and leaves the lease live");
     let mut late = batch(ledger, 96_000, vec![transfer("a", "b", 4)]);
     late.epoch = first.epoch;

@@ -119,15 +119,23 @@ async fn send(client: &reqwest::Client, base: &str, operation: &Operation) -> Op
     Some((status, body["transactionId"].as_str().map(str::to_owned)))
 }
 
+/// How long an operation may go undecided: a PostgreSQL failover takes Patroni's `ttl` (20 s).
+const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+
 /// Sends `operation` until it is decided, moving to the next instance after every failure.
-async fn settle(client: &reqwest::Client, bases: &[String], start: usize, operation: &Operation) -> (u16, Option<String>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+async fn settle(
+    client: &reqwest::Client,
+    bases: &[String],
+    start: usize,
+    operation: &Operation,
+) -> (u16, Option<String>) {
+    let deadline = Instant::now() + SETTLE_WITHIN;
     let mut at = start;
     loop {
         if let Some(answer) = send(client, &bases[at % bases.len()], operation).await {
             return answer;
         }
-        assert!(Instant::now() < deadline, "{} got no answer from any instance within a minute", operation.key);
+        assert!(Instant::now() < deadline, "{} got no answer from any instance in {SETTLE_WITHIN:?}", operation.key);
         at += 1;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -136,13 +144,95 @@ async fn settle(client: &reqwest::Client, bases: &[String], start: usize, operat
 async fn balances(client: &reqwest::Client, base: &str, consistency: &str) -> Vec<(i64, u64)> {
     let mut result = Vec::new();
     for wallet in 0..WALLETS {
-        let response =
-            client.get(format!("{base}/wallets/w{wallet}?consistency={consistency}")).send().await.unwrap();
+        let response = client.get(format!("{base}/wallets/w{wallet}?consistency={consistency}")).send().await.unwrap();
         let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
         let balance = body["balance"].as_str().unwrap_or("-1").replace('.', "").parse::<i64>().unwrap();
         result.push((balance, body["version"].as_u64().unwrap_or(0)));
     }
     result
+}
+
+/// Every acknowledged operation is present exactly once, as every instance in `live` reads it:
+/// balances and event counts are the initial ones plus exactly the acknowledged operations, and
+/// every success has a transaction of its own; then the shared read model converges to them.
+async fn exactly_once(http: &reqwest::Client, all: &[Operation], live: &[String]) {
+    let mut expected = [INITIAL_CENTS; WALLETS];
+    let mut events = [1u64; WALLETS];
+    let mut transactions = BTreeMap::new();
+    for operation in all {
+        let (status, transaction) = operation.answer.clone().unwrap();
+        if status == 201 {
+            for (wallet, cents) in &operation.effect {
+                expected[*wallet] += cents;
+                events[*wallet] += 1;
+            }
+            let transaction = transaction.expect("successes carry their transaction");
+            assert!(transactions.insert(transaction, operation.key.clone()).is_none(), "one transaction per operation");
+        } else {
+            assert_eq!(status, 422, "{}: only insufficient funds may refuse", operation.key);
+        }
+    }
+    for base in live {
+        let strong = balances(http, base, "strong").await;
+        for wallet in 0..WALLETS {
+            assert_eq!(strong[wallet], (expected[wallet], events[wallet]), "w{wallet} on {base}: balance and events");
+        }
+    }
+    let strong = balances(http, &live[0], "strong").await;
+    let mut converged = false;
+    for _ in 0..1_200 {
+        if balances(http, &live[live.len() - 1], "eventual").await == strong {
+            converged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(converged, "the read model every instance shares converges to the write side");
+}
+
+/// Creates the test's wallets through `base`.
+async fn create_wallets(http: &reqwest::Client, base: &str) -> Vec<reqwest::Response> {
+    let mut answers = Vec::new();
+    for wallet in 0..WALLETS {
+        let body = json!({"walletId": format!("w{wallet}"), "ownerId": "cluster", "initialBalance": "10000.00"});
+        let response = http
+            .post(format!("{base}/wallets"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201, "w{wallet} is created");
+        answers.push(response);
+    }
+    answers
+}
+
+/// Starts the load: `CLIENTS` clients, each spreading its operations over `bases`; returns their
+/// tasks and the count of decided operations.
+fn start_load(bases: &[String]) -> (Vec<tokio::task::JoinHandle<Vec<Operation>>>, Arc<AtomicUsize>) {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let bases = bases.to_vec();
+        let answered = answered.clone();
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            let mut work = operations(client, PER_CLIENT, WALLETS, "cluster");
+            for (n, operation) in work.iter_mut().enumerate() {
+                operation.answer = Some(settle(&http, &bases, client + n, operation).await);
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+            work
+        }));
+    }
+    (clients, answered)
+}
+
+async fn until_answered(answered: &AtomicUsize, count: usize) {
+    while answered.load(Ordering::Relaxed) < count {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A counter's total in an instance's Prometheus text, over all its label sets.
@@ -174,48 +264,17 @@ async fn three_instances_survive_a_killed_and_a_paused_writer_with_every_operati
         }
     }
     let bases: Vec<String> = [&a, &b, &c].iter().map(|instance| instance.base.clone()).collect();
-    for wallet in 0..WALLETS {
-        // Through a follower: it forwards to the writer.
-        let body = json!({"walletId": format!("w{wallet}"), "ownerId": "cluster", "initialBalance": "10000.00"});
-        let response = http
-            .post(format!("{}/wallets", bases[1 + wallet % 2]))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201, "a follower forwards the creation to the writer");
-        assert_eq!(response.headers()["wallex-served-by"], "node-a");
+    // Through the followers: they forward to the writer.
+    for response in create_wallets(&http, &bases[1]).await {
+        assert_eq!(response.headers()["wallex-served-by"], "node-a", "a follower forwards to the writer");
     }
 
     // Load over all three instances; each failure moves a client to the next instance.
-    let answered = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for client in 0..CLIENTS {
-        let bases = bases.clone();
-        let answered = answered.clone();
-        clients.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-            let mut work = operations(client, PER_CLIENT, WALLETS, "cluster");
-            for (n, operation) in work.iter_mut().enumerate() {
-                operation.answer = Some(settle(&http, &bases, client + n, operation).await);
-                answered.fetch_add(1, Ordering::Relaxed);
-            }
-            work
-        }));
-    }
+    let (clients, answered) = start_load(&bases);
     let total = CLIENTS * PER_CLIENT;
-    let wait_for = |fraction: usize| {
-        let answered = answered.clone();
-        async move {
-            while answered.load(Ordering::Relaxed) < total * fraction / 4 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
 
     // 1. SIGKILL the writer.
-    wait_for(1).await;
+    until_answered(&answered, total / 4).await;
     signal(&a, "-KILL");
     let killed = Instant::now();
     let next = await_writer(&http, &[&b, &c], TAKEOVER_BOUND).await;
@@ -225,7 +284,7 @@ async fn three_instances_survive_a_killed_and_a_paused_writer_with_every_operati
     let (paused, other) = if next == 0 { (&b, &c) } else { (&c, &b) };
 
     // 2. SIGSTOP the new writer past its lease; the other follower takes over; SIGCONT it.
-    wait_for(2).await;
+    until_answered(&answered, total / 2).await;
     signal(paused, "-STOP");
     let stopped = Instant::now();
     let taken = await_writer(&http, &[other], TAKEOVER_BOUND).await;
@@ -260,38 +319,87 @@ async fn three_instances_survive_a_killed_and_a_paused_writer_with_every_operati
         assert_eq!(Some(again), operation.answer, "{} replays its original answer", operation.key);
     }
 
-    // Exactly the acknowledged operations, each once.
-    let mut expected = [INITIAL_CENTS; WALLETS];
-    let mut events = [1u64; WALLETS];
-    let mut transactions = BTreeMap::new();
-    for operation in &all {
-        let (status, transaction) = operation.answer.clone().unwrap();
-        if status == 201 {
-            for (wallet, cents) in &operation.effect {
-                expected[*wallet] += cents;
-                events[*wallet] += 1;
-            }
-            let transaction = transaction.expect("successes carry their transaction");
-            assert!(transactions.insert(transaction, operation.key.clone()).is_none(), "one transaction per operation");
-        } else {
-            assert_eq!(status, 422, "{}: only insufficient funds may refuse", operation.key);
-        }
+    exactly_once(&http, &all, &live).await;
+    assert!(after_kill < TAKEOVER_BOUND && after_stop < TAKEOVER_BOUND);
+}
+
+/// The reference deployment (`scripts/cluster`): two Wallex instances on PostgreSQL under Patroni
+/// (synchronous replication, HAProxy in front of the primary) and a broker. Stopped on drop.
+struct Deployment {
+    dir: String,
+    urls: Vec<String>,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let _ = Command::new(script("cluster")).args(["stop", &self.dir]).status();
     }
-    for base in &live {
-        let strong = balances(&http, base, "strong").await;
-        for wallet in 0..WALLETS {
-            assert_eq!(strong[wallet], (expected[wallet], events[wallet]), "w{wallet} on {base}: balance and events");
-        }
-    }
-    let strong = balances(&http, &other.base, "strong").await;
-    let mut converged = false;
-    for _ in 0..1_200 {
-        if balances(&http, &paused.base, "eventual").await == strong {
-            converged = true;
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name)
+}
+
+fn cluster(action: &str, dir: &str) -> String {
+    let output = Command::new(script("cluster")).args([action, dir]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_failover_under_load_loses_no_acknowledged_operation() {
+    let output = Command::new(script("cluster"))
+        .args(["start", "2"])
+        .env("WALLEX_BIN", env!("CARGO_BIN_EXE_wallex"))
+        .output()
+        .expect("scripts/cluster runs");
+    assert!(output.status.success(), "scripts/cluster start: {}", String::from_utf8_lossy(&output.stderr));
+    let exports = support::parse_exports(&String::from_utf8(output.stdout).unwrap());
+    let deployment = Deployment {
+        dir: exports["WALLEX_CLUSTER_DIR"].clone(),
+        urls: exports["WALLEX_URLS"].split(',').map(str::to_owned).collect(),
+    };
+    let http = reqwest::Client::new();
+    create_wallets(&http, &deployment.urls[1]).await;
+    let (clients, answered) = start_load(&deployment.urls);
+    let total = CLIENTS * PER_CLIENT;
+
+    // Kill the primary (its Patroni and its PostgreSQL: the machine is gone) under load.
+    until_answered(&answered, total / 4).await;
+    let before = answered.load(Ordering::Relaxed);
+    let first = cluster("primary", &deployment.dir);
+    let killed = cluster("kill-primary", &deployment.dir);
+    assert_eq!(first, killed);
+    let at = Instant::now();
+    let mut promoted = None;
+    while at.elapsed() < Duration::from_secs(90) {
+        let primary = cluster("primary", &deployment.dir);
+        if !primary.is_empty() && primary != killed {
+            promoted = Some(at.elapsed());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(converged, "the read model every instance shares converges to the write side");
-    assert!(after_kill < TAKEOVER_BOUND && after_stop < TAKEOVER_BOUND);
+    let promoted = promoted.expect("Patroni promotes the standby");
+    println!("standby promoted {} ms after the primary was killed", promoted.as_millis());
+    // Wallex carries on by itself: operations are acknowledged again.
+    let during = answered.load(Ordering::Relaxed);
+    while answered.load(Ordering::Relaxed) < during + CLIENTS {
+        assert!(at.elapsed() < Duration::from_secs(120), "Wallex acknowledges operations again after the failover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "writes acknowledged again {} ms after the primary was killed ({} answered before it)",
+        at.elapsed().as_millis(),
+        before
+    );
+
+    let mut all: Vec<Operation> = Vec::new();
+    for client in clients {
+        all.extend(client.await.unwrap());
+    }
+    for (n, operation) in all.iter().enumerate().step_by(29) {
+        let again = settle(&http, &deployment.urls, n, operation).await;
+        assert_eq!(Some(again), operation.answer, "{} replays its original answer", operation.key);
+    }
+    exactly_once(&http, &all, &deployment.urls).await;
 }

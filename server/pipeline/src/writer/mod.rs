@@ -452,7 +452,7 @@ fn refuse(request: Request, reason: &str) {
 #[derive(Debug)]
 pub enum TermEnd {
     /// Every sender is gone (the pipeline is shutting down): the final ledger.
-    Closed(Ledger),
+    Closed(Box<Ledger>),
     /// The writer stopped deciding: its commit was fenced off by a later epoch, or its seat told
     /// it the lease is lost. Everything it had queued was answered "unavailable"; the queue goes
     /// back to the seat.
@@ -534,7 +534,7 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
                         }
                         received = tokio::time::timeout(idle, self.queue.recv()) => match received {
                             Ok(Some(request)) => requests.push(request),
-                            Ok(None) => return TermEnd::Closed(self.core.into_ledger()),
+                            Ok(None) => return TermEnd::Closed(Box::new(self.core.into_ledger())),
                             Err(_elapsed) => {}
                         },
                     }
@@ -574,7 +574,6 @@ impl<S: EventStore, C: Clock> Writer<S, C> {
         let Writer { queue, .. } = self;
         TermEnd::SteppedDown { queue, fenced_by }
     }
-
 
     /// Adds whatever else is queued, up to `max_batch` commands, waiting up to
     /// `max_batch_wait_us`. A batch request is never split: one that would overflow the batch is
