@@ -90,8 +90,12 @@ pub async fn run_node(index: usize) {
     let store = SimStore::new(endpoint.clone());
     let bus = SimBus::new(endpoint.clone());
     let node = Node { id: format!("app-{index}"), address: String::new() };
+    // The process's clock is anchored once, when it starts, as `SystemClock` anchors on its first
+    // reading: a start retried inside the process must not re-read a wall clock that stepped
+    // meanwhile (the world corrects it only before a restart).
+    let clock = SimClock::new();
     let pipeline = loop {
-        match Pipeline::start_node(store.clone(), bus.clone(), SimClock::new(), pipeline_config(), node.clone()).await {
+        match Pipeline::start_node(store.clone(), bus.clone(), clock.clone(), pipeline_config(), node.clone()).await {
             Ok(pipeline) => break pipeline,
             Err(StartError::Recovery(RecoveryError::Store(error))) => {
                 world().note(format_args!("app recovery failed: {error}; retrying"));

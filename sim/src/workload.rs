@@ -399,7 +399,7 @@ impl Client {
     async fn submit_all(&self, commands: Vec<Command>) -> Result<Vec<Reply>, rpc::RpcError> {
         let apps = world().swarm.apps;
         let app = self.app.load(std::sync::atomic::Ordering::Relaxed) % apps;
-        let answer = rpc::call(
+        let answer: Result<Vec<Reply>, rpc::RpcError> = rpc::call(
             &self.endpoint,
             rpc::app_addr_of(app),
             APP_SERVICE,

@@ -132,7 +132,10 @@ pub(crate) struct Seat<S, B, C> {
 /// A writer's term: its tasks, and how to end them.
 pub(crate) struct Term {
     epoch: Epoch,
-    stop: watch::Sender<bool>,
+    /// One stop signal per task, sent in this order. Never one channel for all: tokio's `watch`
+    /// wakes several waiting receivers in an order drawn from a process-wide counter, which
+    /// would make the simulator's runs of one seed differ within a process.
+    stops: Vec<watch::Sender<bool>>,
     writer: JoinHandle<TermEnd>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -162,7 +165,12 @@ where
         if let Err(error) = crate::seed_view(&self.store, &ledger, &self.stats.view).await {
             return Err((error, queue));
         }
-        let (stop, stopped) = watch::channel(false);
+        let mut stops = Vec::new();
+        let mut stopped = || {
+            let (stop, stopped) = watch::channel(false);
+            stops.push(stop);
+            stopped
+        };
         let clock_for_cleanup = RetentionClock::new(self.clock.clone(), ledger.clock());
         // The snapshotter keeps its own copy of the ledger, so snapshots never stall the writer.
         let replica = ledger.clone();
@@ -177,7 +185,7 @@ where
             self.stats.writer.clone(),
             self.stats.view.clone(),
         );
-        let writer = tokio::spawn(writer.run(stopped.clone()));
+        let writer = tokio::spawn(writer.run(stopped()));
         let mut workers = vec![tokio::spawn(crate::relay::run_relay(
             self.store.clone(),
             self.bus.clone(),
@@ -185,14 +193,14 @@ where
             config.relay,
             self.committed.clone(),
             self.stats.relay.clone(),
-            stopped.clone(),
+            stopped(),
         ))];
         workers.push(tokio::spawn(crate::run_cleanup(
             self.store.clone(),
             clock_for_cleanup,
             config.writer.idempotency_retention_micros,
             config.writer.idempotency_cleanup_interval_ms,
-            stopped.clone(),
+            stopped(),
         )));
         workers.push(tokio::spawn(crate::snapshotter::run_snapshotter(
             // Background work: the shared connections, never the writer's own.
@@ -200,19 +208,19 @@ where
             replica,
             config.writer,
             self.stats.writer.clone(),
-            stopped.clone(),
+            stopped(),
         )));
         workers.push(tokio::spawn(crate::projector::run_reconciliation(
             self.store.clone(),
             self.stats.writer.clone(),
             config.projector,
             self.stats.reconciliation.clone(),
-            stopped,
+            stopped(),
         )));
         metrics::counter!("wallex_writer_terms_total").increment(1);
         tracing::info!(epoch = %lease.epoch, node = %self.node.id, "holding the writer lease: deciding");
         let _ = self.role.send(Role::Writer { epoch: lease.epoch });
-        Ok(Term { epoch: lease.epoch, stop, writer, workers })
+        Ok(Term { epoch: lease.epoch, stops, writer, workers })
     }
 
     /// Runs the seat until the pipeline shuts down; returns the ledger if it was the writer then.
@@ -270,7 +278,8 @@ where
                                 // on its way is fenced off by the store.
                                 tracing::warn!(%epoch, "the writer lease passed to another instance; stepping down");
                                 metrics::counter!("wallex_writer_step_downs_total", "reason" => "lease_lost").increment(1);
-                                let _ = current.stop.send(true);
+                                // The writer's own signal, the first: it stops deciding now.
+                                let _ = current.stops[0].send(true);
                             }
                             // The store is out of reach: so are commits. A takeover meanwhile would
                             // fence them; the next renewal that reaches the store says which.
@@ -344,8 +353,10 @@ where
 
     /// Ends a term: stops its tasks and waits for them.
     async fn end(&self, term: Term) {
-        let Term { stop, writer, workers, .. } = term;
-        let _ = stop.send(true);
+        let Term { stops, writer, workers, .. } = term;
+        for stop in &stops {
+            let _ = stop.send(true);
+        }
         drop(writer);
         for worker in workers {
             let _ = worker.await;
