@@ -836,3 +836,84 @@ async fn after_a_restart_the_committed_view_holds_every_wallet_the_read_model_ha
     }
     pipeline.shutdown().await;
 }
+
+/// A short lease, so takeovers happen within a test's patience.
+fn short_lease() -> PipelineConfig {
+    PipelineConfig {
+        lease: wallex_pipeline::LeaseConfig { lease_ms: 300, renew_ms: 100, poll_ms: 20 },
+        ..PipelineConfig::default()
+    }
+}
+
+fn node(id: &str) -> wallex_pipeline::Node {
+    wallex_pipeline::Node { id: id.to_owned(), address: format!("http://{id}") }
+}
+
+/// Waits until `pipeline`'s role satisfies `wanted`, for at most two seconds.
+async fn role_becomes(pipeline: &Pipeline, wanted: impl Fn(&wallex_pipeline::Role) -> bool) -> wallex_pipeline::Role {
+    let mut role = pipeline.role();
+    let waited = tokio::time::timeout(Duration::from_secs(2), role.wait_for(|role| wanted(role))).await;
+    waited.expect("the role changes in time").expect("the seat runs").clone()
+}
+
+#[tokio::test]
+async fn a_second_instance_follows_refuses_commands_and_takes_over_when_the_writer_lets_go() {
+    let store = MemoryStore::new();
+    let bus = InProcessBus::new();
+    let a = Pipeline::start_node(store.clone(), bus.clone(), SystemClock, short_lease(), node("a")).await.unwrap();
+    assert_eq!(*a.role().borrow(), wallex_pipeline::Role::Writer { epoch: wallex_pipeline::ports::Epoch(1) });
+    let b = Pipeline::start_node(store.clone(), bus.clone(), SystemClock, short_lease(), node("b")).await.unwrap();
+    let followed = role_becomes(&b, |role| matches!(role, wallex_pipeline::Role::Follower { writer: Some(_) })).await;
+    let wallex_pipeline::Role::Follower { writer: Some(holder) } = followed else { unreachable!() };
+    assert_eq!((holder.node.as_str(), holder.address.as_str()), ("a", "http://a"), "the follower knows the writer");
+
+    let refused = b.commands.submit(Command::new(CommandId(1), create(0))).await;
+    assert!(matches!(refused, Reply::Unavailable(_)), "a follower decides nothing: {refused:?}");
+    assert_eq!(store.commits(), 0);
+    let created = a.commands.submit(Command::new(CommandId(2), create(0))).await;
+    assert!(decided(&created).0.result.is_ok());
+
+    // A clean shutdown hands the lease over at once; the follower recovers what `a` committed.
+    a.shutdown().await.expect("a was the writer");
+    let taken = role_becomes(&b, |role| matches!(role, wallex_pipeline::Role::Writer { .. })).await;
+    assert_eq!(taken, wallex_pipeline::Role::Writer { epoch: wallex_pipeline::ports::Epoch(2) });
+    let credit =
+        CommandKind::Credit { wallet_id: wallet(0), currency: Currency::USD, amount: money(5), description: None };
+    let credited = b.commands.submit(Command::new(CommandId(3), credit)).await;
+    assert!(decided(&credited).0.result.is_ok(), "the new writer has the old one's wallet");
+    let replayed = b.commands.submit(Command::new(CommandId(2), create(0))).await;
+    assert!(decided(&replayed).1, "and its idempotency keys: a retry on the new writer replays");
+    let ledger = b.shutdown().await.expect("b is the writer");
+    assert_eq!(ledger.wallet(&wallet(0)).unwrap().balance, 10_005);
+}
+
+#[tokio::test]
+async fn a_writer_whose_lease_passed_on_is_fenced_off_and_steps_down() {
+    let store = MemoryStore::new();
+    let bus = InProcessBus::new();
+    let config = PipelineConfig {
+        // Long enough that only the test moves the lease.
+        lease: wallex_pipeline::LeaseConfig { lease_ms: 60_000, renew_ms: 20_000, poll_ms: 20 },
+        ..PipelineConfig::default()
+    };
+    let a = Pipeline::start_node(store.clone(), bus.clone(), SystemClock, config, node("a")).await.unwrap();
+    // The writer decides a command and sends its commit; the store holds it (a pause, a slow
+    // disk) while another node takes the lease.
+    let pause = store.pause_commits().await;
+    let commands = a.commands.clone();
+    let pending = tokio::spawn(async move { commands.submit(Command::new(CommandId(1), create(0))).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.release_lease(wallex_pipeline::ports::Epoch(1)).await.unwrap();
+    let taken = store.acquire_lease("b", "http://b", 60_000).await.unwrap().expect("the lease is free");
+    drop(pause);
+    let answer = pending.await.unwrap();
+    assert!(matches!(answer, Reply::Unavailable(_)), "the old writer's commit is refused: {answer:?}");
+    assert_eq!(store.commits(), 0, "nothing of it was written");
+    let stepped = role_becomes(&a, |role| matches!(role, wallex_pipeline::Role::Follower { .. })).await;
+    assert!(matches!(stepped, wallex_pipeline::Role::Follower { .. }));
+    assert_eq!(a.stats.writer.state(), wallex_pipeline::WriterState::Follower);
+    let after = a.commands.submit(Command::new(CommandId(2), create(1))).await;
+    assert!(matches!(after, Reply::Unavailable(_)), "a deposed writer decides nothing more");
+    assert_eq!(store.lease().await.unwrap().map(|lease| lease.epoch), Some(taken.epoch));
+    assert_eq!(a.shutdown().await, None, "a follower has no ledger to hand back");
+}
