@@ -35,6 +35,10 @@ struct Args {
     /// The server.
     #[arg(long, default_value = "http://localhost:3000")]
     url: String,
+    /// Other instances of the same cluster: the operations go to `--url` and these in turn
+    /// (setup, reads and the final check use `--url` alone).
+    #[arg(long, value_delimiter = ',')]
+    spread: Vec<String>,
     /// Wallets to create before the run.
     #[arg(long, default_value_t = 1_000)]
     wallets: usize,
@@ -202,6 +206,17 @@ struct Run {
     limit: u64,
 }
 
+impl Run {
+    /// The instance request `sequence` goes to: `--url` and the `--spread` ones in turn.
+    fn target(&self, sequence: u64) -> &str {
+        let count = 1 + self.args.spread.len() as u64;
+        match usize::try_from(sequence % count).expect("few instances") {
+            0 => &self.args.url,
+            other => &self.args.spread[other - 1],
+        }
+    }
+}
+
 fn wallet(run: &Run, index: usize) -> String {
     format!("load-{}-{index}", run.run_id)
 }
@@ -283,7 +298,7 @@ async fn send_batch(run: &Run, sequence: u64, since: Instant) {
         json!({"atomic": run.args.atomic, "operations": items.iter().map(|(_, item, _)| item).collect::<Vec<_>>()});
     let answer = run
         .client
-        .post(format!("{}/batch", run.args.url))
+        .post(format!("{}/batch", run.target(sequence)))
         .header("content-type", "application/json")
         .header("idempotency-key", format!("load-{}-batch-{sequence}", run.run_id))
         .body(body.to_string())
@@ -332,7 +347,7 @@ async fn send_one(run: &Run, sequence: u64, since: Instant) {
     let (kind, path, body, effect) = operation(run, &mut rng);
     let answer = run
         .client
-        .post(format!("{}{path}", run.args.url))
+        .post(format!("{}{path}", run.target(sequence)))
         .header("content-type", "application/json")
         .header("idempotency-key", format!("load-{}-{sequence}", run.run_id))
         .body(body)
