@@ -255,9 +255,11 @@ where
                                     // A lost renewal counted its own step-down when it stopped the writer.
                                     metrics::counter!("wallex_writer_step_downs_total", "reason" => "fenced").increment(1);
                                 }
-                                self.end(current).await;
+                                // Followers' rules first (the service layer forwards from now on),
+                                // then wait for the term's tasks, which may be in a slow call.
                                 self.follow(None);
                                 queue = Some(returned);
+                                self.end(current).await;
                             }
                             Err(error) => {
                                 // The writer panicked (a journal it cannot replay): the instance
