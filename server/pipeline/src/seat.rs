@@ -234,6 +234,9 @@ where
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renew = tokio::time::interval(Duration::from_millis(self.config.lease.renew_ms));
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // False once the pipeline's handle is gone without a shutdown: nothing will signal one,
+        // and a closed channel must not wake the loop forever.
+        let mut watching = true;
         loop {
             if let Some(current) = term.as_mut() {
                 tokio::select! {
@@ -288,9 +291,10 @@ where
                             Err(error) => tracing::warn!(%epoch, %error, "the writer lease could not be renewed"),
                         }
                     }
-                    _ = shutdown.changed() => {
+                    changed = shutdown.changed(), if watching => {
                         // The pipeline's sender is dropped before this: the writer drains and
                         // returns `Closed` through the branch above.
+                        watching = changed.is_ok();
                     }
                 }
                 continue;
@@ -298,8 +302,9 @@ where
             let waiting = queue.as_mut().expect("a follower holds the queue");
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
+                changed = shutdown.changed(), if watching => {
+                    watching = changed.is_ok();
+                    if watching && *shutdown.borrow() {
                         return None;
                     }
                 }
