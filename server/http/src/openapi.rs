@@ -357,7 +357,8 @@ fn exact(document: &mut Value) {
     });
     let mut unavailable = problem(
         "unavailable (outcome unknown), outcome_unconfirmed (decided, unread), overloaded (too many requests \
-         in progress, nothing done) or timeout (outcome unknown): retry with the same Idempotency-Key",
+         in progress, nothing done), no_writer (an instance of a cluster knows no writer to forward to, nothing \
+         done) or timeout (outcome unknown): retry with the same Idempotency-Key",
     );
     unavailable["headers"] = json!({
         "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "const": RETRY_AFTER_SECONDS } },
