@@ -105,17 +105,24 @@ fn no_writer() -> Problem {
     )
 }
 
+/// A forwarded request whose answer did not come back: it may have been decided.
+fn outcome_unknown(what: &str) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{what}; the outcome is unknown: retry with the same Idempotency-Key"),
+    )
+}
+
 /// The middleware: on a follower, relays the request to the writer and its answer back.
 pub(crate) async fn forward<S: Queries>(State(state): Shared<S>, request: Request, next: Next) -> Response {
     let Some(cluster) = &state.cluster else { return next.run(request).await };
-    if answered_anywhere(request.method(), request.uri().path(), request.uri().query()) {
+    // The writer answers everything itself: decided before anything of the request is read.
+    let writer = cluster.writer();
+    if matches!(writer, Ok(None)) || answered_anywhere(request.method(), request.uri().path(), request.uri().query()) {
         return next.run(request).await;
     }
-    let writer = match cluster.writer() {
-        Ok(None) => return next.run(request).await,
-        Ok(Some(writer)) => writer,
-        Err(()) => return no_writer().into_response(),
-    };
+    let Ok(Some(writer)) = writer else { return no_writer().into_response() };
     if request.headers().contains_key(FORWARDED) {
         // Forwarded by an instance that took this one for the writer: the lease has moved.
         return no_writer().into_response();
@@ -156,12 +163,7 @@ pub(crate) async fn forward<S: Queries>(State(state): Shared<S>, request: Reques
         Err(error) => {
             tracing::warn!(%error, writer = %writer.node, "a forwarded request failed");
             metrics::counter!("wallex_forward_refused_total", "reason" => "failed").increment(1);
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the writer did not answer; the outcome is unknown: retry with the same Idempotency-Key",
-            )
-            .into_response();
+            return outcome_unknown("the writer did not answer").into_response();
         }
     };
     metrics::counter!("wallex_forwarded_total").increment(1);
@@ -181,12 +183,7 @@ async fn relay(answer: reqwest::Response, writer: &Holder) -> Response {
         Ok(body) => body,
         Err(error) => {
             tracing::warn!(%error, writer = %writer.node, "the writer's answer was cut off");
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the writer's answer was cut off; the outcome is unknown: retry with the same Idempotency-Key",
-            )
-            .into_response();
+            return outcome_unknown("the writer's answer was cut off").into_response();
         }
     };
     if let Ok(node) = HeaderValue::from_str(&writer.node) {

@@ -24,6 +24,17 @@ use serde_json::{Value, json};
 mod load;
 use load::{Operation, operations};
 
+/// How long one attempt waits for its answer before the client moves to the next instance.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn send(client: &reqwest::Client, base: &str, operation: &Operation) -> Option<(u16, Option<String>)> {
+    load::send(client, base, operation, ATTEMPT_TIMEOUT).await
+}
+
+async fn balances(client: &reqwest::Client, base: &str, consistency: &str) -> Vec<(i64, u64)> {
+    load::balances(client, base, consistency, WALLETS).await
+}
+
 use wallex_testkit::services as support;
 
 const CLIENTS: usize = 20;
@@ -99,26 +110,6 @@ async fn await_writer(client: &reqwest::Client, candidates: &[&Instance], within
     None
 }
 
-/// One attempt at `operation` on `base`: its answer if decided; `None` to retry (no answer, or
-/// 503: nothing done or outcome unknown; 409: the same key is in flight).
-async fn send(client: &reqwest::Client, base: &str, operation: &Operation) -> Option<(u16, Option<String>)> {
-    let response = client
-        .post(format!("{base}{}", operation.path))
-        .header("content-type", "application/json")
-        .header("idempotency-key", &operation.key)
-        .body(operation.body.clone())
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await
-        .ok()?;
-    let status = response.status().as_u16();
-    let body: Value = serde_json::from_str(&response.text().await.ok()?).unwrap_or(Value::Null);
-    if status == 503 || status == 409 {
-        return None;
-    }
-    Some((status, body["transactionId"].as_str().map(str::to_owned)))
-}
-
 /// How long an operation may go undecided: a PostgreSQL failover takes Patroni's `ttl` (20 s).
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
 
@@ -139,17 +130,6 @@ async fn settle(
         at += 1;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-async fn balances(client: &reqwest::Client, base: &str, consistency: &str) -> Vec<(i64, u64)> {
-    let mut result = Vec::new();
-    for wallet in 0..WALLETS {
-        let response = client.get(format!("{base}/wallets/w{wallet}?consistency={consistency}")).send().await.unwrap();
-        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-        let balance = body["balance"].as_str().unwrap_or("-1").replace('.', "").parse::<i64>().unwrap();
-        result.push((balance, body["version"].as_u64().unwrap_or(0)));
-    }
-    result
 }
 
 /// Every acknowledged operation is present exactly once, as every instance in `live` reads it:

@@ -15,10 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod load;
 use load::{Operation, operations};
+
+/// How long one attempt waits for its answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn send(client: &reqwest::Client, base: &str, operation: &Operation) -> Option<(u16, Option<String>)> {
+    load::send(client, base, operation, ATTEMPT_TIMEOUT).await
+}
+
+async fn balances(client: &reqwest::Client, base: &str, consistency: &str) -> Vec<(i64, u64)> {
+    load::balances(client, base, consistency, WALLETS).await
+}
 
 const CLIENTS: usize = 20;
 const PER_CLIENT: usize = 120;
@@ -85,44 +96,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn send(client: &reqwest::Client, base: &str, operation: &Operation) -> Option<(u16, Option<String>)> {
-    let response = client
-        .post(format!("{base}{}", operation.path))
-        .header("content-type", "application/json")
-        .header("idempotency-key", &operation.key)
-        .body(operation.body.clone())
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .ok()?;
-    let status = response.status().as_u16();
-    let body: Value = serde_json::from_str(&response.text().await.ok()?).unwrap_or(Value::Null);
-    if status == 503 || status == 409 {
-        return None; // Not decided: retry later with the same key.
-    }
-    Some((status, body["transactionId"].as_str().map(str::to_owned)))
-}
-
-async fn balances(client: &reqwest::Client, base: &str, consistency: &str) -> Vec<(i64, u64)> {
-    let mut result = Vec::new();
-    for wallet in 0..WALLETS {
-        let body: Value = serde_json::from_str(
-            &client
-                .get(format!("{base}/wallets/w{wallet}?consistency={consistency}"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        let balance = body["balance"].as_str().unwrap_or("-1").replace('.', "").parse::<i64>().unwrap();
-        result.push((balance, body["version"].as_u64().unwrap_or(0)));
-    }
-    result
 }
 
 use wallex_testkit::services as support;

@@ -460,23 +460,6 @@ pub enum TermEnd {
 }
 
 impl<S: EventStore, C: Clock> Writer<S, C> {
-    /// Recovers the ledger from `store` (snapshot plus journal) and returns the writer with its
-    /// sender, deciding under epoch 0: a store whose lease was never taken. The pipeline's seat
-    /// starts its writers with [`Writer::new`] under the epoch it won.
-    pub async fn start(
-        store: S,
-        clock: C,
-        config: WriterConfig,
-        committed: Arc<Notify>,
-        health: Arc<WriterHealth>,
-        view: Arc<crate::view::CommittedView>,
-    ) -> Result<(Writer<S, C>, CommandSender), RecoveryError> {
-        let ledger = recover(&store, config.engine(), config.journal_page).await?;
-        let (sender, queue) = Queue::new(config.queue_depth);
-        let writer = Writer::new(store, clock, config, ledger, crate::ports::Epoch(0), queue, committed, health, view);
-        Ok((writer, sender))
-    }
-
     /// A writer over `ledger` (which must equal the store: as [`recover`] returns it), deciding
     /// under `epoch`, fed from `queue`.
     #[allow(clippy::too_many_arguments)]
