@@ -39,9 +39,10 @@ struct StoreState {
     commits: u64,
     /// The writer lease: its epoch (0 until first taken), holder, address and when it lapses.
     lease: Option<(Epoch, String, String, tokio::time::Instant)>,
-    /// Every commit's epoch beside the lease's epoch when it committed, in order: what the
-    /// simulator's fencing checker reads.
-    commit_epochs: Vec<(Epoch, Epoch)>,
+    /// Every commit accepted under an epoch that was not the lease's: (the commit's number, its
+    /// epoch, the lease's). What the simulator's fencing checker reads; empty unless the fence
+    /// is broken, so no commit pays for a record.
+    stale_commits: Vec<(u64, Epoch, Epoch)>,
 }
 
 /// A store in memory, with PostgreSQL's constraints: command ids and `(wallet, version)` unique,
@@ -86,9 +87,10 @@ impl MemoryStore {
         self.lock().events.values().flatten().cloned().collect()
     }
 
-    /// Every successful commit's epoch beside the lease's epoch at that moment, in commit order.
-    pub fn commit_epochs(&self) -> Vec<(Epoch, Epoch)> {
-        self.lock().commit_epochs.clone()
+    /// Every commit accepted under an epoch that was not the lease's at that moment: (the
+    /// commit's number from 1, its epoch, the lease's epoch). Empty while the fence holds.
+    pub fn stale_commits(&self) -> Vec<(u64, Epoch, Epoch)> {
+        self.lock().stale_commits.clone()
     }
 
     /// How many outbox messages are not yet marked published.
@@ -144,7 +146,10 @@ impl EventStore for MemoryStore {
             state.outbox.insert(message.position, message.clone());
         }
         state.commits += 1;
-        state.commit_epochs.push((batch.epoch, current));
+        if batch.epoch != current {
+            let commit = state.commits;
+            state.stale_commits.push((commit, batch.epoch, current));
+        }
         match fault {
             Some(CommitFault::Ambiguous) => Err(StoreError::Unavailable("injected: reply to COMMIT lost".to_owned())),
             _ => Ok(()),
