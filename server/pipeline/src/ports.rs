@@ -659,8 +659,12 @@ pub struct ProjectionPlan {
     pub views: Vec<WalletView>,
     /// Ledger: the new entries, in event order.
     pub entries: Vec<LedgerEntry>,
-    /// Each touched wallet's projected version after the batch.
+    /// Each touched wallet's projected version after the batch. A store keeps it in the
+    /// projection's own rows: the read model's `version`, the ledger's summary row.
     pub checkpoints: Vec<(WalletId, u64)>,
+    /// Ledger: what the batch adds to each touched wallet's summary (zero sums for a wallet it
+    /// gave no entry), with the wallet's projected version after the batch.
+    pub summaries: Vec<(WalletSummary, u64)>,
 }
 
 impl ProjectionPlan {
@@ -673,7 +677,7 @@ impl ProjectionPlan {
         mut views: std::collections::BTreeMap<WalletId, WalletView>,
     ) -> Result<ProjectionPlan, StoreError> {
         let mut plan = ProjectionPlan { verdicts: Vec::with_capacity(events.len()), ..ProjectionPlan::default() };
-        let mut touched = std::collections::BTreeSet::new();
+        let mut touched = std::collections::BTreeMap::new();
         for event in events {
             let projected = checkpoints.get(&event.wallet_id).copied().unwrap_or(0);
             let verdict = if event.version <= projected {
@@ -690,15 +694,33 @@ impl ProjectionPlan {
                     Projection::Ledger => plan.entries.extend(LedgerEntry::of(event)),
                 }
                 checkpoints.insert(event.wallet_id, event.version);
-                touched.insert(event.wallet_id);
+                touched.insert(event.wallet_id, event.currency);
                 Applied::Projected
             };
             plan.verdicts.push(verdict);
         }
-        for wallet_id in touched {
-            plan.checkpoints.push((wallet_id, checkpoints[&wallet_id]));
-            if projection == Projection::ReadModel {
-                plan.views.push(views.remove(&wallet_id).expect("a projected wallet has a row"));
+        let mut deltas: std::collections::BTreeMap<WalletId, WalletSummary> =
+            WalletSummary::deltas(&plan.entries).into_iter().map(|delta| (delta.wallet_id, delta)).collect();
+        for (wallet_id, currency) in touched {
+            let version = checkpoints[&wallet_id];
+            plan.checkpoints.push((wallet_id, version));
+            match projection {
+                Projection::ReadModel => {
+                    let view = views.remove(&wallet_id).expect("a projected wallet has a row");
+                    debug_assert_eq!(view.version, version, "the read model's row is its checkpoint");
+                    plan.views.push(view);
+                }
+                Projection::Ledger => {
+                    let delta = deltas.remove(&wallet_id).unwrap_or(WalletSummary {
+                        wallet_id,
+                        currency,
+                        total_credits: 0,
+                        total_debits: 0,
+                        transaction_count: 0,
+                        last_version: 0,
+                    });
+                    plan.summaries.push((delta, version));
+                }
             }
         }
         Ok(plan)

@@ -359,7 +359,7 @@ pub struct KeyedRecord {
     pub key_at: i64,
 }
 
-/// A stored `projection_checkpoints` row of one projection.
+/// One wallet's checkpoint in a projection: how far its events are projected.
 #[derive(Debug, sqlx::FromRow)]
 pub struct CheckpointRow {
     pub wallet_id: String,

@@ -18,7 +18,7 @@ use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
-use wallex_pipeline::ports::{CommitBatch, Epoch, Projection, ProjectionPlan, StoreError, WalletSummary};
+use wallex_pipeline::ports::{CommitBatch, Epoch, Projection, ProjectionPlan, StoreError};
 
 use crate::common::{
     CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error, uint,
@@ -209,14 +209,19 @@ impl Dialect for PostgresDialect {
 
     async fn checkpoints(
         transaction: &mut PgConnection,
-        name: &str,
+        projection: Projection,
         wallets: &[WalletId],
     ) -> Result<Vec<CheckpointRow>, StoreError> {
-        sqlx::query_as(
-            "SELECT p.wallet_id, p.version FROM UNNEST($2::text[]) AS ids (wallet_id) \
-             JOIN projection_checkpoints p ON p.projection = $1 AND p.wallet_id = ids.wallet_id",
-        )
-        .bind(name)
+        sqlx::query_as(match projection {
+            Projection::ReadModel => {
+                "SELECT w.wallet_id, w.version FROM UNNEST($1::text[]) AS ids (wallet_id) \
+                 JOIN wallets w ON w.wallet_id = ids.wallet_id"
+            }
+            Projection::Ledger => {
+                "SELECT s.wallet_id, s.projected_version AS version FROM UNNEST($1::text[]) AS ids (wallet_id) \
+                 JOIN wallet_summaries s ON s.wallet_id = ids.wallet_id"
+            }
+        })
         .bind(wallet_ids(wallets))
         .fetch_all(transaction)
         .await
@@ -257,7 +262,7 @@ impl Dialect for PostgresDialect {
 
     const NEWEST_SCAN: &'static str = "SELECT e.* FROM ledger_entries e WHERE 1 = 1";
 
-    async fn write_plan(transaction: &mut PgConnection, name: &str, plan: &ProjectionPlan) -> Result<(), StoreError> {
+    async fn write_plan(transaction: &mut PgConnection, plan: &ProjectionPlan) -> Result<(), StoreError> {
         // An empty list would cost a round trip to insert nothing.
         let views = &plan.views;
         if !views.is_empty() {
@@ -347,37 +352,28 @@ impl Dialect for PostgresDialect {
                 .await
                 .map_err(store_error)?;
             }
-            let deltas = WalletSummary::deltas(entries);
+        }
+        // The ledger's summaries, every touched wallet's (its checkpoint is there), entries or not.
+        let summaries = &plan.summaries;
+        if !summaries.is_empty() {
             sqlx::query(
                 "INSERT INTO wallet_summaries (wallet_id, currency, total_credits, total_debits, transaction_count, \
-                 last_version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
-                 $5::bigint[], $6::bigint[]) \
+                 last_version, projected_version) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], \
+                 $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) \
                  ON CONFLICT (wallet_id) DO UPDATE SET \
                  total_credits = wallet_summaries.total_credits + EXCLUDED.total_credits, \
                  total_debits = wallet_summaries.total_debits + EXCLUDED.total_debits, \
                  transaction_count = wallet_summaries.transaction_count + EXCLUDED.transaction_count, \
-                 last_version = GREATEST(wallet_summaries.last_version, EXCLUDED.last_version)",
+                 last_version = GREATEST(wallet_summaries.last_version, EXCLUDED.last_version), \
+                 projected_version = EXCLUDED.projected_version",
             )
-            .bind(deltas.iter().map(|d| d.wallet_id.as_str()).collect::<Vec<_>>())
-            .bind(deltas.iter().map(|d| d.currency.code()).collect::<Vec<_>>())
-            .bind(deltas.iter().map(|d| int(d.total_credits)).collect::<Vec<_>>())
-            .bind(deltas.iter().map(|d| int(d.total_debits)).collect::<Vec<_>>())
-            .bind(deltas.iter().map(|d| int(d.transaction_count)).collect::<Vec<_>>())
-            .bind(deltas.iter().map(|d| int(d.last_version)).collect::<Vec<_>>())
-            .execute(&mut *transaction)
-            .await
-            .map_err(store_error)?;
-        }
-        let checkpoints = &plan.checkpoints;
-        if !checkpoints.is_empty() {
-            sqlx::query(
-                "INSERT INTO projection_checkpoints (projection, wallet_id, version) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::bigint[]) \
-                 ON CONFLICT (projection, wallet_id) DO UPDATE SET version = EXCLUDED.version",
-            )
-            .bind(name)
-            .bind(checkpoints.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-            .bind(checkpoints.iter().map(|(_, version)| int(*version)).collect::<Vec<_>>())
+            .bind(summaries.iter().map(|(d, _)| d.wallet_id.as_str()).collect::<Vec<_>>())
+            .bind(summaries.iter().map(|(d, _)| d.currency.code()).collect::<Vec<_>>())
+            .bind(summaries.iter().map(|(d, _)| int(d.total_credits)).collect::<Vec<_>>())
+            .bind(summaries.iter().map(|(d, _)| int(d.total_debits)).collect::<Vec<_>>())
+            .bind(summaries.iter().map(|(d, _)| int(d.transaction_count)).collect::<Vec<_>>())
+            .bind(summaries.iter().map(|(d, _)| int(d.last_version)).collect::<Vec<_>>())
+            .bind(summaries.iter().map(|(_, projected)| int(*projected)).collect::<Vec<_>>())
             .execute(transaction)
             .await
             .map_err(store_error)?;

@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Encode, QueryBuilder, Sqlite, Type};
 use tokio::sync::{Mutex, MutexGuard};
 use wallex_engine::{CommandId, Rejection, TransactionId, WalletId};
-use wallex_pipeline::ports::{CommitBatch, Epoch, Projection, ProjectionPlan, StoreError, WalletSummary};
+use wallex_pipeline::ports::{CommitBatch, Epoch, Projection, ProjectionPlan, StoreError};
 
 use crate::common::{
     CheckpointRow, KeyedRecord, WalletRow, direction_name, id_bytes, int, metadata_text, store_error, uint,
@@ -273,14 +273,17 @@ impl Dialect for SqliteDialect {
 
     async fn checkpoints(
         transaction: &mut SqliteConnection,
-        name: &str,
+        projection: Projection,
         wallets: &[WalletId],
     ) -> Result<Vec<CheckpointRow>, StoreError> {
         let mut rows = Vec::new();
         for chunk in wallets.chunks(ROWS_PER_STATEMENT) {
-            let mut query =
-                QueryBuilder::new("SELECT wallet_id, version FROM projection_checkpoints WHERE projection = ");
-            query.push_bind(name).push(" AND wallet_id");
+            let mut query = QueryBuilder::new(match projection {
+                Projection::ReadModel => "SELECT wallet_id, version FROM wallets WHERE wallet_id",
+                Projection::Ledger => {
+                    "SELECT wallet_id, projected_version AS version FROM wallet_summaries WHERE wallet_id"
+                }
+            });
             push_in(&mut query, chunk.iter().map(WalletId::as_str));
             rows.extend(query.build_query_as().fetch_all(&mut *transaction).await.map_err(store_error)?);
         }
@@ -328,11 +331,7 @@ impl Dialect for SqliteDialect {
 
     const NEWEST_SCAN: &'static str = "SELECT e.* FROM ledger_entries e INDEXED BY ledger_entries_newest WHERE 1 = 1";
 
-    async fn write_plan(
-        transaction: &mut SqliteConnection,
-        name: &str,
-        plan: &ProjectionPlan,
-    ) -> Result<(), StoreError> {
+    async fn write_plan(transaction: &mut SqliteConnection, plan: &ProjectionPlan) -> Result<(), StoreError> {
         insert_rows(
             transaction,
             "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
@@ -415,33 +414,26 @@ impl Dialect for SqliteDialect {
             },
         )
         .await?;
+        // The ledger's summaries, every touched wallet's (its checkpoint is there), entries or not.
         insert_rows(
             transaction,
             "INSERT INTO wallet_summaries (wallet_id, currency, total_credits, total_debits, transaction_count, \
-             last_version) ",
-            &WalletSummary::deltas(&plan.entries),
+             last_version, projected_version) ",
+            &plan.summaries,
             " ON CONFLICT (wallet_id) DO UPDATE SET \
              total_credits = wallet_summaries.total_credits + excluded.total_credits, \
              total_debits = wallet_summaries.total_debits + excluded.total_debits, \
              transaction_count = wallet_summaries.transaction_count + excluded.transaction_count, \
-             last_version = MAX(wallet_summaries.last_version, excluded.last_version)",
-            |mut row, delta| {
+             last_version = MAX(wallet_summaries.last_version, excluded.last_version), \
+             projected_version = excluded.projected_version",
+            |mut row, (delta, projected)| {
                 row.push_bind(delta.wallet_id.as_str())
                     .push_bind(delta.currency.code())
                     .push_bind(int(delta.total_credits))
                     .push_bind(int(delta.total_debits))
                     .push_bind(int(delta.transaction_count))
-                    .push_bind(int(delta.last_version));
-            },
-        )
-        .await?;
-        insert_rows(
-            transaction,
-            "INSERT INTO projection_checkpoints (projection, wallet_id, version) ",
-            &plan.checkpoints,
-            " ON CONFLICT (projection, wallet_id) DO UPDATE SET version = excluded.version",
-            |mut row, (wallet_id, version)| {
-                row.push_bind(name).push_bind(wallet_id.as_str()).push_bind(int(*version));
+                    .push_bind(int(delta.last_version))
+                    .push_bind(int(*projected));
             },
         )
         .await

@@ -148,10 +148,11 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
         projection: Projection,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The checkpoints of projection `name` for those of `wallets` that have one.
+    /// The checkpoints of `projection` for those of `wallets` that have one: the read model's
+    /// wallet rows' versions, the ledger's summary rows' projected versions.
     fn checkpoints(
         transaction: &mut Conn<Self>,
-        name: &str,
+        projection: Projection,
         wallets: &[WalletId],
     ) -> impl Future<Output = Result<Vec<CheckpointRow>, StoreError>> + Send;
 
@@ -161,11 +162,10 @@ pub trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
         wallets: &[WalletId],
     ) -> impl Future<Output = Result<Vec<WalletRow>, StoreError>> + Send;
 
-    /// Writes what `plan` changes for projection `name`: the read model's rows, the ledger's
-    /// entries, the checkpoints.
+    /// Writes what `plan` changes: the read model's rows, or the ledger's entries and summaries
+    /// (and with them, either way, the projection's checkpoints).
     fn write_plan(
         transaction: &mut Conn<Self>,
-        name: &str,
         plan: &ProjectionPlan,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -357,18 +357,18 @@ impl<D: Dialect> SqlStore<D> {
     /// Re-publishing from there at start closes that hole; projectors skip whatever they already
     /// have.
     pub async fn requeue_unprojected(&self) -> Result<u64, StoreError> {
-        // An event waits if its version is past either projection's checkpoint of its wallet; the
-        // cursor only ever moves back.
+        // An event waits if its version is past either projection's checkpoint of its wallet (the
+        // wallet row's version, the summary row's projected version); the cursor only ever moves
+        // back.
         self.write(
             "UPDATE outbox_cursor SET transaction_id = oldest.transaction_id, idx = oldest.idx \
              FROM (SELECT e.transaction_id, e.idx - 1 AS idx FROM events e \
-                   WHERE e.version > COALESCE((SELECT p.version FROM projection_checkpoints p \
-                                               WHERE p.projection = $1 AND p.wallet_id = e.wallet_id), 0) \
-                      OR e.version > COALESCE((SELECT p.version FROM projection_checkpoints p \
-                                               WHERE p.projection = $2 AND p.wallet_id = e.wallet_id), 0) \
+                   WHERE e.version > COALESCE((SELECT w.version FROM wallets w WHERE w.wallet_id = e.wallet_id), 0) \
+                      OR e.version > COALESCE((SELECT s.projected_version FROM wallet_summaries s \
+                                               WHERE s.wallet_id = e.wallet_id), 0) \
                    ORDER BY e.transaction_id, e.idx LIMIT 1) AS oldest \
              WHERE (oldest.transaction_id, oldest.idx) < (outbox_cursor.transaction_id, outbox_cursor.idx)",
-            Values::new().and(Projection::ReadModel.group()).and(Projection::Ledger.group()),
+            Values::new(),
         )
         .await?;
         Ok(self.outbox_backlog().await?.0)
@@ -677,23 +677,28 @@ async fn project_on<D: Dialect>(
     projection: Projection,
     events: &[Event],
 ) -> Result<Vec<Applied>, StoreError> {
-    let name = projection.group();
     let wallets = ProjectionPlan::wallets(events);
     let mut transaction = writer.begin_with(D::BEGIN).await.map_err(store_error)?;
     D::lock_projection(&mut transaction, projection).await?;
     let mut checkpoints = BTreeMap::new();
-    for row in D::checkpoints(&mut transaction, name, &wallets).await? {
-        checkpoints.insert(WalletId::parse(&row.wallet_id).map_err(corrupt)?, uint(row.version)?);
-    }
     let mut views = BTreeMap::new();
-    if projection == Projection::ReadModel {
-        for row in D::wallet_rows(&mut transaction, &wallets).await? {
-            let view = row.into_view()?;
-            views.insert(view.wallet_id, view);
+    match projection {
+        // The read model's checkpoint is its row's version: one read gives both.
+        Projection::ReadModel => {
+            for row in D::wallet_rows(&mut transaction, &wallets).await? {
+                let view = row.into_view()?;
+                checkpoints.insert(view.wallet_id, view.version);
+                views.insert(view.wallet_id, view);
+            }
+        }
+        Projection::Ledger => {
+            for row in D::checkpoints(&mut transaction, projection, &wallets).await? {
+                checkpoints.insert(WalletId::parse(&row.wallet_id).map_err(corrupt)?, uint(row.version)?);
+            }
         }
     }
     let plan = ProjectionPlan::new(projection, events, checkpoints, views)?;
-    D::write_plan(&mut transaction, name, &plan).await?;
+    D::write_plan(&mut transaction, &plan).await?;
     transaction.commit().await.map_err(store_error)?;
     Ok(plan.verdicts)
 }
@@ -709,19 +714,13 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
     }
 
     async fn projected_version(&self, projection: Projection, wallet_id: &WalletId) -> Result<u64, StoreError> {
-        let mut rows: Vec<(i64,)> = self
-            .read(
-                "SELECT version FROM projection_checkpoints WHERE projection = $1 AND wallet_id = $2",
-                Values::new().and(projection.group()).and(wallet_id.as_str()),
-            )
-            .await?;
-        rows.pop().map_or(Ok(0), |(version,)| uint(version))
+        Ok(self.projected_versions(projection, std::slice::from_ref(wallet_id)).await?.pop().unwrap_or(0))
     }
 
     async fn projected_versions(&self, projection: Projection, wallets: &[WalletId]) -> Result<Vec<u64>, StoreError> {
         let mut reader = self.pool.acquire().await.map_err(store_error)?;
         let mut versions = BTreeMap::new();
-        for row in D::checkpoints(&mut reader, projection.group(), wallets).await? {
+        for row in D::checkpoints(&mut reader, projection, wallets).await? {
             versions.insert(row.wallet_id, uint(row.version)?);
         }
         Ok(wallets.iter().map(|wallet| versions.get(wallet.as_str()).copied().unwrap_or(0)).collect())
@@ -786,7 +785,11 @@ impl<D: Dialect> ProjectionStore for SqlStore<D> {
 
     async fn wallet_summary(&self, wallet_id: &WalletId) -> Result<Option<WalletSummary>, StoreError> {
         let mut rows: Vec<SummaryRow> = self
-            .read("SELECT * FROM wallet_summaries WHERE wallet_id = $1", Values::new().and(wallet_id.as_str()))
+            // A row without entries only holds the ledger projection's checkpoint.
+            .read(
+                "SELECT * FROM wallet_summaries WHERE wallet_id = $1 AND transaction_count > 0",
+                Values::new().and(wallet_id.as_str()),
+            )
             .await?;
         rows.pop().map(SummaryRow::into_summary).transpose()
     }

@@ -1,5 +1,6 @@
 //! Upgrading a store in place: migration 0002 turns the outbox table into a cursor over the events
-//! without losing or skipping an unpublished message.
+//! without losing or skipping an unpublished message; 0008 moves the projections' checkpoints into
+//! their own rows without moving any of them.
 
 use wallex_testkit::services as support;
 
@@ -113,4 +114,84 @@ async fn an_empty_outbox_means_everything_was_published() {
     assert!(store.outbox_after(None, 100).await.unwrap().is_empty(), "the published event is not republished");
     store.close().await;
     std::fs::remove_dir_all(&directory).unwrap();
+}
+
+/// Writes, into a store at migration 0007 through `$pool`, wallet `a` (read model and ledger at
+/// version 3, two entries summed) and wallet `b` (created, no entry: a ledger checkpoint at 1 and
+/// no summary row), as the projections and their `projection_checkpoints` left them.
+macro_rules! seed_old_checkpoints {
+    ($pool:expr) => {
+        for (wallet, version) in [("a", 3_i64), ("b", 1)] {
+            sqlx::query(
+                "INSERT INTO wallets (wallet_id, owner_id, currency, balance, held, overdraft_limit, version, \
+                 created_at, updated_at) VALUES ($1, 'owner', 'EUR', 0, 0, 0, $2, 1, 1)",
+            )
+            .bind(wallet)
+            .bind(version)
+            .execute($pool)
+            .await
+            .unwrap();
+            for projection in ["read-model-projector", "ledger-projector"] {
+                sqlx::query("INSERT INTO projection_checkpoints (projection, wallet_id, version) VALUES ($1, $2, $3)")
+                    .bind(projection)
+                    .bind(wallet)
+                    .bind(version)
+                    .execute($pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        sqlx::query(
+            "INSERT INTO wallet_summaries (wallet_id, currency, total_credits, total_debits, transaction_count, \
+             last_version) VALUES ('a', 'EUR', 700, 200, 2, 3)",
+        )
+        .execute($pool)
+        .await
+        .unwrap();
+    };
+}
+
+/// After migration 0008 each projection reads its checkpoints from its own rows, with the values
+/// `projection_checkpoints` held; a wallet without entries still has no summary.
+async fn assert_checkpoints_moved(store: &impl wallex_pipeline::ports::ProjectionStore) {
+    use wallex_pipeline::ports::Projection;
+    let wallets: Vec<wallex_engine::WalletId> =
+        ["a", "b", "c"].iter().map(|id| wallex_engine::WalletId::parse(id).unwrap()).collect();
+    for projection in [Projection::ReadModel, Projection::Ledger] {
+        assert_eq!(store.projected_versions(projection, &wallets).await.unwrap(), vec![3, 1, 0], "{projection:?}");
+        assert_eq!(store.projected_version(projection, &wallets[1]).await.unwrap(), 1, "{projection:?}");
+    }
+    let summary = store.wallet_summary(&wallets[0]).await.unwrap().expect("a has entries");
+    assert_eq!((summary.total_credits, summary.total_debits, summary.transaction_count), (700, 200, 2));
+    assert_eq!(summary.last_version, 3);
+    assert_eq!(store.wallet_summary(&wallets[1]).await.unwrap(), None, "b has no entries");
+}
+
+#[tokio::test]
+async fn the_projection_checkpoints_move_into_the_projections_rows_in_sqlite() {
+    let directory = std::env::temp_dir().join(format!("wallex-migrate-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", directory.join(wallex_sql::sqlite::DATABASE_FILE).display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate!("../../migrations/sqlite").run_to(7, &pool).await.unwrap();
+    seed_old_checkpoints!(&pool);
+    pool.close().await;
+
+    let store = wallex_sql::SqliteStore::open(&directory).await.unwrap();
+    assert_checkpoints_moved(&store).await;
+    store.close().await;
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[tokio::test]
+async fn the_projection_checkpoints_move_into_the_projections_rows_in_postgres() {
+    let database = support::postgres().await;
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    sqlx::migrate!("../../migrations/postgres").run_to(7, &pool).await.unwrap();
+    seed_old_checkpoints!(&pool);
+    pool.close().await;
+
+    let store = wallex_sql::PostgresStore::connect(&database.url).await.unwrap();
+    assert_checkpoints_moved(&store).await;
+    store.close().await;
 }
