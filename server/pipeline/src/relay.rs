@@ -176,6 +176,10 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
     let backoff = Duration::from_millis(config.retry_backoff_ms);
     let mark_interval = Duration::from_millis(config.mark_interval_ms);
     let mut last_mark = tokio::time::Instant::now();
+    // The last read came back short: the outbox held nothing more then, so the next read waits
+    // for a commit's notification (a permit is kept if it comes while the relay is busy) or the
+    // idle tick. Reading again at once cost a store round trip per round that found nothing.
+    let mut caught_up = false;
     loop {
         while let Ok(position) = acknowledged.try_recv() {
             cursor.acknowledge(position);
@@ -199,8 +203,9 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
             }
         }
         let room = config.window.saturating_sub(cursor.in_window()).min(config.batch);
-        let messages = if room == 0 {
-            // A lane is stalled and the window is full: wait for acknowledgements.
+        let messages = if room == 0 || caught_up {
+            // A lane is stalled and the window is full: wait for acknowledgements. Or nothing was
+            // left to read: wait for a commit.
             Vec::new()
         } else {
             match store.outbox_after(cursor.read_through(), room).await {
@@ -213,21 +218,24 @@ pub async fn run_relay<S: EventStore, B: Bus, C: Clock>(
             }
         };
         if messages.is_empty() {
+            let marking = cursor.to_mark().is_some();
             tokio::select! {
                 // Polled in order, not at random: the simulator replays a seed exactly.
                 biased;
                 Some(position) = acknowledged.recv() => cursor.acknowledge(position),
-                () = committed.notified(), if room > 0 => {}
-                // A position still to mark wakes the relay when its interval is up.
-                () = tokio::time::sleep(if cursor.to_mark().is_none() {
-                    Duration::from_millis(config.idle_tick_ms)
-                } else {
+                () = committed.notified(), if room > 0 => caught_up = false,
+                // A position still to mark wakes the relay when its interval is up; otherwise the
+                // idle tick reads again in case a notification was missed.
+                () = tokio::time::sleep(if marking {
                     mark_interval.saturating_sub(last_mark.elapsed())
-                }) => {}
+                } else {
+                    Duration::from_millis(config.idle_tick_ms)
+                }) => caught_up &= marking,
                 _ = shutdown.changed() => {}
             }
             continue;
         }
+        caught_up = messages.len() < room;
         #[cfg(madsim)]
         if planted(Bug::PublishedBeforeAck) {
             // Bypasses the cursor's own checks, which would stop this bug before the checkers do.
