@@ -39,7 +39,7 @@ use crate::extract::{
     parse_description, parse_expiry, parse_hold, parse_memo, parse_wallet, random_command_id,
 };
 use crate::problem::ProblemJson;
-use crate::reply::{Answer, Render, Requested, answer, refusal, rendered, undecided};
+use crate::reply::{Answer, Render, Rendered, Requested, answer, refusal, rendered, undecided};
 use crate::{AppState, Problem, Queries, Shared};
 
 /// The most operations a batch may hold: TigerBeetle's batch, and under the writer's group
@@ -204,25 +204,36 @@ pub(crate) struct ResultJson {
     pub(crate) replayed: bool,
     /// The single route's body: the wallet(s) and transaction, or the problem.
     #[schema(value_type = Object)]
-    pub(crate) body: serde_json::Value,
+    pub(crate) body: ResultBody,
+}
+
+/// A result's body, serialized as it is: a thousand results went through a `serde_json::Value`
+/// tree each (built, written, dropped: 12 % of the server's CPU in batches of a thousand).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum ResultBody {
+    Rendered(Rendered),
+    Problem(serde_json::Value),
 }
 
 impl ResultJson {
     fn of(answer: Answer) -> ResultJson {
         let status = answer.status().as_u16();
         match answer.result {
-            Ok(rendered) => ResultJson {
-                status,
-                code: None,
-                replayed: answer.replayed,
-                body: serde_json::to_value(rendered).expect("bodies serialize"),
-            },
+            Ok(rendered) => {
+                ResultJson { status, code: None, replayed: answer.replayed, body: ResultBody::Rendered(rendered) }
+            }
             Err(problem) => ResultJson::problem(&problem, answer.replayed),
         }
     }
 
     fn problem(problem: &Problem, replayed: bool) -> ResultJson {
-        ResultJson { status: problem.status.as_u16(), code: Some(problem.code), replayed, body: problem.body_json() }
+        ResultJson {
+            status: problem.status.as_u16(),
+            code: Some(problem.code),
+            replayed,
+            body: ResultBody::Problem(problem.body_json()),
+        }
     }
 
     fn linked() -> ResultJson {
@@ -604,7 +615,7 @@ async fn atomic<S: Queries>(
             for leg in &legs {
                 let (own, after) = rest.split_at(leg.events().min(rest.len()));
                 rest = after;
-                let body = serde_json::to_value(rendered(state, own, leg.render).await).expect("bodies serialize");
+                let body = ResultBody::Rendered(rendered(state, own, leg.render).await);
                 results.push(ResultJson { status: StatusCode::CREATED.as_u16(), code: None, replayed, body });
             }
             debug_assert!(rest.is_empty(), "every event of the group belongs to a leg");
