@@ -1,6 +1,7 @@
 //! Pipeline benches on the in-memory store and bus: how many commands per second go through group
 //! commit (the writer, the engine and one store transaction per batch, with 64 concurrent
-//! submitters), and how many events per second a projection applies.
+//! submitters), how many events per second a projection applies, and how many events per second
+//! the wire form encodes and decodes.
 //!
 //! Run with `cargo bench -p wallex-benches --bench pipeline`. These isolate the pipeline's own cost;
 //! the durable stores add their fsync and round trips on top (measured with `wallex-load`).
@@ -99,5 +100,34 @@ fn projection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, group_commit, projection);
+/// The wire form: every event is encoded once (by the writer) and decoded by each projector and
+/// the snapshotter.
+fn codec(c: &mut Criterion) {
+    let mut ledger = Ledger::new(Config::default());
+    let mut events = Vec::new();
+    let commands = create_wallets(WALLETS).into_iter().chain(mix(WALLETS, 20_000, 1 << 64, 5));
+    for (tick, command) in commands.enumerate() {
+        let outcome = ledger.execute(Timestamp::from_unix_micros(tick as u64 + 1), &command, &mut events);
+        assert!(matches!(outcome, Outcome::Recorded(_)));
+    }
+    let encoded: Vec<Vec<u8>> = events.iter().map(wallex_pipeline::codec::encode_event).collect();
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("encode_events", |b| {
+        b.iter(|| {
+            events.iter().map(|event| black_box(wallex_pipeline::codec::encode_event(event)).len()).sum::<usize>()
+        })
+    });
+    group.bench_function("decode_events", |b| {
+        b.iter(|| {
+            encoded
+                .iter()
+                .map(|bytes| black_box(wallex_pipeline::codec::decode_event(bytes).unwrap()).version)
+                .sum::<u64>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, group_commit, projection, codec);
 criterion_main!(benches);

@@ -378,15 +378,17 @@ async fn apply_held<S: ProjectionStore, C: Clock>(
         let mut progressed = false;
         let mut open = BTreeMap::new();
         let now = clock.now().unix_micros();
+        // The metrics' handles once per batch: each `counter!` is a registry lookup.
+        let projected = metrics::counter!("wallex_projected_total", "group" => projection.group());
+        let lag = metrics::histogram!("wallex_projection_lag_seconds", "group" => projection.group());
         for (event, verdict) in batch.iter().zip(verdicts) {
             match verdict {
                 Applied::Projected => {
-                    metrics::counter!("wallex_projected_total", "group" => projection.group()).increment(1);
+                    projected.increment(1);
                     // From the ledger's decision to the read side having it; microseconds as
                     // f64 seconds: a latency measurement, not money.
                     let lag_us = now.saturating_sub(event.at.unix_micros());
-                    metrics::histogram!("wallex_projection_lag_seconds", "group" => projection.group())
-                        .record(lag_us as f64 / 1e6);
+                    lag.record(lag_us as f64 / 1e6);
                     stats.projected.fetch_add(1, Ordering::Relaxed);
                     offsets.settled(event);
                     if let Some(view) = view {

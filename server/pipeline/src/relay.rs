@@ -320,10 +320,11 @@ async fn run_lane<B: Bus, C: Clock>(
             prefix = outgoing.len();
         }
         let now = clock.now().unix_micros();
+        let commit_to_ack = metrics::histogram!("wallex_commit_to_ack_seconds");
         for message in pending.drain(..prefix) {
             // Microseconds as f64 seconds: a latency measurement, not money.
             let latency_us = now.saturating_sub(message.committed_at.unix_micros());
-            metrics::histogram!("wallex_commit_to_ack_seconds").record(latency_us as f64 / 1e6);
+            commit_to_ack.record(latency_us as f64 / 1e6);
             stats.last_ack_latency_us.store(latency_us, Ordering::Relaxed);
             if acknowledgements.send(message.position).is_err() {
                 return; // The relay stopped.
