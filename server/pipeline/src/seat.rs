@@ -138,6 +138,9 @@ pub(crate) struct Term {
     stops: Vec<watch::Sender<bool>>,
     writer: JoinHandle<TermEnd>,
     workers: Vec<JoinHandle<()>>,
+    /// A renewal found the lease gone and stopped the writer: the step-down is counted, however
+    /// many renewals fail again, or a commit is fenced, before the writer ends.
+    lease_lost: bool,
 }
 
 impl<S, B, C> Seat<S, B, C>
@@ -220,7 +223,7 @@ where
         metrics::counter!("wallex_writer_terms_total").increment(1);
         tracing::info!(epoch = %lease.epoch, node = %self.node.id, "holding the writer lease: deciding");
         let _ = self.role.send(Role::Writer { epoch: lease.epoch });
-        Ok(Term { epoch: lease.epoch, stops, writer, workers })
+        Ok(Term { epoch: lease.epoch, stops, writer, workers, lease_lost: false })
     }
 
     /// Runs the seat until the pipeline shuts down; returns the ledger if it was the writer then.
@@ -254,7 +257,7 @@ where
                             }
                             Ok(TermEnd::SteppedDown { queue: returned, fenced_by }) => {
                                 tracing::warn!(epoch = %current.epoch, ?fenced_by, "stepping down: another instance holds the writer lease");
-                                if fenced_by.is_some() {
+                                if fenced_by.is_some() && !current.lease_lost {
                                     // A lost renewal counted its own step-down when it stopped the writer.
                                     metrics::counter!("wallex_writer_step_downs_total", "reason" => "fenced").increment(1);
                                 }
@@ -278,11 +281,14 @@ where
                         let epoch = current.epoch;
                         match self.store.renew_lease(epoch, self.config.lease.lease_ms).await {
                             Ok(true) => {}
+                            // Already stepping down: the writer is finishing a commit in flight.
+                            Ok(false) if current.lease_lost => {}
                             Ok(false) => {
                                 // Another instance took over: stop deciding now. A commit already
                                 // on its way is fenced off by the store.
                                 tracing::warn!(%epoch, "the writer lease passed to another instance; stepping down");
                                 metrics::counter!("wallex_writer_step_downs_total", "reason" => "lease_lost").increment(1);
+                                current.lease_lost = true;
                                 // The writer's own signal, the first: it stops deciding now.
                                 let _ = current.stops[0].send(true);
                             }
