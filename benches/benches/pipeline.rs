@@ -71,16 +71,21 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
-fn projection(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    // A journal: wallet creations, then the mix; its events in commit order.
+/// A journal's events in commit order: `WALLETS` creations, then `commands` of the mix.
+fn journal_events(commands: usize, seed: u64) -> Vec<wallex_engine::Event> {
     let mut ledger = Ledger::new(Config::default());
     let mut events = Vec::new();
-    let commands = create_wallets(WALLETS).into_iter().chain(mix(WALLETS, 60_000, 1 << 64, 3));
-    for (tick, command) in commands.enumerate() {
+    let all = create_wallets(WALLETS).into_iter().chain(mix(WALLETS, commands, 1 << 64, seed));
+    for (tick, command) in all.enumerate() {
         let outcome = ledger.execute(Timestamp::from_unix_micros(tick as u64 + 1), &command, &mut events);
         assert!(matches!(outcome, Outcome::Recorded(_)));
     }
+    events
+}
+
+fn projection(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let events = journal_events(60_000, 3);
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(events.len() as u64));
     group.sample_size(10);
@@ -103,13 +108,7 @@ fn projection(c: &mut Criterion) {
 /// The wire form: every event is encoded once (by the writer) and decoded by each projector and
 /// the snapshotter.
 fn codec(c: &mut Criterion) {
-    let mut ledger = Ledger::new(Config::default());
-    let mut events = Vec::new();
-    let commands = create_wallets(WALLETS).into_iter().chain(mix(WALLETS, 20_000, 1 << 64, 5));
-    for (tick, command) in commands.enumerate() {
-        let outcome = ledger.execute(Timestamp::from_unix_micros(tick as u64 + 1), &command, &mut events);
-        assert!(matches!(outcome, Outcome::Recorded(_)));
-    }
+    let events = journal_events(20_000, 5);
     let encoded: Vec<Vec<u8>> = events.iter().map(wallex_pipeline::codec::encode_event).collect();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(events.len() as u64));

@@ -54,6 +54,16 @@ macro_rules! seed_old_outbox {
     };
 }
 
+/// A fresh embedded store's directory, and a pool on its file with migrations up to `version`.
+async fn old_sqlite(version: i64) -> (std::path::PathBuf, sqlx::SqlitePool) {
+    let directory = std::env::temp_dir().join(format!("wallex-migrate-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", directory.join(wallex_sql::sqlite::DATABASE_FILE).display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate!("../../migrations/sqlite").run_to(version, &pool).await.unwrap();
+    (directory, pool)
+}
+
 /// The waiting messages' positions, as the migrated store's relay will read them.
 async fn waiting_positions(store: &impl EventStore) -> Vec<(u64, u32)> {
     let waiting = store.outbox_after(None, 100).await.unwrap();
@@ -62,11 +72,7 @@ async fn waiting_positions(store: &impl EventStore) -> Vec<(u64, u32)> {
 
 #[tokio::test]
 async fn the_outbox_cursor_starts_at_the_oldest_unpublished_message_in_sqlite() {
-    let directory = std::env::temp_dir().join(format!("wallex-migrate-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", directory.join(wallex_sql::sqlite::DATABASE_FILE).display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    sqlx::migrate!("../../migrations/sqlite").run_to(1, &pool).await.unwrap();
+    let (directory, pool) = old_sqlite(1).await;
     seed_old_outbox!(&pool);
     pool.close().await;
 
@@ -96,11 +102,7 @@ async fn the_outbox_cursor_starts_at_the_oldest_unpublished_message_in_postgres(
 
 #[tokio::test]
 async fn an_empty_outbox_means_everything_was_published() {
-    let directory = std::env::temp_dir().join(format!("wallex-migrate-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", directory.join(wallex_sql::sqlite::DATABASE_FILE).display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    sqlx::migrate!("../../migrations/sqlite").run_to(1, &pool).await.unwrap();
+    let (directory, pool) = old_sqlite(1).await;
     sqlx::query("INSERT INTO commands (transaction_id, command_id, fingerprint, at) VALUES (1, x'01', x'00', 5)")
         .execute(&pool)
         .await
@@ -169,11 +171,7 @@ async fn assert_checkpoints_moved(store: &impl wallex_pipeline::ports::Projectio
 
 #[tokio::test]
 async fn the_projection_checkpoints_move_into_the_projections_rows_in_sqlite() {
-    let directory = std::env::temp_dir().join(format!("wallex-migrate-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", directory.join(wallex_sql::sqlite::DATABASE_FILE).display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    sqlx::migrate!("../../migrations/sqlite").run_to(7, &pool).await.unwrap();
+    let (directory, pool) = old_sqlite(7).await;
     seed_old_checkpoints!(&pool);
     pool.close().await;
 
