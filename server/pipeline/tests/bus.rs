@@ -3,7 +3,8 @@
 //! A million messages go through it while two groups consume at different paces (one commits
 //! every poll, the other every third); after every round the retained log is at most what the
 //! slowest group has not committed, and in the end each group has seen every message exactly once,
-//! in order per partition, and nothing is retained.
+//! in order per partition, and nothing is retained. A member behind what its group committed
+//! resumes at the group's offset.
 
 use std::collections::BTreeMap;
 
@@ -130,6 +131,26 @@ async fn a_group_that_joins_later_starts_at_the_oldest_retained_message() {
     // And the first group's next message is the same one, not a repeat of what it committed.
     let next = first.poll(1_000, 0).await.unwrap();
     assert_eq!((next.len(), next[0].offset), (1, got[0].offset));
+}
+
+#[tokio::test]
+async fn a_member_behind_what_its_group_committed_resumes_there() {
+    // Two instances on one bus: each runs a member of the same group.
+    let bus = InProcessBus::with_groups(&["projector"]);
+    let mut ahead = bus.consumer("projector").await.unwrap();
+    let mut behind = bus.consumer("projector").await.unwrap();
+    bus.publish(&(0..100).map(message).collect::<Vec<_>>()).await;
+    let delivered = ahead.poll(1_000, 0).await.unwrap();
+    let mut ends: BTreeMap<u32, u64> = BTreeMap::new();
+    for delivery in &delivered {
+        ends.insert(delivery.partition, delivery.offset + 1);
+    }
+    ahead.commit(&ends.into_iter().collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(bus.retained(), 0, "the group committed everything");
+    bus.publish(&[message(100)]).await;
+    let got = behind.poll(1_000, 0).await.unwrap();
+    assert_eq!(got.len(), 1, "the member behind gets what the group has not committed, and only that");
+    assert_eq!(u64::from_le_bytes(got[0].payload.clone().try_into().unwrap()), 100);
 }
 
 #[tokio::test]
